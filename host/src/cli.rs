@@ -1,0 +1,239 @@
+//! The `authkit-host` command line.
+//!
+//! Owns: flag parsing and the text each command prints. Must not: hold logic the
+//! library lacks; every command calls [`crate::run`] or the [`crate::store`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use crate::clock;
+use crate::settings::{Overrides, Settings};
+use crate::store::inbox::{EventFilter, Status, DEFAULT_TENANT};
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "authkit-host", version, about = "A self-hosted backend for WorkOS AuthKit")]
+pub struct Cli {
+    /// TOML config file (also AUTHKIT_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// sqlite://PATH or postgres://... (also DATABASE_URL; default sqlite://authkit.db).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Inspect the synced users table.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Inspect the event inbox.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (also AUTHKIT_LISTEN; default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Store and acknowledge events without applying them (ingest-only process).
+    #[arg(long)]
+    no_worker: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// List users, ordered by id.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Start after this user id (for paging).
+        #[arg(long)]
+        after: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one user as JSON.
+    Get { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// List inbox events, newest first.
+    List {
+        /// pending, failed, done or dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// Event type, e.g. user.updated.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        config: cli.config.clone(),
+        database_url: cli.database_url.clone(),
+        listen: match &cli.command {
+            Command::Serve(args) => args.listen.clone(),
+            _ => None,
+        },
+        no_worker: matches!(&cli.command, Command::Serve(ServeArgs { no_worker: true, .. })),
+    };
+    let settings = match Settings::load(&overrides) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let is_serve = matches!(cli.command, Command::Serve(_));
+    let filter = if is_serve { settings.log.as_str() } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => serve(settings).await,
+        Command::Users(cmd) => users(cmd, &connect(&settings).await?).await,
+        Command::Events(cmd) => events(cmd, &connect(&settings).await?).await,
+    }
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<Store> {
+    Store::connect(&settings.database).await.with_context(|| format!("failed to open the database {:?}", settings.database))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(settings.listen).await.with_context(|| format!("failed to listen on {}", settings.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    crate::run(settings, listener, shutdown).await
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received; shutting down"),
+        () = term => info!("SIGTERM received; shutting down"),
+    }
+    shutdown.cancel();
+}
+
+async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        UsersCommand::List { limit, after, json } => {
+            let users = store.list_users(DEFAULT_TENANT, after.as_deref(), limit).await?;
+            if !json {
+                writeln!(out, "{:<40} {:<32} {:<24} {}", "ID", "EMAIL", "NAME", "UPDATED")?;
+            }
+            for user in users {
+                let view = user.view();
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&view)?)?;
+                } else {
+                    let name = view.name.clone().or_else(|| {
+                        let parts: Vec<_> = [&view.first_name, &view.last_name].into_iter().flatten().cloned().collect();
+                        (!parts.is_empty()).then(|| parts.join(" "))
+                    });
+                    writeln!(
+                        out,
+                        "{:<40} {:<32} {:<24} {}",
+                        view.id,
+                        view.email.as_deref().unwrap_or("-"),
+                        name.as_deref().unwrap_or("-"),
+                        view.updated_at
+                    )?;
+                }
+            }
+        }
+        UsersCommand::Get { id } => match store.get_user(DEFAULT_TENANT, &id).await? {
+            Some(user) => writeln!(out, "{}", serde_json::to_string_pretty(&user.view())?)?,
+            None => bail!("no user with id {id:?}"),
+        },
+    }
+    Ok(())
+}
+
+async fn events(cmd: EventsCommand, store: &Store) -> anyhow::Result<()> {
+    let EventsCommand::List { status, event_type, limit, json } = cmd;
+    let status = match status {
+        Some(s) => Some(Status::parse(&s).with_context(|| format!("unknown status {s:?}: use pending, failed, done or dead"))?),
+        None => None,
+    };
+    let events = store.list_events(&EventFilter { status, event_type, limit }).await?;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(out, "{:<36} {:<32} {:<8} {:>8} {:<24} {}", "EVENT", "TYPE", "STATUS", "ATTEMPTS", "OCCURRED", "OUTCOME/ERROR")?;
+    }
+    for e in events {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+        } else {
+            let detail = e.last_error.as_deref().or(e.outcome.as_deref()).unwrap_or("-");
+            writeln!(
+                out,
+                "{:<36} {:<32} {:<8} {:>8} {:<24} {}",
+                e.event_id,
+                e.event_type,
+                e.status,
+                e.attempts,
+                clock::format_ms(e.occurred_at),
+                detail
+            )?;
+        }
+    }
+    Ok(())
+}

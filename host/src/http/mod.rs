@@ -1,0 +1,44 @@
+//! The HTTP edge: routes, extractors and error mapping.
+//!
+//! Owns: the axum router and the state every route shares. Must not: hold
+//! business rules or SQL; routes call the pipeline and the store.
+
+pub mod error;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::pipeline::ingest::Ingest;
+use crate::settings::Settings;
+use error::ApiError;
+
+/// What every route can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub ingest: Ingest,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/workos/webhook", post(webhook::receive).fallback(method_not_allowed))
+        .route("/healthz", get(health))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

@@ -1,0 +1,392 @@
+//! The host's configuration: one validated [`Settings`] value, built once at start.
+//!
+//! Owns: defaults, the optional TOML file, environment variables and command-line
+//! overrides, layered in that order (later wins), and their validation.
+//! Must not: be read from the environment anywhere else; every other module gets
+//! what it needs from a `Settings` value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::workos::signature::{Secret, WEBHOOK_TOLERANCE};
+
+/// The embedded database used when nothing else is configured: `./authkit.db`.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://authkit.db";
+/// Loopback only by default: exposing the host is a deliberate choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// WorkOS payloads are a few KiB; 1 MiB leaves room without inviting abuse.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a graceful shutdown waits for in-flight requests before giving up.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Environment variable names, in one place (the README's table lists them).
+pub mod env {
+    pub const CONFIG: &str = "AUTHKIT_CONFIG";
+    pub const DATABASE_URL: &str = "DATABASE_URL";
+    pub const LISTEN: &str = "AUTHKIT_LISTEN";
+    pub const LOG: &str = "AUTHKIT_LOG";
+    pub const WEBHOOK_SECRET: &str = "WORKOS_WEBHOOK_SECRET";
+    pub const ACTION_SECRET: &str = "WORKOS_ACTION_SECRET";
+    pub const CLIENT_ID: &str = "WORKOS_CLIENT_ID";
+    pub const API_KEY: &str = "WORKOS_API_KEY";
+    pub const WEBHOOK_TOLERANCE_SECS: &str = "AUTHKIT_WEBHOOK_TOLERANCE_SECS";
+    pub const WORKER_ENABLED: &str = "AUTHKIT_WORKER_ENABLED";
+    pub const WORKER_MAX_ATTEMPTS: &str = "AUTHKIT_WORKER_MAX_ATTEMPTS";
+}
+
+/// Everything the host needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseUrl,
+    pub listen: SocketAddr,
+    /// A `tracing` filter, e.g. `info` or `authkit_host=debug`.
+    pub log: String,
+    pub workos: WorkosSettings,
+    pub webhook: WebhookSettings,
+    pub worker: WorkerSettings,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkosSettings {
+    pub webhook_secret: Option<Secret>,
+    /// Used by the Actions endpoint (a later issue); accepted and validated now.
+    pub action_secret: Option<Secret>,
+    pub client_id: Option<String>,
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Largest accepted `|now - t|` of a signature.
+    pub tolerance: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Off for an ingest-only process: events are stored and acknowledged, and
+    /// another process (or a later start) applies them.
+    pub enabled: bool,
+    /// Events applied per transaction.
+    pub batch_size: usize,
+    /// Attempts before an event is dead-lettered (it stays in the inbox, visible).
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How often an idle worker looks for events whose retry time has come.
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            enabled: true,
+            batch_size: 256,
+            max_attempts: 20,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Which database, parsed from a `sqlite://` or `postgres://` URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<DatabaseUrl, SettingsError> {
+        if url.starts_with("sqlite:") {
+            Ok(DatabaseUrl::Sqlite(url.to_string()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(url.to_string()))
+        } else {
+            Err(SettingsError::Invalid {
+                key: "database_url",
+                reason: "must start with sqlite:// or postgres://".into(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            DatabaseUrl::Sqlite(u) | DatabaseUrl::Postgres(u) => u,
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    /// Postgres URLs may carry a password: show only the scheme and host part.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(u) => write!(f, "{u}"),
+            DatabaseUrl::Postgres(u) => {
+                let host = u.rsplit_once('@').map_or(u.as_str(), |(_, host)| host);
+                write!(f, "postgres://…@{host}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read the config file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("the config file {path} is not valid: {source}")]
+    ParseFile { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Values given on the command line; they override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub listen: Option<String>,
+    pub no_worker: bool,
+}
+
+/// The TOML file's shape. Unknown keys are refused so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database_url: Option<String>,
+    listen: Option<String>,
+    log: Option<String>,
+    shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    workos: FileWorkos,
+    #[serde(default)]
+    webhook: FileWebhook,
+    #[serde(default)]
+    worker: FileWorker,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWorkos {
+    webhook_secret: Option<String>,
+    action_secret: Option<String>,
+    client_id: Option<String>,
+    api_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    tolerance_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWorker {
+    enabled: Option<bool>,
+    batch_size: Option<usize>,
+    max_attempts: Option<u32>,
+    retry_base_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
+    poll_interval_ms: Option<u64>,
+}
+
+impl Settings {
+    /// Loads from the process environment (and the file it names) plus `overrides`.
+    pub fn load(overrides: &Overrides) -> Result<Settings, SettingsError> {
+        Settings::load_with(overrides, |key| std::env::var(key).ok())
+    }
+
+    /// Like [`Settings::load`], with the environment supplied by the caller (for tests).
+    pub fn load_with(overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingsError> {
+        let config_path = overrides.config.clone().or_else(|| env(env::CONFIG).map(PathBuf::from));
+        let file = match &config_path {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let pick = |flag: &Option<String>, var: &str, file: &Option<String>| {
+            flag.clone().or_else(|| env(var)).or_else(|| file.clone())
+        };
+
+        let database_url = pick(&overrides.database_url, env::DATABASE_URL, &file.database_url)
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+        let listen = pick(&overrides.listen, env::LISTEN, &file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen.parse().map_err(|e| SettingsError::Invalid {
+            key: "listen",
+            reason: format!("{listen:?} is not a socket address like 127.0.0.1:8080 ({e})"),
+        })?;
+        let secret = |key: &'static str, var: &str, file: &Option<String>| -> Result<Option<Secret>, SettingsError> {
+            match env(var).or_else(|| file.clone()) {
+                None => Ok(None),
+                Some(value) => Secret::new(value.trim())
+                    .map(Some)
+                    .ok_or(SettingsError::Invalid { key, reason: format!("{var} is set but empty") }),
+            }
+        };
+        let workos = WorkosSettings {
+            webhook_secret: secret("workos.webhook_secret", env::WEBHOOK_SECRET, &file.workos.webhook_secret)?,
+            action_secret: secret("workos.action_secret", env::ACTION_SECRET, &file.workos.action_secret)?,
+            client_id: env(env::CLIENT_ID).or(file.workos.client_id).filter(|s| !s.is_empty()),
+            api_key: secret("workos.api_key", env::API_KEY, &file.workos.api_key)?,
+        };
+
+        let tolerance_secs = match env(env::WEBHOOK_TOLERANCE_SECS) {
+            Some(v) => Some(parse_number::<u64>("webhook.tolerance_secs", &v)?),
+            None => file.webhook.tolerance_secs,
+        };
+        let webhook = WebhookSettings {
+            tolerance: tolerance_secs.map_or(WEBHOOK_TOLERANCE, Duration::from_secs),
+            max_body_bytes: file.webhook.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        };
+
+        let defaults = WorkerSettings::default();
+        let env_enabled = env(env::WORKER_ENABLED).map(|v| parse_bool("worker.enabled", &v)).transpose()?;
+        let env_attempts = env(env::WORKER_MAX_ATTEMPTS)
+            .map(|v| parse_number::<u32>("worker.max_attempts", &v))
+            .transpose()?;
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        let worker = WorkerSettings {
+            enabled: !overrides.no_worker && env_enabled.or(file.worker.enabled).unwrap_or(defaults.enabled),
+            batch_size: file.worker.batch_size.unwrap_or(defaults.batch_size),
+            max_attempts: env_attempts.or(file.worker.max_attempts).unwrap_or(defaults.max_attempts),
+            retry_base: ms(file.worker.retry_base_ms, defaults.retry_base),
+            retry_max: ms(file.worker.retry_max_ms, defaults.retry_max),
+            poll_interval: ms(file.worker.poll_interval_ms, defaults.poll_interval),
+        };
+
+        let settings = Settings {
+            database: DatabaseUrl::parse(&database_url)?,
+            listen,
+            log: env(env::LOG).or(file.log).unwrap_or_else(|| "info".to_string()),
+            workos,
+            webhook,
+            worker,
+            shutdown_grace: file.shutdown_grace_secs.map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key, reason: &str| Err(SettingsError::Invalid { key, reason: reason.to_string() });
+        if self.webhook.tolerance.is_zero() {
+            return invalid("webhook.tolerance_secs", "must be at least 1");
+        }
+        if self.webhook.max_body_bytes < 1024 {
+            return invalid("webhook.max_body_bytes", "must be at least 1024");
+        }
+        if !(1..=512).contains(&self.worker.batch_size) {
+            return invalid("worker.batch_size", "must be between 1 and 512");
+        }
+        if self.worker.max_attempts == 0 {
+            return invalid("worker.max_attempts", "must be at least 1");
+        }
+        if self.worker.retry_base.is_zero() || self.worker.retry_max < self.worker.retry_base {
+            return invalid("worker.retry_base_ms", "must be positive and at most worker.retry_max_ms");
+        }
+        if self.worker.poll_interval.is_zero() {
+            return invalid("worker.poll_interval_ms", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| SettingsError::ReadFile { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|source| SettingsError::ParseFile { path: path.to_path_buf(), source: Box::new(source) })
+}
+
+fn parse_number<T: std::str::FromStr>(key: &'static str, value: &str) -> Result<T, SettingsError> {
+    value.trim().parse().map_err(|_| SettingsError::Invalid { key, reason: format!("{value:?} is not a number") })
+}
+
+fn parse_bool(key: &'static str, value: &str) -> Result<bool, SettingsError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(SettingsError::Invalid { key, reason: format!("{value:?} is not true or false") }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(overrides: Overrides, vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::load_with(&overrides, |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn with_nothing_configured_the_defaults_are_the_embedded_database_on_loopback() {
+        let s = load(Overrides::default(), &[]).unwrap();
+        assert_eq!(s.database, DatabaseUrl::Sqlite("sqlite://authkit.db".into()));
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.workos.webhook_secret.is_none());
+        assert_eq!(s.webhook.tolerance, Duration::from_secs(180));
+        assert_eq!(s.webhook.max_body_bytes, 1024 * 1024);
+        assert!(s.worker.enabled);
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let dir = tempdir();
+        let path = dir.join("authkit.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"sqlite://file.db\"\nlisten = \"127.0.0.1:1\"\n[workos]\nwebhook_secret = \"from_file\"\n[webhook]\ntolerance_secs = 60\n",
+        )
+        .unwrap();
+        let from_file = load(Overrides { config: Some(path.clone()), ..Default::default() }, &[]).unwrap();
+        assert_eq!(from_file.database.as_str(), "sqlite://file.db");
+        assert_eq!(from_file.workos.webhook_secret.unwrap().expose(), "from_file");
+        assert_eq!(from_file.webhook.tolerance, Duration::from_secs(60));
+
+        let env = [("DATABASE_URL", "postgres://u:pw@db/x"), ("WORKOS_WEBHOOK_SECRET", "from_env"), ("AUTHKIT_CONFIG", path.to_str().unwrap())];
+        let from_env = load(Overrides::default(), &env).unwrap();
+        assert_eq!(from_env.database, DatabaseUrl::Postgres("postgres://u:pw@db/x".into()));
+        assert_eq!(from_env.workos.webhook_secret.unwrap().expose(), "from_env");
+        assert_eq!(from_env.listen.to_string(), "127.0.0.1:1");
+
+        let flags = Overrides { listen: Some("0.0.0.0:9".into()), database_url: Some("sqlite://flag.db".into()), ..Default::default() };
+        let from_flags = load(flags, &env).unwrap();
+        assert_eq!(from_flags.listen.to_string(), "0.0.0.0:9");
+        assert_eq!(from_flags.database.as_str(), "sqlite://flag.db");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_setting_named() {
+        let err = |o: Overrides, vars: &[(&str, &str)]| load(o, vars).unwrap_err().to_string();
+        assert!(err(Overrides { database_url: Some("mysql://x".into()), ..Default::default() }, &[]).contains("database_url"));
+        assert!(err(Overrides { listen: Some("localhost".into()), ..Default::default() }, &[]).contains("listen"));
+        assert!(err(Overrides::default(), &[("WORKOS_WEBHOOK_SECRET", " ")]).contains("WORKOS_WEBHOOK_SECRET is set but empty"));
+        assert!(err(Overrides::default(), &[("AUTHKIT_WEBHOOK_TOLERANCE_SECS", "0")]).contains("tolerance"));
+        assert!(err(Overrides::default(), &[("AUTHKIT_WORKER_ENABLED", "maybe")]).contains("worker.enabled"));
+        let dir = tempdir();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "listn = \"x\"").unwrap();
+        assert!(err(Overrides { config: Some(path), ..Default::default() }, &[]).contains("not valid"));
+        assert!(err(Overrides { config: Some(dir.join("missing.toml")), ..Default::default() }, &[]).contains("cannot read"));
+    }
+
+    #[test]
+    fn a_postgres_password_never_prints() {
+        let url = DatabaseUrl::parse("postgres://user:hunter2@db.internal:5432/app").unwrap();
+        assert_eq!(format!("{url:?}"), "postgres://…@db.internal:5432/app");
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("authkit-settings-{}-{}", std::process::id(), crate::clock::now_ms()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,231 @@
+//! The inbox: verified events, stored before acknowledgement, deduplicated on
+//! `(tenant_id, event_id)`, and worked off by the pipeline.
+//!
+//! Owns: the inbox table's SQL. Must not: decide retry policy (the pipeline passes
+//! the next attempt time) or interpret payloads.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use sqlx::QueryBuilder;
+
+use super::{on_pool, on_tx, Result, Store, Tx};
+
+/// The tenant every unprefixed route serves, until tenants exist.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Columns per row of the multi-row insert; with [`MAX_INSERT_ROWS`] this stays far
+/// below SQLite's 32,766 and Postgres's 65,535 bind parameters per statement.
+const INSERT_COLUMNS: usize = 8;
+pub const MAX_INSERT_ROWS: usize = 512;
+const _: () = assert!(INSERT_COLUMNS * MAX_INSERT_ROWS < 32_766);
+
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub subject: String,
+    /// The ordering time: the envelope's `created_at`, else the receive time.
+    pub occurred_at: i64,
+    pub received_at: i64,
+    /// The body exactly as received.
+    pub payload: String,
+}
+
+/// The lifecycle of an inbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for its first attempt.
+    Pending,
+    /// An attempt failed; it will be retried at `next_attempt_at`.
+    Failed,
+    Done,
+    /// Out of attempts; kept with its last error until an operator acts.
+    Dead,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Failed => "failed",
+            Status::Done => "done",
+            Status::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [Status::Pending, Status::Failed, Status::Done, Status::Dead].into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// An inbox row as inspection shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InboxEvent {
+    pub seq: i64,
+    pub tenant_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub subject: String,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub outcome: Option<String>,
+    pub processed_at: Option<i64>,
+}
+
+/// An event the worker has claimed, with what it needs to apply it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedEvent {
+    pub seq: i64,
+    pub tenant_id: String,
+    pub event_id: String,
+    pub subject: String,
+    pub payload: String,
+    pub attempts: i64,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub status: Option<Status>,
+    pub event_type: Option<String>,
+    pub limit: i64,
+}
+
+const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occurred_at, received_at, status, \
+     attempts, next_attempt_at, last_error, outcome, processed_at";
+
+/// Due, unfinished events in ordering-key order, skipping any event whose subject
+/// has an older unfinished event still waiting for its retry time: events about
+/// one subject are applied one at a time, oldest first.
+const CLAIM_SQL: &str = "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e \
+     WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 \
+     AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject \
+         AND o.status IN ('pending', 'failed') AND o.next_attempt_at > $1 \
+         AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) \
+     ORDER BY e.occurred_at, e.event_id LIMIT $2";
+
+/// On Postgres several host processes may claim at once; rows another process
+/// holds are skipped rather than waited for.
+const CLAIM_SQL_POSTGRES: &str = "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e \
+     WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 \
+     AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject \
+         AND o.status IN ('pending', 'failed') AND o.next_attempt_at > $1 \
+         AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) \
+     ORDER BY e.occurred_at, e.event_id LIMIT $2 FOR UPDATE OF e SKIP LOCKED";
+
+impl Store {
+    /// Stores events in one statement (one commit, one fsync, however many events).
+    /// Returns the ids that were new; the others were already in the inbox and are
+    /// left untouched. At most [`MAX_INSERT_ROWS`] events per call.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<HashSet<(String, String)>> {
+        assert!(events.len() <= MAX_INSERT_ROWS, "insert_events takes at most {MAX_INSERT_ROWS} rows");
+        if events.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows: Vec<(String, String)> = on_pool!(self, pool => {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, next_attempt_at) ",
+            );
+            q.push_values(events, |mut row, e| {
+                row.push_bind(e.tenant_id.clone())
+                    .push_bind(e.event_id.clone())
+                    .push_bind(e.event_type.clone())
+                    .push_bind(e.subject.clone())
+                    .push_bind(e.occurred_at)
+                    .push_bind(e.received_at)
+                    .push_bind(e.payload.clone())
+                    .push_bind(e.received_at);
+            });
+            q.push(" ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING tenant_id, event_id");
+            q.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<InboxEvent>> {
+        let rows = on_pool!(self, pool => {
+            let mut q = QueryBuilder::new(format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE tenant_id = "));
+            q.push_bind(DEFAULT_TENANT);
+            if let Some(status) = filter.status {
+                q.push(" AND status = ").push_bind(status.as_str());
+            }
+            if let Some(event_type) = &filter.event_type {
+                q.push(" AND event_type = ").push_bind(event_type.clone());
+            }
+            q.push(" ORDER BY seq DESC LIMIT ").push_bind(filter.limit);
+            q.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    pub async fn get_event(&self, tenant_id: &str, event_id: &str) -> Result<Option<InboxEvent>> {
+        let row = on_pool!(self, pool => {
+            let mut q = QueryBuilder::new(format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE tenant_id = "));
+            q.push_bind(tenant_id.to_string()).push(" AND event_id = ").push_bind(event_id.to_string());
+            q.build_query_as().fetch_optional(pool).await?
+        });
+        Ok(row)
+    }
+
+    /// Events not yet done or dead.
+    pub async fn count_unfinished(&self) -> Result<i64> {
+        let n = on_pool!(self, pool =>
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE status IN ('pending', 'failed')").fetch_one(pool).await?
+        );
+        Ok(n)
+    }
+}
+
+impl Tx {
+    /// Claims up to `limit` due events (see [`CLAIM_SQL`]) for this transaction.
+    pub async fn claim_due(&mut self, now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
+        let sql = if self.is_postgres() { CLAIM_SQL_POSTGRES } else { CLAIM_SQL };
+        let rows = on_tx!(self, c => sqlx::query_as(sql).bind(now).bind(limit).fetch_all(&mut *c).await?);
+        Ok(rows)
+    }
+
+    /// Marks events done with their outcome, counting the successful attempt.
+    pub async fn mark_done(&mut self, done: &[(i64, &'static str)], now: i64) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        on_tx!(self, c => {
+            let mut q = QueryBuilder::new("UPDATE inbox SET status = 'done', attempts = attempts + 1, last_error = NULL, processed_at = ");
+            q.push_bind(now).push(", outcome = CASE seq");
+            for (seq, outcome) in done {
+                q.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*outcome);
+            }
+            q.push(" END WHERE seq IN (");
+            let mut list = q.separated(", ");
+            for (seq, _) in done {
+                list.push_bind(*seq);
+            }
+            q.push(")");
+            q.build().execute(&mut *c).await.map(|_| ())?;
+        });
+        Ok(())
+    }
+
+    /// Records a failed attempt: `Failed` with a retry time, or `Dead`.
+    pub async fn mark_failed(&mut self, seq: i64, status: Status, next_attempt_at: i64, error: &str) -> Result<()> {
+        on_tx!(self, c => sqlx::query(
+            "UPDATE inbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE seq = $4",
+        )
+        .bind(status.as_str())
+        .bind(next_attempt_at)
+        .bind(error.to_string())
+        .bind(seq)
+        .execute(&mut *c)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+}

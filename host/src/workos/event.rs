@@ -1,0 +1,316 @@
+//! WorkOS event envelopes and the typed records the host keeps in its own tables.
+//!
+//! Owns: parsing a webhook body into an [`Event`], deciding which events touch the
+//! directory tables ([`SyncAction`]), decoding users, organizations and memberships,
+//! and the per-subject ordering key. Must not: touch the database or HTTP.
+//! Unknown fields are tolerated everywhere: WorkOS adds fields over time.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::clock;
+
+/// Why a (correctly signed) body is not an event we can accept.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    #[error("the body is not a WorkOS event: {0}")]
+    NotAnEvent(&'static str),
+    #[error("the event's data is not a valid {kind}: {reason}")]
+    InvalidData { kind: &'static str, reason: String },
+}
+
+/// A parsed event envelope. `data` is kept as JSON: only the directory events are
+/// decoded further (see [`Event::sync_action`]).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub event: String,
+    pub data: Map<String, Value>,
+    /// `created_at` of the envelope in unix ms, when present and well formed.
+    pub created_at_ms: Option<i64>,
+}
+
+/// Longest event id or type we accept; WorkOS ids are about 30 characters.
+const MAX_ID_LEN: usize = 256;
+
+impl Event {
+    /// Parses and validates a webhook body. Directory events (`user.*`,
+    /// `organization.*`, `organization_membership.*`) must carry a decodable record,
+    /// so a malformed one is refused at the door instead of failing in the worker.
+    pub fn parse(body: &[u8]) -> Result<Event, EventError> {
+        let value: Value = serde_json::from_slice(body).map_err(EventError::InvalidJson)?;
+        let Value::Object(mut envelope) = value else {
+            return Err(EventError::NotAnEvent("the body is not a JSON object"));
+        };
+        let id = take_string(&mut envelope, "id").ok_or(EventError::NotAnEvent("no string `id`"))?;
+        let event = take_string(&mut envelope, "event").ok_or(EventError::NotAnEvent("no string `event`"))?;
+        if id.is_empty() || id.len() > MAX_ID_LEN || event.is_empty() || event.len() > MAX_ID_LEN {
+            return Err(EventError::NotAnEvent("`id` and `event` must be 1 to 256 characters"));
+        }
+        let data = match envelope.remove("data") {
+            Some(Value::Object(data)) => data,
+            Some(_) => return Err(EventError::NotAnEvent("`data` is not an object")),
+            None => return Err(EventError::NotAnEvent("no `data` object")),
+        };
+        let created_at_ms = match envelope.get("created_at") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(
+                clock::parse_rfc3339_ms(s).ok_or(EventError::NotAnEvent("`created_at` is not an RFC 3339 time"))?,
+            ),
+            Some(_) => return Err(EventError::NotAnEvent("`created_at` is not a string")),
+        };
+        let parsed = Event { id, event, data, created_at_ms };
+        parsed.sync_action()?;
+        Ok(parsed)
+    }
+
+    /// What this event does to the directory tables, with its record decoded.
+    pub fn sync_action(&self) -> Result<SyncAction, EventError> {
+        let Some((kind, verb)) = self.event.rsplit_once('.') else {
+            return Ok(SyncAction::None);
+        };
+        let kind = match kind {
+            "user" => RecordKind::User,
+            "organization" => RecordKind::Organization,
+            "organization_membership" => RecordKind::Membership,
+            _ => return Ok(SyncAction::None),
+        };
+        match verb {
+            "created" | "updated" => Ok(SyncAction::Upsert(Record::decode(kind, &self.data)?)),
+            "deleted" => {
+                let id = record_id(kind, &self.data)?;
+                Ok(SyncAction::Delete { kind, id })
+            }
+            _ => Ok(SyncAction::None),
+        }
+    }
+
+    /// The ordering key: events with the same subject are applied one at a time,
+    /// oldest first. Events about a user (including memberships, sessions and
+    /// authentications, which carry `user_id`) share the user's subject.
+    pub fn subject(&self) -> String {
+        let str_field = |name: &str| self.data.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let kind = self.event.rsplit_once('.').map_or(self.event.as_str(), |(kind, _)| kind);
+        match (kind, str_field("id"), str_field("user_id")) {
+            ("user", Some(id), _) => format!("user:{id}"),
+            (_, _, Some(user)) => format!("user:{user}"),
+            ("organization", Some(id), _) => format!("organization:{id}"),
+            // Anything else has no ordering constraint beyond itself.
+            _ => format!("event:{}", self.id),
+        }
+    }
+}
+
+fn take_string(map: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn record_id(kind: RecordKind, data: &Map<String, Value>) -> Result<String, EventError> {
+    match data.get("id") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_LEN => Ok(id.clone()),
+        _ => Err(EventError::InvalidData { kind: kind.name(), reason: "no string `id`".into() }),
+    }
+}
+
+/// The directory tables the host keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    User,
+    Organization,
+    Membership,
+}
+
+impl RecordKind {
+    /// The name used in tombstones and messages (the WorkOS `object` value).
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::User => "user",
+            RecordKind::Organization => "organization",
+            RecordKind::Membership => "organization_membership",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SyncAction {
+    /// The event does not touch the directory tables.
+    None,
+    Upsert(Record),
+    Delete { kind: RecordKind, id: String },
+}
+
+/// A decoded directory record. The raw object is the event's `data`.
+#[derive(Debug, Clone)]
+pub enum Record {
+    User(User),
+    Organization(Organization),
+    Membership(Membership),
+}
+
+impl Record {
+    fn decode(kind: RecordKind, data: &Map<String, Value>) -> Result<Record, EventError> {
+        record_id(kind, data)?;
+        let value = Value::Object(data.clone());
+        let invalid = |e: serde_json::Error| EventError::InvalidData { kind: kind.name(), reason: e.to_string() };
+        let record = match kind {
+            RecordKind::User => Record::User(serde_json::from_value(value).map_err(invalid)?),
+            RecordKind::Organization => Record::Organization(serde_json::from_value(value).map_err(invalid)?),
+            RecordKind::Membership => Record::Membership(serde_json::from_value(value).map_err(invalid)?),
+        };
+        // Timestamps must parse, or the stale-update guard could not be applied.
+        for (name, ts) in record.timestamps() {
+            if let Some(ts) = ts {
+                if clock::parse_rfc3339_ms(ts).is_none() {
+                    return Err(EventError::InvalidData {
+                        kind: kind.name(),
+                        reason: format!("`{name}` is not an RFC 3339 time"),
+                    });
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    fn timestamps(&self) -> Vec<(&'static str, Option<&str>)> {
+        let (created, updated) = match self {
+            Record::User(u) => (&u.created_at, &u.updated_at),
+            Record::Organization(o) => (&o.created_at, &o.updated_at),
+            Record::Membership(m) => (&m.created_at, &m.updated_at),
+        };
+        let mut out = vec![("created_at", created.as_deref()), ("updated_at", updated.as_deref())];
+        if let Record::User(u) = self {
+            out.push(("last_sign_in_at", u.last_sign_in_at.as_deref()));
+        }
+        out
+    }
+
+    /// The record's `updated_at` in unix ms, if it has one.
+    pub fn updated_at_ms(&self) -> Option<i64> {
+        self.timestamps()[1].1.and_then(clock::parse_rfc3339_ms)
+    }
+}
+
+/// A WorkOS user object (`data` of `user.*` events). Every documented field;
+/// The store keeps the whole object too, including fields added after this was written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub email: Option<String>,
+    pub email_verified: Option<bool>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub name: Option<String>,
+    pub profile_picture_url: Option<String>,
+    pub last_sign_in_at: Option<String>,
+    pub locale: Option<String>,
+    pub external_id: Option<String>,
+    pub metadata: Option<Map<String, Value>>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// A WorkOS organization object (`organization.*` events).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Organization {
+    pub id: String,
+    pub name: Option<String>,
+    pub allow_profiles_outside_organization: Option<bool>,
+    pub domains: Option<Vec<Value>>,
+    pub external_id: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub metadata: Option<Map<String, Value>>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// A role reference as memberships carry it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoleRef {
+    pub slug: String,
+}
+
+/// A WorkOS organization membership object (`organization_membership.*` events).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Membership {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub organization_name: Option<String>,
+    pub status: Option<String>,
+    pub role: Option<RoleRef>,
+    pub roles: Option<Vec<RoleRef>>,
+    pub directory_managed: Option<bool>,
+    pub custom_attributes: Option<Map<String, Value>>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USER_FIXTURE: &str = include_str!("../../../tests/fixtures/user.json");
+
+    fn envelope(event: &str, data: &str) -> Vec<u8> {
+        format!(r#"{{"object":"event","id":"event_1","event":"{event}","data":{data},"created_at":"2025-01-01T00:00:00.000Z","extra":1}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_user_created_event_decodes_every_documented_field() {
+        let event = Event::parse(&envelope("user.created", USER_FIXTURE)).unwrap();
+        assert_eq!(event.created_at_ms, Some(1_735_689_600_000));
+        let SyncAction::Upsert(Record::User(user)) = event.sync_action().unwrap() else { panic!() };
+        assert_eq!(user.email.as_deref(), Some("test01@example.com"));
+        assert_eq!(user.email_verified, Some(true));
+        assert_eq!(user.locale.as_deref(), Some("en-US"));
+        assert_eq!(user.metadata.unwrap()["key"], "value");
+        assert_eq!(event.subject(), "user:user_01H5JQDV7R7ATEYZDEG0W5PRYS");
+    }
+
+    #[test]
+    fn bodies_that_are_not_events_are_refused() {
+        let cases: &[&[u8]] = &[
+            b"not json",
+            b"[1,2]",
+            br#"{"event":"user.created","data":{}}"#,
+            br#"{"id":"e","data":{}}"#,
+            br#"{"id":7,"event":"user.created","data":{}}"#,
+            br#"{"id":"e","event":"x.y"}"#,
+            br#"{"id":"e","event":"x.y","data":[]}"#,
+            br#"{"id":"","event":"x.y","data":{}}"#,
+            br#"{"id":"e","event":"x.y","data":{},"created_at":"yesterday"}"#,
+        ];
+        for body in cases {
+            assert!(Event::parse(body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn directory_events_need_a_decodable_record() {
+        assert!(Event::parse(&envelope("user.updated", r#"{"email":"a@b.c"}"#)).is_err());
+        assert!(Event::parse(&envelope("user.updated", r#"{"id":"u","email_verified":"yes"}"#)).is_err());
+        assert!(Event::parse(&envelope("user.updated", r#"{"id":"u","updated_at":"soon"}"#)).is_err());
+        // A trimmed delete with only the id is fine.
+        let deleted = Event::parse(&envelope("user.deleted", r#"{"id":"u"}"#)).unwrap();
+        assert!(matches!(deleted.sync_action().unwrap(), SyncAction::Delete { kind: RecordKind::User, .. }));
+        // Other event types are accepted whatever their data.
+        let other = Event::parse(&envelope("dsync.user.created", r#"{"whatever":[1]}"#)).unwrap();
+        assert!(matches!(other.sync_action().unwrap(), SyncAction::None));
+    }
+
+    #[test]
+    fn subjects_group_events_about_the_same_user() {
+        let subject = |event: &str, data: &str| Event::parse(&envelope(event, data)).unwrap().subject();
+        assert_eq!(subject("user.deleted", r#"{"id":"u1"}"#), "user:u1");
+        assert_eq!(subject("organization_membership.created", r#"{"id":"om","user_id":"u1"}"#), "user:u1");
+        assert_eq!(subject("session.created", r#"{"id":"s","user_id":"u1"}"#), "user:u1");
+        assert_eq!(subject("organization.updated", r#"{"id":"o1"}"#), "organization:o1");
+        assert_eq!(subject("email_verification.created", r#"{"id":"x"}"#), "event:event_1");
+    }
+}
