@@ -1,0 +1,226 @@
+//! Spawns the real `authkit-host` binary on a free loopback port, with a clean
+//! environment, and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::db::TestDb;
+use crate::workos::{now_ms, Emulator};
+
+/// The secret test servers are started with unless told otherwise.
+pub const TEST_SECRET: &str = "whsec_integration_test";
+
+/// The `authkit-host` binary: `AUTHKIT_HOST_BIN`, else beside this test binary's
+/// directory (`target/<profile>/authkit-host`), which `tests/run.sh` builds first.
+pub fn host_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("AUTHKIT_HOST_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("authkit-host");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p authkit-host` (tests/run.sh does this)",
+        bin.display()
+    );
+    bin
+}
+
+/// How to start a server.
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub secret: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    /// Pass `--database-url` (off to test the default database).
+    pub database: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { secret: Some(TEST_SECRET.to_string()), env: Vec::new(), args: Vec::new(), database: true }
+    }
+}
+
+impl ServerOptions {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+}
+
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    pub emulator: Emulator,
+    /// Everything the server wrote to stderr so far.
+    log: Arc<Mutex<String>>,
+    client: reqwest::Client,
+}
+
+/// A response: status and parsed JSON body (`Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The stable error code of an error reply.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
+    }
+}
+
+impl TestServer {
+    pub async fn start(db: &TestDb) -> TestServer {
+        TestServer::start_with(db, ServerOptions::default()).await
+    }
+
+    pub async fn start_with(db: &TestDb, options: ServerOptions) -> TestServer {
+        let mut cmd = Command::new(host_binary());
+        cmd.current_dir(db.dir.path()).env_clear().env("AUTHKIT_LOG", "info,authkit_host=debug");
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        if options.database {
+            cmd.arg("--database-url").arg(&db.url);
+        }
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").args(&options.args);
+        if let Some(secret) = &options.secret {
+            cmd.env("WORKOS_WEBHOOK_SECRET", secret);
+        }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn authkit-host");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = addr_tx.send(addr);
+                }
+                let mut log = log_writer.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match tokio::task::spawn_blocking(move || addr_rx.recv_timeout(Duration::from_secs(60))).await.unwrap() {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("authkit-host did not start; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        let secret = options.secret.unwrap_or_else(|| TEST_SECRET.to_string());
+        TestServer { child, addr, emulator: Emulator::new(&secret), log, client: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// POSTs `body` to the webhook route with the given headers.
+    pub async fn post_webhook_raw(&self, body: Vec<u8>, headers: &[(&str, String)]) -> Reply {
+        let mut req = self.client.post(self.url("/workos/webhook")).header("content-type", "application/json").body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.expect("webhook request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    /// POSTs `body` signed now by the emulator, as WorkOS would.
+    pub async fn deliver(&self, body: &[u8]) -> Reply {
+        let signature = self.emulator.signature(now_ms(), body);
+        self.post_webhook_raw(body.to_vec(), &[("WorkOS-Signature", signature)]).await
+    }
+
+    /// Sends an event and requires a 200; returns the event id.
+    pub async fn send(&self, event_type: &str, data: Value, created_at: &str) -> String {
+        let (id, body) = self.emulator.event(event_type, data, created_at);
+        let reply = self.deliver(&body).await;
+        assert_eq!(reply.status, 200, "{event_type} was not accepted: {reply:?}");
+        id
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        let resp = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        let ok = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().expect("kill");
+        assert!(ok.success());
+    }
+
+    /// SIGKILL: the process dies without any chance to clean up (a crash).
+    pub fn crash(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits for the process to exit (up to 30 s).
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `authkit-host` CLI against a test database; returns (exit ok, stdout, stderr).
+pub fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(host_binary())
+        .current_dir(db.dir.path())
+        .env_clear()
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(args)
+        .output()
+        .expect("run authkit-host");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
