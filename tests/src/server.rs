@@ -161,6 +161,15 @@ impl TestServer {
         self.post_webhook_raw(body.to_vec(), &[("WorkOS-Signature", signature)]).await
     }
 
+    /// Like [`TestServer::deliver`], but a connection failure is returned, not a panic.
+    pub async fn try_deliver(&self, body: &[u8]) -> Result<Reply, reqwest::Error> {
+        let signature = self.emulator.signature(now_ms(), body);
+        let resp = self.client.post(self.url("/workos/webhook")).header("WorkOS-Signature", signature).body(body.to_vec()).send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        Ok(Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
+    }
+
     /// Sends an event and requires a 200; returns the event id.
     pub async fn send(&self, event_type: &str, data: Value, created_at: &str) -> String {
         let (id, body) = self.emulator.event(event_type, data, created_at);
@@ -182,7 +191,12 @@ impl TestServer {
 
     /// Sends SIGTERM (a graceful stop).
     pub fn terminate(&self) {
-        let ok = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().expect("kill");
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("kill");
         assert!(ok.success());
     }
 

@@ -1,0 +1,196 @@
+//! The process as an operator meets it: zero-configuration start, configuration
+//! errors, graceful stop with requests in flight, crash and restart, the CLI.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use authkit_host::store::inbox::EventFilter;
+use authkit_host::store::Store;
+use authkit_host::workos::event::RecordKind;
+use authkit_tests::server::{cli, host_binary};
+use authkit_tests::workos::user;
+use authkit_tests::{eventually, on_both_backends, Backend, ServerOptions, TestDb, TestServer};
+use serde_json::Value;
+use sqlx::Connection;
+
+on_both_backends!(
+    sigterm_finishes_in_flight_requests_and_loses_nothing_acknowledged,
+    a_crash_loses_no_acknowledged_event_and_each_is_applied_exactly_once,
+    the_cli_lists_users_and_pages_through_them,
+    a_config_file_supplies_the_secret,
+);
+
+async fn settle(store: &Store) {
+    eventually("the worker to finish", Duration::from_secs(60), || async {
+        (store.count_unfinished().await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
+
+fn user_event(server: &TestServer, i: usize) -> (String, Vec<u8>) {
+    let at = "2025-01-01T00:00:00.000Z";
+    server.emulator.event("user.created", user(&format!("user_{i:04}"), &format!("u{i}@example.com"), "U", at), at)
+}
+
+#[tokio::test]
+async fn with_no_configuration_it_starts_on_an_embedded_sqlite_file() {
+    let db = TestDb::create(Backend::Sqlite, "zero_config").await.unwrap();
+    let server = TestServer::start_with(&db, ServerOptions { secret: None, database: false, ..Default::default() }).await;
+    let file = db.dir.path().join("authkit.db");
+    assert!(file.exists(), "no ./authkit.db in the working directory");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display())).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(mode, "wal");
+    conn.close().await.unwrap();
+
+    let (_, body) = user_event(&server, 1);
+    let reply = server.deliver(&body).await;
+    assert_eq!((reply.status, reply.code()), (503, "webhook_secret_not_configured"));
+    assert!(server.log().contains("WORKOS_WEBHOOK_SECRET is not set"));
+    // SIGINT stops it cleanly too.
+    let mut server = server;
+    server.signal("INT");
+    let status = server.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+}
+
+#[tokio::test]
+async fn an_invalid_setting_stops_start_up_with_a_clear_message() {
+    for (var, value, expect) in [
+        ("DATABASE_URL", "mysql://localhost/x", "database_url"),
+        ("AUTHKIT_LISTEN", "everywhere", "listen"),
+        ("WORKOS_WEBHOOK_SECRET", "", "WORKOS_WEBHOOK_SECRET is set but empty"),
+    ] {
+        let out = Command::new(host_binary()).env_clear().env(var, value).arg("serve").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(expect), "{var}={value}: {stderr}");
+    }
+}
+
+async fn sigterm_finishes_in_flight_requests_and_loses_nothing_acknowledged(db: TestDb) {
+    let mut server = TestServer::start(&db).await;
+    let bodies: Vec<_> = (0..400).map(|i| user_event(&server, i)).collect();
+    let server_ref = Arc::new(server);
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (id, body) in bodies {
+        let (server, acked_count) = (server_ref.clone(), acked_count.clone());
+        tasks.push(tokio::spawn(async move {
+            let reply = server.try_deliver(&body).await;
+            match reply {
+                Ok(r) if r.status == 200 => {
+                    acked_count.fetch_add(1, Ordering::SeqCst);
+                    Some(id)
+                }
+                _ => None,
+            }
+        }));
+    }
+    eventually("some acknowledgements", Duration::from_secs(30), || async {
+        (acked_count.load(Ordering::SeqCst) >= 20).then_some(())
+    })
+    .await;
+    server_ref.terminate();
+    let mut acked = HashSet::new();
+    for task in tasks {
+        if let Some(id) = task.await.unwrap() {
+            acked.insert(id);
+        }
+    }
+    server = Arc::into_inner(server_ref).expect("all requests finished");
+    let status = server.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "not a clean exit:\n{}", server.log());
+    assert!(server.log().contains("shutdown complete"));
+
+    let store = db.store().await;
+    let stored: HashSet<String> = store
+        .list_events(&EventFilter { limit: 10_000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    eprintln!("acknowledged {} of 400 before the stop; {} stored", acked.len(), stored.len());
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "{} acknowledged events were lost: {lost:?}", lost.len());
+
+    // A restart applies whatever the stop left pending.
+    let _again = TestServer::start(&db).await;
+    settle(&store).await;
+    assert_eq!(store.count_records(RecordKind::User, "default").await.unwrap() as usize, stored.len());
+}
+
+async fn a_crash_loses_no_acknowledged_event_and_each_is_applied_exactly_once(db: TestDb) {
+    let store = db.store().await;
+    // 1. Acknowledged, never processed: an ingest-only process, killed.
+    let mut server = TestServer::start_with(&db, ServerOptions::default().arg("--no-worker")).await;
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let (id, body) = user_event(&server, i);
+        assert_eq!(server.deliver(&body).await.status, 200);
+        acked.push(id);
+    }
+    assert_eq!(store.count_unfinished().await.unwrap(), 50);
+    server.crash();
+
+    // 2. Killed again while the worker may be in the middle of a batch.
+    let mut server = TestServer::start(&db).await;
+    let more: Vec<_> = (50..300).map(|i| user_event(&server, i)).collect();
+    let server_ref = Arc::new(server);
+    let mut tasks = Vec::new();
+    for (id, body) in more {
+        let s = server_ref.clone();
+        tasks.push(tokio::spawn(async move { (s.deliver(&body).await.status == 200).then_some(id) }));
+    }
+    for task in tasks {
+        acked.push(task.await.unwrap().expect("acknowledged"));
+    }
+    server = Arc::into_inner(server_ref).unwrap();
+    server.crash();
+
+    // 3. Restart: everything acknowledged is applied, each exactly once.
+    let _server = TestServer::start(&db).await;
+    settle(&store).await;
+    for id in &acked {
+        let e = store.get_event("default", id).await.unwrap().unwrap_or_else(|| panic!("{id} lost"));
+        assert_eq!((e.status.as_str(), e.attempts), ("done", 1), "{id}");
+    }
+    assert_eq!(store.count_records(RecordKind::User, "default").await.unwrap(), 300);
+}
+
+async fn the_cli_lists_users_and_pages_through_them(db: TestDb) {
+    let server = TestServer::start(&db).await;
+    for i in 0..5 {
+        let (_, body) = user_event(&server, i);
+        assert_eq!(server.deliver(&body).await.status, 200);
+    }
+    settle(&db.store().await).await;
+    let (ok, table, _) = cli(&db, &["users", "list"]);
+    assert!(ok);
+    assert!(table.starts_with("ID"), "{table}");
+    assert_eq!(table.lines().count(), 6);
+    assert!(table.contains("u3@example.com"));
+    let (ok, page, _) = cli(&db, &["users", "list", "--json", "--limit", "2", "--after", "user_0001"]);
+    assert!(ok);
+    let ids: Vec<String> = page.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, ["user_0002", "user_0003"]);
+    let (ok, _, err) = cli(&db, &["users", "get", "user_missing"]);
+    assert!(!ok && err.contains("no user with id"), "{err}");
+    let (ok, events, _) = cli(&db, &["events", "list", "--status", "done", "--type", "user.created"]);
+    assert!(ok);
+    assert_eq!(events.lines().count(), 6, "{events}");
+}
+
+async fn a_config_file_supplies_the_secret(db: TestDb) {
+    let path = db.dir.path().join("authkit.toml");
+    std::fs::write(&path, "[workos]\nwebhook_secret = \"whsec_from_file\"\n").unwrap();
+    let options = ServerOptions { secret: None, ..Default::default() }.arg("--config").arg(path.to_str().unwrap());
+    let mut server = TestServer::start_with(&db, options).await;
+    server.emulator = authkit_tests::Emulator::new("whsec_from_file");
+    let (_, body) = user_event(&server, 1);
+    assert_eq!(server.deliver(&body).await.status, 200);
+}
