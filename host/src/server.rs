@@ -21,6 +21,7 @@ use crate::http::{self, AppState};
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::worker::Worker;
 use crate::settings::{env, Settings};
+use crate::store::inbox::InboxWriter;
 use crate::store::Store;
 
 /// Runs the host on `listener` until `shutdown` is cancelled, then stops cleanly.
@@ -36,8 +37,9 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         );
     }
 
+    let writer = InboxWriter::new(&store).context("failed to open the inbox writer")?;
     let stored = Arc::new(Notify::new());
-    let (ingest, ingest_task) = Ingest::start(store.clone(), stored.clone());
+    let (ingest, ingest_task) = Ingest::start(writer, stored.clone());
     let worker_stop = CancellationToken::new();
     let worker_task = if settings.worker.enabled {
         let worker = Worker::new(store.clone(), settings.worker.clone(), stored);

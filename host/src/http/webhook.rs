@@ -49,7 +49,8 @@ impl FromRequest<AppState> for VerifiedWebhook {
         let header = parts.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
         signature::verify(secret, header, &body, received_at, state.settings.webhook.tolerance)?;
         let event = Event::parse(&body)?;
-        let body = String::from_utf8(body.to_vec())
+        // `Vec::from(Bytes)` takes the buffer over without copying when it is not shared.
+        let body = String::from_utf8(Vec::from(body))
             .map_err(|_| ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
         Ok(VerifiedWebhook { event, body, received_at })
     }

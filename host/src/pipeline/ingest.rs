@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
-use crate::store::inbox::{NewEvent, MAX_INSERT_ROWS};
-use crate::store::{Store, StoreError};
+use crate::store::inbox::{InboxWriter, NewEvent, MAX_INSERT_ROWS};
+use crate::store::StoreError;
 
 /// Submissions waiting for the writer. When full, requests wait their turn
 /// (backpressure) instead of piling up memory.
@@ -34,9 +34,11 @@ pub enum IngestError {
     Closed,
 }
 
+type Reply = oneshot::Sender<Result<Accepted, IngestError>>;
+
 struct Submission {
     event: NewEvent,
-    reply: oneshot::Sender<Result<Accepted, IngestError>>,
+    reply: Reply,
 }
 
 /// The sending side, cheap to clone into every request.
@@ -48,9 +50,31 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the writer. It runs until every `Ingest` clone is dropped, then
     /// finishes what is queued and ends. `stored` is notified after each commit.
-    pub fn start(store: Store, stored: Arc<Notify>) -> (Ingest, JoinHandle<()>) {
-        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(write_batches(store, rx, stored));
+    ///
+    /// On SQLite the writer is a blocking thread that takes batches straight from
+    /// the queue, so no async scheduling sits between one commit and the next.
+    pub fn start(writer: InboxWriter, stored: Arc<Notify>) -> (Ingest, JoinHandle<()>) {
+        let (queue, mut rx) = mpsc::channel::<Submission>(QUEUE_CAPACITY);
+        let task = match writer {
+            InboxWriter::Sqlite(mut conn) => tokio::task::spawn_blocking(move || {
+                let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
+                while rx.blocking_recv_many(&mut batch, MAX_INSERT_ROWS) > 0 {
+                    let (rows, replies) = split(&mut batch);
+                    answer(replies, conn.write(&rows));
+                    stored.notify_one();
+                }
+                debug!("ingest writer stopped: no more submissions");
+            }),
+            InboxWriter::Pool(store) => tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
+                while rx.recv_many(&mut batch, MAX_INSERT_ROWS).await > 0 {
+                    let (rows, replies) = split(&mut batch);
+                    answer(replies, store.insert_events(&rows).await);
+                    stored.notify_one();
+                }
+                debug!("ingest writer stopped: no more submissions");
+            }),
+        };
         (Ingest { queue }, task)
     }
 
@@ -62,37 +86,39 @@ impl Ingest {
     }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Submission>, stored: Arc<Notify>) {
-    let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
-    while rx.recv_many(&mut batch, MAX_INSERT_ROWS).await > 0 {
-        commit_batch(&store, &mut batch).await;
-        stored.notify_one();
+type Key = (String, String);
+
+/// Splits a batch into the rows to write and the replies to send. A redelivery
+/// can arrive twice in one batch: it is written once, and its second copy is
+/// answered as a duplicate.
+fn split(batch: &mut Vec<Submission>) -> (Vec<NewEvent>, Vec<(Key, Reply)>) {
+    let mut seen = HashSet::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for s in batch.drain(..) {
+        let key = (s.event.tenant_id.clone(), s.event.event_id.clone());
+        if seen.insert(key.clone()) {
+            rows.push(s.event);
+        }
+        replies.push((key, s.reply));
     }
-    debug!("ingest writer stopped: no more submissions");
+    (rows, replies)
 }
 
-async fn commit_batch(store: &Store, batch: &mut Vec<Submission>) {
-    // A redelivery can arrive twice in one batch: store it once, and answer the
-    // second copy as a duplicate.
-    let mut seen = HashSet::with_capacity(batch.len());
-    let rows: Vec<NewEvent> = batch
-        .iter()
-        .filter(|s| seen.insert((s.event.tenant_id.as_str(), s.event.event_id.as_str())))
-        .map(|s| s.event.clone())
-        .collect();
-    match store.insert_events(&rows).await {
+/// Answers every request of a batch once its commit is known.
+fn answer(replies: Vec<(Key, Reply)>, result: Result<HashSet<Key>, StoreError>) {
+    match result {
         Ok(mut inserted) => {
-            for s in batch.drain(..) {
-                let key = (s.event.tenant_id, s.event.event_id);
+            for (key, reply) in replies {
                 let answer = if inserted.remove(&key) { Accepted::New } else { Accepted::Duplicate };
-                let _ = s.reply.send(Ok(answer)); // the request may have gone; the event is stored regardless
+                let _ = reply.send(Ok(answer)); // the request may have gone; the event is stored regardless
             }
         }
         Err(e) => {
-            error!(error = %e, events = batch.len(), "could not store webhooks in the inbox");
+            error!(error = %e, events = replies.len(), "could not store webhooks in the inbox");
             let e = IngestError::Store(Arc::new(e));
-            for s in batch.drain(..) {
-                let _ = s.reply.send(Err(e.clone()));
+            for (_, reply) in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sqlx::QueryBuilder;
 
+use super::sqlite_writer::SqliteInboxWriter;
 use super::{on_pool, on_tx, Result, Store, Tx};
 
 /// The tenant every unprefixed route serves, until tenants exist.
@@ -120,6 +121,26 @@ const CLAIM_SQL_POSTGRES: &str = "SELECT seq, tenant_id, event_id, subject, payl
          AND o.status IN ('pending', 'failed') AND o.next_attempt_at > $1 \
          AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) \
      ORDER BY e.occurred_at, e.event_id LIMIT $2 FOR UPDATE OF e SKIP LOCKED";
+
+/// Where batches of new events are written: on a SQLite file, a connection of
+/// its own (blocking; see [`SqliteInboxWriter`]); otherwise the pool, one
+/// statement per batch ([`Store::insert_events`]).
+pub enum InboxWriter {
+    Sqlite(SqliteInboxWriter),
+    Pool(Store),
+}
+
+impl InboxWriter {
+    pub fn new(store: &Store) -> Result<InboxWriter> {
+        if let Store::Sqlite(pool, gate) = store {
+            let path = pool.connect_options().get_filename().to_path_buf();
+            if !path.as_os_str().is_empty() && path.as_os_str() != ":memory:" {
+                return Ok(InboxWriter::Sqlite(SqliteInboxWriter::open(&path, gate.clone())?));
+            }
+        }
+        Ok(InboxWriter::Pool(store.clone()))
+    }
+}
 
 impl Store {
     /// Stores events in one statement (one commit, one fsync, however many events).

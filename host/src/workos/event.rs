@@ -155,12 +155,13 @@ pub enum Record {
 impl Record {
     fn decode(kind: RecordKind, data: &Map<String, Value>) -> Result<Record, EventError> {
         record_id(kind, data)?;
-        let value = Value::Object(data.clone());
         let invalid = |e: serde_json::Error| EventError::InvalidData { kind: kind.name(), reason: e.to_string() };
+        // Deserialised from the borrowed map: no copy of the payload.
+        let de = serde::de::value::MapDeserializer::new(data.iter().map(|(k, v)| (k.as_str(), v)));
         let record = match kind {
-            RecordKind::User => Record::User(serde_json::from_value(value).map_err(invalid)?),
-            RecordKind::Organization => Record::Organization(serde_json::from_value(value).map_err(invalid)?),
-            RecordKind::Membership => Record::Membership(serde_json::from_value(value).map_err(invalid)?),
+            RecordKind::User => Record::User(User::deserialize(de).map_err(invalid)?),
+            RecordKind::Organization => Record::Organization(Organization::deserialize(de).map_err(invalid)?),
+            RecordKind::Membership => Record::Membership(Membership::deserialize(de).map_err(invalid)?),
         };
         // Timestamps must parse, or the stale-update guard could not be applied.
         for (name, ts) in record.timestamps() {
