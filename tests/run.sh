@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, and integration tests that start the real
+# authkit-host binary on loopback against SQLite and against Postgres.
+#
+# Postgres: every test creates its own database on the server named by
+# AUTHKIT_TEST_POSTGRES_URL (default: the local server on 127.0.0.1:5432, user
+# postgres) and drops it afterwards. Run plain `cargo test` without that
+# variable and the Postgres half is skipped, with a loud note per test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export AUTHKIT_TEST_POSTGRES_URL="${AUTHKIT_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+if command -v pg_isready >/dev/null 2>&1; then
+    host_port="${AUTHKIT_TEST_POSTGRES_URL#*@}"; host_port="${host_port%%/*}"
+    if ! pg_isready -q -h "${host_port%%:*}" -p "${host_port##*:}"; then
+        echo "error: no Postgres server answers at ${host_port} (AUTHKIT_TEST_POSTGRES_URL); start it or point the variable elsewhere" >&2
+        exit 1
+    fi
+fi
+
+# The integration tests run the binary itself, so build it first.
+cargo build --locked -p authkit-host --bin authkit-host
+cargo test --locked --workspace
