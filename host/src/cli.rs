@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +16,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::clock;
 use crate::settings::{Overrides, Settings};
-use crate::store::inbox::{EventFilter, Status, DEFAULT_TENANT};
 use crate::store::Store;
+use crate::store::inbox::{DEFAULT_TENANT, EventFilter, Status};
 
 #[derive(Debug, Parser)]
 #[command(name = "authkit-host", version, about = "A self-hosted backend for WorkOS AuthKit")]
@@ -140,7 +140,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Store> {
-    Store::connect(&settings.database).await.with_context(|| format!("failed to open the database {:?}", settings.database))
+    Store::connect(&settings.database)
+        .await
+        .with_context(|| format!("failed to open the database {:?}", settings.database))
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -178,7 +180,7 @@ async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
         UsersCommand::List { limit, after, json } => {
             let users = store.list_users(DEFAULT_TENANT, after.as_deref(), limit).await?;
             if !json {
-                writeln!(out, "{:<40} {:<32} {:<24} {}", "ID", "EMAIL", "NAME", "UPDATED")?;
+                writeln!(out, "{:<40} {:<32} {:<24} UPDATED", "ID", "EMAIL", "NAME")?;
             }
             for user in users {
                 let view = user.view();
@@ -186,7 +188,8 @@ async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
                     writeln!(out, "{}", serde_json::to_string(&view)?)?;
                 } else {
                     let name = view.name.clone().or_else(|| {
-                        let parts: Vec<_> = [&view.first_name, &view.last_name].into_iter().flatten().cloned().collect();
+                        let parts: Vec<_> =
+                            [&view.first_name, &view.last_name].into_iter().flatten().cloned().collect();
                         (!parts.is_empty()).then(|| parts.join(" "))
                     });
                     writeln!(
@@ -211,13 +214,19 @@ async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
 async fn events(cmd: EventsCommand, store: &Store) -> anyhow::Result<()> {
     let EventsCommand::List { status, event_type, limit, json } = cmd;
     let status = match status {
-        Some(s) => Some(Status::parse(&s).with_context(|| format!("unknown status {s:?}: use pending, failed, done or dead"))?),
+        Some(s) => Some(
+            Status::parse(&s).with_context(|| format!("unknown status {s:?}: use pending, failed, done or dead"))?,
+        ),
         None => None,
     };
     let events = store.list_events(&EventFilter { status, event_type, limit }).await?;
     let mut out = std::io::stdout().lock();
     if !json {
-        writeln!(out, "{:<36} {:<32} {:<8} {:>8} {:<24} {}", "EVENT", "TYPE", "STATUS", "ATTEMPTS", "OCCURRED", "OUTCOME/ERROR")?;
+        writeln!(
+            out,
+            "{:<36} {:<32} {:<8} {:>8} {:<24} OUTCOME/ERROR",
+            "EVENT", "TYPE", "STATUS", "ATTEMPTS", "OCCURRED"
+        )?;
     }
     for e in events {
         if json {

@@ -20,9 +20,9 @@ use tracing::{info, warn};
 use crate::http::{self, AppState};
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::worker::Worker;
-use crate::settings::{env, Settings};
-use crate::store::inbox::InboxWriter;
+use crate::settings::{Settings, env};
 use crate::store::Store;
+use crate::store::inbox::InboxWriter;
 
 /// Runs the host on `listener` until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -247,9 +247,8 @@ impl Settings {
 
         let defaults = WorkerSettings::default();
         let env_enabled = env(env::WORKER_ENABLED).map(|v| parse_bool("worker.enabled", &v)).transpose()?;
-        let env_attempts = env(env::WORKER_MAX_ATTEMPTS)
-            .map(|v| parse_number::<u32>("worker.max_attempts", &v))
-            .transpose()?;
+        let env_attempts =
+            env(env::WORKER_MAX_ATTEMPTS).map(|v| parse_number::<u32>("worker.max_attempts", &v)).transpose()?;
         let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
         let worker = WorkerSettings {
             enabled: !overrides.no_worker && env_enabled.or(file.worker.enabled).unwrap_or(defaults.enabled),
@@ -298,9 +297,10 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| SettingsError::ReadFile { path: path.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|source| SettingsError::ParseFile { path: path.to_path_buf(), source: Box::new(source) })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile { path: path.to_path_buf(), source })?;
+    toml::from_str(&text)
+        .map_err(|source| SettingsError::ParseFile { path: path.to_path_buf(), source: Box::new(source) })
 }
 
 fn parse_number<T: std::str::FromStr>(key: &'static str, value: &str) -> Result<T, SettingsError> {
@@ -351,13 +351,21 @@ mod tests {
         assert_eq!(from_file.workos.webhook_secret.unwrap().expose(), "from_file");
         assert_eq!(from_file.webhook.tolerance, Duration::from_secs(60));
 
-        let env = [("DATABASE_URL", "postgres://u:pw@db/x"), ("WORKOS_WEBHOOK_SECRET", "from_env"), ("AUTHKIT_CONFIG", path.to_str().unwrap())];
+        let env = [
+            ("DATABASE_URL", "postgres://u:pw@db/x"),
+            ("WORKOS_WEBHOOK_SECRET", "from_env"),
+            ("AUTHKIT_CONFIG", path.to_str().unwrap()),
+        ];
         let from_env = load(Overrides::default(), &env).unwrap();
         assert_eq!(from_env.database, DatabaseUrl::Postgres("postgres://u:pw@db/x".into()));
         assert_eq!(from_env.workos.webhook_secret.unwrap().expose(), "from_env");
         assert_eq!(from_env.listen.to_string(), "127.0.0.1:1");
 
-        let flags = Overrides { listen: Some("0.0.0.0:9".into()), database_url: Some("sqlite://flag.db".into()), ..Default::default() };
+        let flags = Overrides {
+            listen: Some("0.0.0.0:9".into()),
+            database_url: Some("sqlite://flag.db".into()),
+            ..Default::default()
+        };
         let from_flags = load(flags, &env).unwrap();
         assert_eq!(from_flags.listen.to_string(), "0.0.0.0:9");
         assert_eq!(from_flags.database.as_str(), "sqlite://flag.db");
@@ -366,16 +374,25 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_the_setting_named() {
         let err = |o: Overrides, vars: &[(&str, &str)]| load(o, vars).unwrap_err().to_string();
-        assert!(err(Overrides { database_url: Some("mysql://x".into()), ..Default::default() }, &[]).contains("database_url"));
+        assert!(
+            err(Overrides { database_url: Some("mysql://x".into()), ..Default::default() }, &[])
+                .contains("database_url")
+        );
         assert!(err(Overrides { listen: Some("localhost".into()), ..Default::default() }, &[]).contains("listen"));
-        assert!(err(Overrides::default(), &[("WORKOS_WEBHOOK_SECRET", " ")]).contains("WORKOS_WEBHOOK_SECRET is set but empty"));
+        assert!(
+            err(Overrides::default(), &[("WORKOS_WEBHOOK_SECRET", " ")])
+                .contains("WORKOS_WEBHOOK_SECRET is set but empty")
+        );
         assert!(err(Overrides::default(), &[("AUTHKIT_WEBHOOK_TOLERANCE_SECS", "0")]).contains("tolerance"));
         assert!(err(Overrides::default(), &[("AUTHKIT_WORKER_ENABLED", "maybe")]).contains("worker.enabled"));
         let dir = tempdir();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "listn = \"x\"").unwrap();
         assert!(err(Overrides { config: Some(path), ..Default::default() }, &[]).contains("not valid"));
-        assert!(err(Overrides { config: Some(dir.join("missing.toml")), ..Default::default() }, &[]).contains("cannot read"));
+        assert!(
+            err(Overrides { config: Some(dir.join("missing.toml")), ..Default::default() }, &[])
+                .contains("cannot read")
+        );
     }
 
     #[test]
@@ -385,7 +402,8 @@ mod tests {
     }
 
     fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("authkit-settings-{}-{}", std::process::id(), crate::clock::now_ms()));
+        let dir =
+            std::env::temp_dir().join(format!("authkit-settings-{}-{}", std::process::id(), crate::clock::now_ms()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

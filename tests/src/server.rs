@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::db::TestDb;
-use crate::workos::{now_ms, Emulator};
+use crate::workos::{Emulator, now_ms};
 
 /// The secret test servers are started with unless told otherwise.
 pub const TEST_SECRET: &str = "whsec_integration_test";
@@ -108,7 +108,8 @@ impl TestServer {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn authkit-host");
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn authkit-host");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -124,13 +125,14 @@ impl TestServer {
                 log.push('\n');
             }
         });
-        let addr = match tokio::task::spawn_blocking(move || addr_rx.recv_timeout(Duration::from_secs(60))).await.unwrap() {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("authkit-host did not start; its log:\n{}", log.lock().unwrap());
-            }
-        };
+        let addr =
+            match tokio::task::spawn_blocking(move || addr_rx.recv_timeout(Duration::from_secs(60))).await.unwrap() {
+                Ok(addr) => addr.parse().expect("listening address"),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("authkit-host did not start; its log:\n{}", log.lock().unwrap());
+                }
+            };
         let secret = options.secret.unwrap_or_else(|| TEST_SECRET.to_string());
         TestServer { child, addr, emulator: Emulator::new(&secret), log, client: reqwest::Client::new() }
     }
@@ -145,7 +147,8 @@ impl TestServer {
 
     /// POSTs `body` to the webhook route with the given headers.
     pub async fn post_webhook_raw(&self, body: Vec<u8>, headers: &[(&str, String)]) -> Reply {
-        let mut req = self.client.post(self.url("/workos/webhook")).header("content-type", "application/json").body(body);
+        let mut req =
+            self.client.post(self.url("/workos/webhook")).header("content-type", "application/json").body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -164,7 +167,13 @@ impl TestServer {
     /// Like [`TestServer::deliver`], but a connection failure is returned, not a panic.
     pub async fn try_deliver(&self, body: &[u8]) -> Result<Reply, reqwest::Error> {
         let signature = self.emulator.signature(now_ms(), body);
-        let resp = self.client.post(self.url("/workos/webhook")).header("WorkOS-Signature", signature).body(body.to_vec()).send().await?;
+        let resp = self
+            .client
+            .post(self.url("/workos/webhook"))
+            .header("WorkOS-Signature", signature)
+            .body(body.to_vec())
+            .send()
+            .await?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await?;
         Ok(Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
@@ -236,5 +245,9 @@ pub fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .expect("run authkit-host");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const BLOCK: usize = 64;
@@ -127,7 +127,10 @@ mod tests {
 
     #[test]
     fn the_independent_hmac_matches_the_protocol_page_vectors() {
-        assert_eq!(hmac_sha256_hex(b"test_secret", b""), "f7f9bd47fb987337b5796fdc1fdb9ba221d0d5396814bfcaf9521f43fd8927fd");
+        assert_eq!(
+            hmac_sha256_hex(b"test_secret", b""),
+            "f7f9bd47fb987337b5796fdc1fdb9ba221d0d5396814bfcaf9521f43fd8927fd"
+        );
         assert_eq!(
             hmac_sha256_hex(b"test_secret", "😀".as_bytes()),
             "837da296d05c4fe31f61d5d7ead035099d9585a5bcde87de952012a78f0b0c43"

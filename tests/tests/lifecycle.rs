@@ -3,16 +3,16 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use authkit_host::store::inbox::EventFilter;
 use authkit_host::store::Store;
+use authkit_host::store::inbox::EventFilter;
 use authkit_host::workos::event::RecordKind;
 use authkit_tests::server::{cli, host_binary};
 use authkit_tests::workos::user;
-use authkit_tests::{eventually, on_both_backends, Backend, ServerOptions, TestDb, TestServer};
+use authkit_tests::{Backend, ServerOptions, TestDb, TestServer, eventually, on_both_backends};
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -38,7 +38,8 @@ fn user_event(server: &TestServer, i: usize) -> (String, Vec<u8>) {
 #[tokio::test]
 async fn with_no_configuration_it_starts_on_an_embedded_sqlite_file() {
     let db = TestDb::create(Backend::Sqlite, "zero_config").await.unwrap();
-    let server = TestServer::start_with(&db, ServerOptions { secret: None, database: false, ..Default::default() }).await;
+    let server =
+        TestServer::start_with(&db, ServerOptions { secret: None, database: false, ..Default::default() }).await;
     let file = db.dir.path().join("authkit.db");
     assert!(file.exists(), "no ./authkit.db in the working directory");
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display())).await.unwrap();
@@ -176,7 +177,8 @@ async fn the_cli_lists_users_and_pages_through_them(db: TestDb) {
     assert!(table.contains("u3@example.com"));
     let (ok, page, _) = cli(&db, &["users", "list", "--json", "--limit", "2", "--after", "user_0001"]);
     assert!(ok);
-    let ids: Vec<String> = page.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        page.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, ["user_0002", "user_0003"]);
     let (ok, _, err) = cli(&db, &["users", "get", "user_missing"]);
     assert!(!ok && err.contains("no user with id"), "{err}");

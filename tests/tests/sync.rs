@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use authkit_host::store::inbox::{EventFilter, InboxEvent, Status};
 use authkit_host::store::Store;
+use authkit_host::store::inbox::{EventFilter, InboxEvent, Status};
 use authkit_host::workos::event::RecordKind;
 use authkit_tests::server::cli;
 use authkit_tests::workos::{membership, organization, user};
-use authkit_tests::{eventually, on_both_backends, Backend, ServerOptions, TestDb, TestServer};
-use serde_json::{json, Value};
+use authkit_tests::{Backend, ServerOptions, TestDb, TestServer, eventually, on_both_backends};
+use serde_json::{Value, json};
 
 on_both_backends!(
     a_created_user_is_stored_with_every_documented_field,
@@ -54,8 +54,19 @@ async fn a_created_user_is_stored_with_every_documented_field(db: TestDb) {
     settle(&db.store().await).await;
     let stored = user_json(&db, "user_01H5JQDV7R7ATEYZDEG0W5PRYS").expect("user stored");
     for field in [
-        "object", "id", "email", "email_verified", "first_name", "last_name", "name", "profile_picture_url",
-        "last_sign_in_at", "locale", "metadata", "created_at", "updated_at",
+        "object",
+        "id",
+        "email",
+        "email_verified",
+        "first_name",
+        "last_name",
+        "name",
+        "profile_picture_url",
+        "last_sign_in_at",
+        "locale",
+        "metadata",
+        "created_at",
+        "updated_at",
     ] {
         assert_eq!(stored[field], fixture[field], "field {field}");
     }
@@ -172,13 +183,20 @@ async fn memberships_follow_the_same_rules(db: TestDb) {
     server.send("organization_membership.created", fixture, "2023-07-18T02:07:19.911Z").await;
     server.send("organization_membership.updated", membership("om_2", "user_m", "org_1", "admin", T2), T2).await;
     settle(&store).await;
-    let stale = server.send("organization_membership.created", membership("om_2", "user_m", "org_1", "member", T1), T1).await;
+    let stale =
+        server.send("organization_membership.created", membership("om_2", "user_m", "org_1", "member", T1), T1).await;
     settle(&store).await;
     assert_eq!(event(&store, &stale).await.outcome.as_deref(), Some("skipped"));
     assert_eq!(store.count_records(RecordKind::Membership, "default").await.unwrap(), 2);
     server.send("organization_membership.deleted", membership("om_2", "user_m", "org_1", "admin", T3), T3).await;
     settle(&store).await;
-    server.send("organization_membership.updated", membership("om_2", "user_m", "org_1", "owner", "2030-01-01T00:00:00.000Z"), T3).await;
+    server
+        .send(
+            "organization_membership.updated",
+            membership("om_2", "user_m", "org_1", "owner", "2030-01-01T00:00:00.000Z"),
+            T3,
+        )
+        .await;
     settle(&store).await;
     assert_eq!(store.count_records(RecordKind::Membership, "default").await.unwrap(), 1);
 }
@@ -231,7 +249,13 @@ async fn heal(db: &TestDb) {
 
 fn fast_retries(db: &TestDb, max_attempts: u32) -> ServerOptions {
     let path = db.dir.path().join("authkit.toml");
-    std::fs::write(&path, format!("[worker]\nretry_base_ms = 100\nretry_max_ms = 400\npoll_interval_ms = 50\nmax_attempts = {max_attempts}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[worker]\nretry_base_ms = 100\nretry_max_ms = 400\npoll_interval_ms = 50\nmax_attempts = {max_attempts}\n"
+        ),
+    )
+    .unwrap();
     ServerOptions::default().arg("--config").arg(path.to_str().unwrap())
 }
 
@@ -280,7 +304,8 @@ async fn an_event_out_of_attempts_is_dead_lettered_and_listed(db: TestDb) {
     // A dead event no longer holds up its subject.
     assert_eq!(event(&store, &after).await.status, "done");
 
-    let listed = store.list_events(&EventFilter { status: Some(Status::Dead), limit: 10, ..Default::default() }).await.unwrap();
+    let listed =
+        store.list_events(&EventFilter { status: Some(Status::Dead), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(listed.len(), 1);
     let (ok, out, _) = cli(&db, &["events", "list", "--status", "dead"]);
     assert!(ok && out.contains(&doomed) && out.contains("injected failure"), "{out}");

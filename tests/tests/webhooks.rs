@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use authkit_host::store::inbox::EventFilter;
 use authkit_tests::server::TEST_SECRET;
-use authkit_tests::workos::{now_ms, user, Emulator};
-use authkit_tests::{eventually, on_both_backends, ServerOptions, TestDb, TestServer};
+use authkit_tests::workos::{Emulator, now_ms, user};
+use authkit_tests::{ServerOptions, TestDb, TestServer, eventually, on_both_backends};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,7 +34,8 @@ async fn the_protocol_page_vector_is_accepted_over_http(db: TestDb) {
     let wide = (now_ms() / 1000).to_string();
     let server = TestServer::start_with(
         &db,
-        ServerOptions { secret: Some("whsec_test".into()), ..Default::default() }.env("AUTHKIT_WEBHOOK_TOLERANCE_SECS", &wide),
+        ServerOptions { secret: Some("whsec_test".into()), ..Default::default() }
+            .env("AUTHKIT_WEBHOOK_TOLERANCE_SECS", &wide),
     )
     .await;
     let reply = server.post_webhook_raw(VECTOR_BODY.into(), &[("WorkOS-Signature", VECTOR_HEADER.into())]).await;
@@ -59,7 +60,11 @@ async fn the_protocol_page_vector_is_accepted_over_http(db: TestDb) {
 async fn every_rejection_has_its_status_and_code_and_writes_nothing(db: TestDb) {
     let server = TestServer::start(&db).await;
     let emu = Emulator::new(TEST_SECRET);
-    let (_, good) = emu.event("user.created", user("user_1", "a@example.com", "Ann", "2025-01-01T00:00:00.000Z"), "2025-01-01T00:00:00.000Z");
+    let (_, good) = emu.event(
+        "user.created",
+        user("user_1", "a@example.com", "Ann", "2025-01-01T00:00:00.000Z"),
+        "2025-01-01T00:00:00.000Z",
+    );
     let now = now_ms();
     let sig = |t: i64, body: &[u8]| emu.signature(t, body);
     let forger = Emulator::new("whsec_not_the_secret");
@@ -68,14 +73,34 @@ async fn every_rejection_has_its_status_and_code_and_writes_nothing(db: TestDb) 
     tampered[at] = b'B';
     let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(&good).unwrap()).unwrap();
 
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, u16, &str)> = vec![
+    // (case, body, headers, expected status, expected code)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no header", good.clone(), vec![], 401, "signature_missing"),
         ("garbage header", good.clone(), vec![("WorkOS-Signature", "garbage".into())], 401, "signature_malformed"),
         ("no v1", good.clone(), vec![("WorkOS-Signature", format!("t={now}"))], 401, "signature_malformed"),
-        ("no t", good.clone(), vec![("WorkOS-Signature", format!("v1={}", "a".repeat(64)))], 401, "signature_malformed"),
-        ("non-numeric t", good.clone(), vec![("WorkOS-Signature", format!("t=soon, v1={}", "a".repeat(64)))], 401, "signature_malformed"),
+        (
+            "no t",
+            good.clone(),
+            vec![("WorkOS-Signature", format!("v1={}", "a".repeat(64)))],
+            401,
+            "signature_malformed",
+        ),
+        (
+            "non-numeric t",
+            good.clone(),
+            vec![("WorkOS-Signature", format!("t=soon, v1={}", "a".repeat(64)))],
+            401,
+            "signature_malformed",
+        ),
         ("short v1", good.clone(), vec![("WorkOS-Signature", format!("t={now}, v1=abcd"))], 401, "signature_malformed"),
-        ("wrong secret", good.clone(), vec![("WorkOS-Signature", forger.signature(now, &good))], 401, "signature_mismatch"),
+        (
+            "wrong secret",
+            good.clone(),
+            vec![("WorkOS-Signature", forger.signature(now, &good))],
+            401,
+            "signature_mismatch",
+        ),
         ("tampered body", tampered, vec![("WorkOS-Signature", sig(now, &good))], 401, "signature_mismatch"),
         ("re-serialised JSON", pretty, vec![("WorkOS-Signature", sig(now, &good))], 401, "signature_mismatch"),
         ("stale", good.clone(), vec![("WorkOS-Signature", sig(now - 181_000, &good))], 401, "signature_expired"),
@@ -93,8 +118,16 @@ async fn every_rejection_has_its_status_and_code_and_writes_nothing(db: TestDb) 
         ("no id", json!({"event": "user.created", "data": {}}), "invalid_event"),
         ("no event", json!({"id": "evt_x", "data": {}}), "invalid_event"),
         ("no data", json!({"id": "evt_x", "event": "session.created"}), "invalid_event"),
-        ("user without id", json!({"id": "evt_x", "event": "user.updated", "data": {"email": "x@y.z"}}), "invalid_event_data"),
-        ("user with a bad time", json!({"id": "evt_x", "event": "user.updated", "data": {"id": "u", "updated_at": "later"}}), "invalid_event_data"),
+        (
+            "user without id",
+            json!({"id": "evt_x", "event": "user.updated", "data": {"email": "x@y.z"}}),
+            "invalid_event_data",
+        ),
+        (
+            "user with a bad time",
+            json!({"id": "evt_x", "event": "user.updated", "data": {"id": "u", "updated_at": "later"}}),
+            "invalid_event_data",
+        ),
     ] {
         let body = serde_json::to_vec(&body).unwrap();
         let reply = server.deliver(&body).await;
@@ -114,7 +147,8 @@ async fn every_rejection_has_its_status_and_code_and_writes_nothing(db: TestDb) 
 async fn a_body_over_one_mebibyte_is_rejected_with_413_even_when_chunked(db: TestDb) {
     let server = TestServer::start(&db).await;
     let padding = "x".repeat(1024 * 1024);
-    let big = serde_json::to_vec(&json!({"id": "evt_big", "event": "session.created", "data": {"pad": padding}})).unwrap();
+    let big =
+        serde_json::to_vec(&json!({"id": "evt_big", "event": "session.created", "data": {"pad": padding}})).unwrap();
     let reply = server.deliver(&big).await;
     assert_eq!((reply.status, reply.code()), (413, "payload_too_large"));
 
@@ -140,14 +174,21 @@ async fn a_body_over_one_mebibyte_is_rejected_with_413_even_when_chunked(db: Tes
     assert!(response.contains("payload_too_large"), "{response}");
 
     // Just under the limit is fine.
-    let fits = serde_json::to_vec(&json!({"id": "evt_fits", "event": "session.created", "data": {"pad": "x".repeat(1000 * 1000)}})).unwrap();
+    let fits = serde_json::to_vec(
+        &json!({"id": "evt_fits", "event": "session.created", "data": {"pad": "x".repeat(1000 * 1000)}}),
+    )
+    .unwrap();
     assert_eq!(server.deliver(&fits).await.status, 200);
     assert_eq!(inbox_len(&db).await, 1);
 }
 
 async fn without_a_secret_the_route_answers_503_naming_the_variable(db: TestDb) {
     let server = TestServer::start_with(&db, ServerOptions { secret: None, ..Default::default() }).await;
-    let (_, body) = server.emulator.event("user.created", user("user_1", "a@b.c", "A", "2025-01-01T00:00:00.000Z"), "2025-01-01T00:00:00.000Z");
+    let (_, body) = server.emulator.event(
+        "user.created",
+        user("user_1", "a@b.c", "A", "2025-01-01T00:00:00.000Z"),
+        "2025-01-01T00:00:00.000Z",
+    );
     let reply = server.deliver(&body).await;
     assert_eq!((reply.status, reply.code()), (503, "webhook_secret_not_configured"));
     assert!(reply.body["error"]["message"].as_str().unwrap().contains("WORKOS_WEBHOOK_SECRET"));
@@ -158,7 +199,11 @@ async fn without_a_secret_the_route_answers_503_naming_the_variable(db: TestDb) 
 
 async fn a_redelivered_event_is_acknowledged_and_changes_nothing(db: TestDb) {
     let server = TestServer::start(&db).await;
-    let (id, body) = server.emulator.event("user.created", user("user_r", "r@example.com", "Rae", "2025-01-01T00:00:00.000Z"), "2025-01-01T00:00:00.000Z");
+    let (id, body) = server.emulator.event(
+        "user.created",
+        user("user_r", "r@example.com", "Rae", "2025-01-01T00:00:00.000Z"),
+        "2025-01-01T00:00:00.000Z",
+    );
     let first = server.deliver(&body).await;
     assert_eq!((first.status, first.body["duplicate"].clone()), (200, json!(false)));
     let store = db.store().await;
@@ -188,8 +233,8 @@ async fn concurrent_deliveries_are_all_stored_once(db: TestDb) {
     }
     // Every event twice, all at once: one copy is new, the other a duplicate.
     let mut tasks = Vec::new();
-    for body in bodies.iter().chain(bodies.iter()).cloned() {
-        let server = server.clone();
+    for body in bodies.iter().chain(&bodies) {
+        let (server, body) = (server.clone(), body.clone());
         tasks.push(tokio::spawn(async move { server.deliver(&body).await }));
     }
     let mut new = 0;

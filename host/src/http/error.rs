@@ -5,9 +5,9 @@
 //! internal causes; a host fault is logged with its cause and answered with an
 //! opaque 500 (or 503 when retrying later can help).
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 use tracing::error;
 
@@ -37,7 +37,11 @@ impl ApiError {
     }
 
     pub fn payload_too_large(limit: usize) -> ApiError {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
     }
 
     pub fn not_configured(code: &'static str, variable: &str, what: &str) -> ApiError {
@@ -77,12 +81,16 @@ impl From<IngestError> for ApiError {
     /// The cause was logged where it happened; WorkOS retries on a 503.
     fn from(e: IngestError) -> ApiError {
         match e {
-            IngestError::Store(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the event could not be stored; retry later")
-            }
-            IngestError::Closed => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the host is shutting down; retry later")
-            }
+            IngestError::Store(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the event could not be stored; retry later",
+            ),
+            IngestError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the host is shutting down; retry later",
+            ),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::pipeline::ingest::Ingest;
 use crate::settings::Settings;

@@ -5,21 +5,21 @@
 //! Must not: write anything for a request that fails any check, or acknowledge
 //! before the event is committed.
 
+use axum::Json;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::header::CONTENT_LENGTH;
-use axum::Json;
-use axum::body::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::{json, Value};
-use tracing::{info_span, Instrument};
+use serde_json::{Value, json};
+use tracing::{Instrument, info_span};
 
-use super::error::ApiError;
 use super::AppState;
+use super::error::ApiError;
 use crate::clock;
 use crate::pipeline::ingest::Accepted;
 use crate::settings::env;
-use crate::store::inbox::{NewEvent, DEFAULT_TENANT};
+use crate::store::inbox::{DEFAULT_TENANT, NewEvent};
 use crate::workos::event::Event;
 use crate::workos::signature::{self, SIGNATURE_HEADER};
 

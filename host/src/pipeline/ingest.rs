@@ -8,12 +8,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
-use crate::store::inbox::{InboxWriter, NewEvent, MAX_INSERT_ROWS};
 use crate::store::StoreError;
+use crate::store::inbox::{InboxWriter, MAX_INSERT_ROWS, NewEvent};
 
 /// Submissions waiting for the writer. When full, requests wait their turn
 /// (backpressure) instead of piling up memory.

@@ -54,7 +54,7 @@ pub async fn apply(tx: &mut Tx, claimed: &ClaimedEvent, now: i64) -> Result<&'st
                 event_id: &claimed.event_id,
                 now,
             };
-            let written = match &record {
+            let written = match record.as_ref() {
                 Record::User(user) => tx.upsert_user(user, &event.data, version).await?,
                 Record::Organization(org) => tx.upsert_organization(org, &event.data, version).await?,
                 Record::Membership(m) => tx.upsert_membership(m, &event.data, version).await?,

@@ -122,7 +122,13 @@ impl Worker {
         tx.mark_done(&done, now).await
     }
 
-    async fn record_failure(&self, tx: &mut Tx, event: &ClaimedEvent, e: &ApplyError, now: i64) -> Result<(), StoreError> {
+    async fn record_failure(
+        &self,
+        tx: &mut Tx,
+        event: &ClaimedEvent,
+        e: &ApplyError,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let attempts = u32::try_from(event.attempts).unwrap_or(u32::MAX).saturating_add(1);
         let message = truncate(&e.to_string(), MAX_ERROR_LEN);
         if e.is_permanent() || attempts >= self.settings.max_attempts {

@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{on_pool, on_tx, Result, Store, Tx};
+use super::{Result, Store, Tx, on_pool, on_tx};
 use crate::clock;
 use crate::workos::event::{Membership, Organization, RecordKind, User};
 
@@ -101,7 +101,12 @@ impl Tx {
         Ok(done > 0)
     }
 
-    pub async fn upsert_organization(&mut self, org: &Organization, raw: &Map<String, Value>, v: Version<'_>) -> Result<bool> {
+    pub async fn upsert_organization(
+        &mut self,
+        org: &Organization,
+        raw: &Map<String, Value>,
+        v: Version<'_>,
+    ) -> Result<bool> {
         let domains = Value::Array(org.domains.clone().unwrap_or_default()).to_string();
         let done = on_tx!(self, c => sqlx::query(UPSERT_ORGANIZATION)
             .bind(v.tenant_id.to_string())
@@ -123,7 +128,12 @@ impl Tx {
         Ok(done > 0)
     }
 
-    pub async fn upsert_membership(&mut self, m: &Membership, raw: &Map<String, Value>, v: Version<'_>) -> Result<bool> {
+    pub async fn upsert_membership(
+        &mut self,
+        m: &Membership,
+        raw: &Map<String, Value>,
+        v: Version<'_>,
+    ) -> Result<bool> {
         let roles: Vec<Value> = m.roles.iter().flatten().map(|r| Value::String(r.slug.clone())).collect();
         let done = on_tx!(self, c => sqlx::query(UPSERT_MEMBERSHIP)
             .bind(v.tenant_id.to_string())
@@ -149,7 +159,14 @@ impl Tx {
 
     /// Deletes a record and leaves a tombstone, so no late create or update for
     /// this id can bring it back. Returns whether a row was deleted.
-    pub async fn delete_record(&mut self, kind: RecordKind, tenant_id: &str, id: &str, event_id: &str, now: i64) -> Result<bool> {
+    pub async fn delete_record(
+        &mut self,
+        kind: RecordKind,
+        tenant_id: &str,
+        id: &str,
+        event_id: &str,
+        now: i64,
+    ) -> Result<bool> {
         let delete = match kind {
             RecordKind::User => "DELETE FROM users WHERE tenant_id = $1 AND id = $2",
             RecordKind::Organization => "DELETE FROM organizations WHERE tenant_id = $1 AND id = $2",

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::QueryBuilder;
 
 use super::sqlite_writer::SqliteInboxWriter;
-use super::{on_pool, on_tx, Result, Store, Tx};
+use super::{Result, Store, Tx, on_pool, on_tx};
 
 /// The tenant every unprefixed route serves, until tenants exist.
 pub const DEFAULT_TENANT: &str = "default";

@@ -16,9 +16,9 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, TransactionBehavior};
 use super::inbox::NewEvent;
 use super::{Result, WriteGate};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 const INSERT_ONE: &str = "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, \
      payload, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6) ON CONFLICT (tenant_id, event_id) DO NOTHING";

@@ -56,9 +56,9 @@ impl Event {
         };
         let created_at_ms = match envelope.get("created_at") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
-                clock::parse_rfc3339_ms(s).ok_or(EventError::NotAnEvent("`created_at` is not an RFC 3339 time"))?,
-            ),
+            Some(Value::String(s)) => {
+                Some(clock::parse_rfc3339_ms(s).ok_or(EventError::NotAnEvent("`created_at` is not an RFC 3339 time"))?)
+            }
             Some(_) => return Err(EventError::NotAnEvent("`created_at` is not a string")),
         };
         let parsed = Event { id, event, data, created_at_ms };
@@ -78,7 +78,7 @@ impl Event {
             _ => return Ok(SyncAction::None),
         };
         match verb {
-            "created" | "updated" => Ok(SyncAction::Upsert(Record::decode(kind, &self.data)?)),
+            "created" | "updated" => Ok(SyncAction::Upsert(Box::new(Record::decode(kind, &self.data)?))),
             "deleted" => {
                 let id = record_id(kind, &self.data)?;
                 Ok(SyncAction::Delete { kind, id })
@@ -140,8 +140,12 @@ impl RecordKind {
 pub enum SyncAction {
     /// The event does not touch the directory tables.
     None,
-    Upsert(Record),
-    Delete { kind: RecordKind, id: String },
+    /// Boxed: a decoded record is far larger than the other variants.
+    Upsert(Box<Record>),
+    Delete {
+        kind: RecordKind,
+        id: String,
+    },
 }
 
 /// A decoded directory record. The raw object is the event's `data`.
@@ -165,13 +169,13 @@ impl Record {
         };
         // Timestamps must parse, or the stale-update guard could not be applied.
         for (name, ts) in record.timestamps() {
-            if let Some(ts) = ts {
-                if clock::parse_rfc3339_ms(ts).is_none() {
-                    return Err(EventError::InvalidData {
-                        kind: kind.name(),
-                        reason: format!("`{name}` is not an RFC 3339 time"),
-                    });
-                }
+            if let Some(ts) = ts
+                && clock::parse_rfc3339_ms(ts).is_none()
+            {
+                return Err(EventError::InvalidData {
+                    kind: kind.name(),
+                    reason: format!("`{name}` is not an RFC 3339 time"),
+                });
             }
         }
         Ok(record)
@@ -266,7 +270,8 @@ mod tests {
     fn a_user_created_event_decodes_every_documented_field() {
         let event = Event::parse(&envelope("user.created", USER_FIXTURE)).unwrap();
         assert_eq!(event.created_at_ms, Some(1_735_689_600_000));
-        let SyncAction::Upsert(Record::User(user)) = event.sync_action().unwrap() else { panic!() };
+        let SyncAction::Upsert(record) = event.sync_action().unwrap() else { panic!() };
+        let Record::User(user) = *record else { panic!() };
         assert_eq!(user.email.as_deref(), Some("test01@example.com"));
         assert_eq!(user.email_verified, Some(true));
         assert_eq!(user.locale.as_deref(), Some("en-US"));

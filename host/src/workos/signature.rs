@@ -91,11 +91,8 @@ fn parse_header(value: &str) -> Result<ParsedHeader<'_>, SignatureError> {
             return Err(SignatureError::Malformed("expected key=value pairs"));
         };
         match key.trim() {
-            "t" => {
-                if t_raw.replace(val.trim()).is_some() {
-                    return Err(SignatureError::Malformed("more than one t"));
-                }
-            }
+            "t" if t_raw.is_some() => return Err(SignatureError::Malformed("more than one t")),
+            "t" => t_raw = Some(val.trim()),
             "v1" => v1.push(decode_mac(val.trim())?),
             _ => {} // unknown keys are ignored, as the SDKs do
         }
@@ -148,8 +145,7 @@ pub fn verify(
     tolerance: Duration,
 ) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let header = std::str::from_utf8(header)
-        .map_err(|_| SignatureError::Malformed("header is not valid UTF-8"))?;
+    let header = std::str::from_utf8(header).map_err(|_| SignatureError::Malformed("header is not valid UTF-8"))?;
     let parsed = parse_header(header)?;
     let tolerance_ms = i64::try_from(tolerance.as_millis()).unwrap_or(i64::MAX);
     let skew = now_ms.saturating_sub(parsed.t_ms);
@@ -181,8 +177,7 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_735_689_600_000;
-    const BODY: &[u8] =
-        br#"{"id":"evt_01","event":"user.created","data":{},"created_at":"2025-01-01T00:00:00.000Z"}"#;
+    const BODY: &[u8] = br#"{"id":"evt_01","event":"user.created","data":{},"created_at":"2025-01-01T00:00:00.000Z"}"#;
     const VECTOR_MAC: &str = "aa9df12b8a4c4977490bf42eae729a3bd737970483f6b0e9b0091fe2e0fc9dd3";
 
     fn secret(s: &str) -> Secret {
@@ -201,7 +196,10 @@ mod tests {
             hex::encode(mac.finalize().into_bytes())
         };
         assert_eq!(raw("test_secret", b""), "f7f9bd47fb987337b5796fdc1fdb9ba221d0d5396814bfcaf9521f43fd8927fd");
-        assert_eq!(raw("test_secret", "😀".as_bytes()), "837da296d05c4fe31f61d5d7ead035099d9585a5bcde87de952012a78f0b0c43");
+        assert_eq!(
+            raw("test_secret", "😀".as_bytes()),
+            "837da296d05c4fe31f61d5d7ead035099d9585a5bcde87de952012a78f0b0c43"
+        );
         assert_eq!(sign(&secret("whsec_test"), NOW, BODY), VECTOR_MAC);
         assert_eq!(
             sign(&secret("secret"), NOW, br#"{"timestamp":1735689600000,"verdict":"Allow"}"#),
@@ -231,7 +229,8 @@ mod tests {
         let mut tampered = BODY.to_vec();
         tampered[10] ^= 1;
         assert_eq!(check(&header, &tampered, NOW), Err(SignatureError::Mismatch));
-        let reserialised = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(BODY).unwrap()).unwrap();
+        let reserialised =
+            serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(BODY).unwrap()).unwrap();
         assert_eq!(check(&header, &reserialised, NOW), Err(SignatureError::Mismatch));
         // The same MAC under another timestamp, or another secret, fails too.
         assert_eq!(check(&format!("t={}, v1={VECTOR_MAC}", NOW + 1), BODY, NOW), Err(SignatureError::Mismatch));
@@ -245,8 +244,14 @@ mod tests {
         let tol = 180_000;
         assert_eq!(check(&at(NOW - tol), BODY, NOW), Ok(()));
         assert_eq!(check(&at(NOW + tol), BODY, NOW), Ok(()));
-        assert_eq!(check(&at(NOW - tol - 1), BODY, NOW), Err(SignatureError::Expired { age_ms: tol + 1, tolerance_ms: tol }));
-        assert_eq!(check(&at(NOW + tol + 1), BODY, NOW), Err(SignatureError::FromFuture { ahead_ms: tol + 1, tolerance_ms: tol }));
+        assert_eq!(
+            check(&at(NOW - tol - 1), BODY, NOW),
+            Err(SignatureError::Expired { age_ms: tol + 1, tolerance_ms: tol })
+        );
+        assert_eq!(
+            check(&at(NOW + tol + 1), BODY, NOW),
+            Err(SignatureError::FromFuture { ahead_ms: tol + 1, tolerance_ms: tol })
+        );
         // Seconds instead of milliseconds look 55 years old.
         assert!(matches!(check(&at(NOW / 1000), BODY, NOW), Err(SignatureError::Expired { .. })));
     }

@@ -14,14 +14,14 @@
 //! (default database: a fresh SQLite file in a temporary directory).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use authkit_host::settings::{Overrides, Settings};
 use authkit_host::store::Store;
-use authkit_host::workos::signature::{header_value, Secret};
+use authkit_host::workos::signature::{Secret, header_value};
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -106,7 +106,8 @@ fn start_baseline() -> anyhow::Result<Running> {
     let token = stop.clone();
     let thread = std::thread::spawn(move || {
         rt.block_on(async move {
-            let app = axum::Router::new().route("/workos/webhook", axum::routing::post(|| async { axum::http::StatusCode::OK }));
+            let app = axum::Router::new()
+                .route("/workos/webhook", axum::routing::post(|| async { axum::http::StatusCode::OK }));
             axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
             Ok(())
         })
@@ -115,7 +116,8 @@ fn start_baseline() -> anyhow::Result<Running> {
 }
 
 fn start_host(database_url: &str, worker: bool) -> anyhow::Result<Running> {
-    let overrides = Overrides { database_url: Some(database_url.to_string()), no_worker: !worker, ..Default::default() };
+    let overrides =
+        Overrides { database_url: Some(database_url.to_string()), no_worker: !worker, ..Default::default() };
     let settings = Settings::load_with(&overrides, |k| (k == "WORKOS_WEBHOOK_SECRET").then(|| SECRET.to_string()))?;
     let rt = server_runtime();
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
@@ -141,7 +143,15 @@ fn event_body(run: &str, i: u64, users: u64) -> Vec<u8> {
 /// `YYYY-MM-DDTHH:MM:SS` for unix seconds (UTC).
 fn time_text(secs: u64) -> String {
     let at = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
-    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", at.year(), u8::from(at.month()), at.day(), at.hour(), at.minute(), at.second())
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
 }
 
 /// Drives `connections` keep-alive connections for warm-up + measured time.
@@ -165,9 +175,12 @@ fn load(addr: SocketAddr, args: &Args, run: &'static str, signed: bool) -> anyho
                 while Instant::now() < end {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let body = event_body(run, i, users);
-                    let mut req = hyper::Request::post("/workos/webhook").header("host", "bench").header("content-type", "application/json");
+                    let mut req = hyper::Request::post("/workos/webhook")
+                        .header("host", "bench")
+                        .header("content-type", "application/json");
                     if signed {
-                        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+                        let now_ms =
+                            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
                         req = req.header("workos-signature", header_value(&secret, now_ms, &body));
                     }
                     let req = req.body(Full::new(Bytes::from(body)))?;
@@ -193,8 +206,17 @@ fn load(addr: SocketAddr, args: &Args, run: &'static str, signed: bool) -> anyho
             errors += e;
         }
         all.sort_unstable();
-        let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
-        Ok(Figures { requests: all.len() as u64, seconds: args.seconds as f64, p50_ms: pct(0.50), p99_ms: pct(0.99), errors })
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64
+                / 1000.0
+        };
+        Ok(Figures {
+            requests: all.len() as u64,
+            seconds: args.seconds as f64,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            errors,
+        })
     })
 }
 
@@ -215,7 +237,8 @@ fn unfinished(database_url: &str) -> anyhow::Result<i64> {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
-    let database_url = args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let database_url =
+        args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "authkit-host ingest benchmark: {} connections, {}s warm-up + {}s measured per phase, {} distinct users, {cores} cores, database {}",
