@@ -88,6 +88,22 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Postgres only: makes the database refuse new connections and cuts the
+    /// existing ones (`available = false`), or lets it accept them again.
+    pub async fn set_postgres_available(&self, available: bool) {
+        let (admin, name) = self.postgres.as_ref().expect("a Postgres test database");
+        let mut conn = PgConnectOptions::from_str(admin).unwrap().connect().await.unwrap();
+        let sql = format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {available}");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+        if !available {
+            let cut = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'");
+            sqlx::query(sqlx::AssertSqlSafe(cut)).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.ok();
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some((admin, name)) = self.postgres.take() else { return };

@@ -314,3 +314,31 @@ async fn an_event_out_of_attempts_is_dead_lettered_and_listed(db: TestDb) {
     let (ok, _, err) = cli(&db, &["events", "list", "--status", "sideways"]);
     assert!(!ok && err.contains("unknown status"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_postgres_goes_away_webhooks_get_503_the_worker_backs_off_and_all_recovers() {
+    let Some(db) = TestDb::create(Backend::Postgres, "postgres_goes_away").await else { return };
+    let server = TestServer::start_with(&db, fast_retries(&db, 1000)).await;
+    server.send("user.created", user("user_a", "a@example.com", "A", T1), T1).await;
+    settle(&db.store().await).await;
+
+    db.set_postgres_available(false).await;
+    let (_, body) = server.emulator.event("user.created", user("user_b", "b@example.com", "B", T1), T1);
+    let reply = server.deliver(&body).await;
+    assert_eq!((reply.status, reply.code()), (503, "storage_unavailable"), "{reply:?}");
+    eventually("the worker to report the outage", Duration::from_secs(20), || async {
+        server.log().contains("worker could not process events; will retry").then_some(())
+    })
+    .await;
+
+    db.set_postgres_available(true).await;
+    // WorkOS redelivers the refused webhook; the host serves it as if nothing happened.
+    let reply = eventually("the host to store webhooks again", Duration::from_secs(30), || async {
+        Some(server.deliver(&body).await).filter(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(reply.body["duplicate"], json!(false));
+    let store = db.store().await;
+    settle(&store).await;
+    assert!(user_json(&db, "user_a").is_some() && user_json(&db, "user_b").is_some());
+}
