@@ -21,4 +21,11 @@ fi
 
 # The integration tests run the binary itself, so build it first.
 cargo build --locked -p authkit-host --bin authkit-host
-cargo test --locked --workspace
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --workspace 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary, in the plain "N passed, N failed" form.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\nall test binaries: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
+exit "$status"

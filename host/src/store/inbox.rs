@@ -105,22 +105,24 @@ const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occu
 
 /// Due, unfinished events in ordering-key order, skipping any event whose subject
 /// has an older unfinished event still waiting for its retry time: events about
-/// one subject are applied one at a time, oldest first.
-const CLAIM_SQL: &str = "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e \
-     WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 \
-     AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject \
-         AND o.status IN ('pending', 'failed') AND o.next_attempt_at > $1 \
-         AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) \
-     ORDER BY e.occurred_at, e.event_id LIMIT $2";
-
+/// one subject are applied one at a time, oldest first. `$suffix` is appended.
+macro_rules! claim_sql {
+    ($suffix:literal) => {
+        concat!(
+            "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e ",
+            "WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 ",
+            "AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject ",
+            "AND o.status IN ('pending', 'failed') AND o.next_attempt_at > $1 ",
+            "AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) ",
+            "ORDER BY e.occurred_at, e.event_id LIMIT $2",
+            $suffix
+        )
+    };
+}
+const CLAIM_SQL: &str = claim_sql!("");
 /// On Postgres several host processes may claim at once; rows another process
 /// holds are skipped rather than waited for.
-const CLAIM_SQL_POSTGRES: &str = "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e \
-     WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 \
-     AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject \
-         AND o.status IN ('pending', 'failed') AND o.next_attempt_at > $1 \
-         AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) \
-     ORDER BY e.occurred_at, e.event_id LIMIT $2 FOR UPDATE OF e SKIP LOCKED";
+const CLAIM_SQL_POSTGRES: &str = claim_sql!(" FOR UPDATE OF e SKIP LOCKED");
 
 /// Where batches of new events are written: on a SQLite file, a connection of
 /// its own (blocking; see [`SqliteInboxWriter`]); otherwise the pool, one
