@@ -20,7 +20,11 @@ CREATE TABLE inbox (
 );
 -- The worker's claim: unfinished events in ordering-key order.
 CREATE INDEX inbox_unfinished ON inbox (occurred_at, event_id) WHERE status IN ('pending', 'failed');
-CREATE INDEX inbox_unfinished_subject ON inbox (tenant_id, subject, occurred_at) WHERE status IN ('pending', 'failed');
+-- Events waiting to retry hold back later events of their subject. Only failed rows
+-- can be waiting (a pending row is due from the moment it arrives), so only they are
+-- indexed: subjects are random keys, and indexing every new row would dirty a page
+-- per webhook (measured: twice the commit time with 50k unfinished rows).
+CREATE INDEX inbox_retrying_subject ON inbox (tenant_id, subject, occurred_at) WHERE status = 'failed';
 -- Dead letters are rare and looked for by operators; pending rows are not indexed here.
 CREATE INDEX inbox_dead ON inbox (tenant_id, seq) WHERE status = 'dead';
 

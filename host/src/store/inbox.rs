@@ -104,15 +104,17 @@ const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occu
      attempts, next_attempt_at, last_error, outcome, processed_at";
 
 /// Due, unfinished events in ordering-key order, skipping any event whose subject
-/// has an older unfinished event still waiting for its retry time: events about
-/// one subject are applied one at a time, oldest first. `$suffix` is appended.
+/// has an older event still waiting for its retry time: events about one subject
+/// are applied one at a time, oldest first. Only failed events can be waiting (a
+/// pending event is due from the moment it is received), which is what lets the
+/// subject index cover failed rows only. `$suffix` is appended.
 macro_rules! claim_sql {
     ($suffix:literal) => {
         concat!(
             "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e ",
             "WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 ",
             "AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject ",
-            "AND o.status IN ('pending', 'failed') AND o.next_attempt_at > $1 ",
+            "AND o.status = 'failed' AND o.next_attempt_at > $1 ",
             "AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) ",
             "ORDER BY e.occurred_at, e.event_id LIMIT $2",
             $suffix
