@@ -39,8 +39,6 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

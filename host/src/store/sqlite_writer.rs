@@ -9,8 +9,9 @@
 //! rows come back to an async task, which on a runtime busy with HTTP doubled the
 //! commit time (1.9 ms against SQLite's own 0.9 ms for 25 rows, measured here).
 //! The commit time bounds ingest throughput, so this path holds the connection
-//! itself, on a thread that takes batches straight from the ingest queue. It opens the same file as the sqlx pool,
-//! with the same durability settings (WAL, `synchronous=FULL`).
+//! itself, on a thread that takes batches straight from the ingest queue. It
+//! opens the same file as the sqlx pool, with the same durability settings (WAL,
+//! `synchronous=FULL`).
 
 use std::collections::HashSet;
 use std::path::Path;
