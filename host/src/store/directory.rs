@@ -7,6 +7,7 @@
 //! does) or parse JSON payloads beyond serialising what it is given.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{Result, Store, Tx, on_pool, on_tx};
@@ -76,7 +77,7 @@ fn ms(ts: &Option<String>) -> Option<i64> {
 impl Tx {
     /// Inserts or updates a user unless a newer version is stored or the id is
     /// tombstoned. Returns whether a row was written.
-    pub async fn upsert_user(&mut self, user: &User, raw: &Map<String, Value>, v: Version<'_>) -> Result<bool> {
+    pub async fn upsert_user(&mut self, user: &User, raw: &RawValue, v: Version<'_>) -> Result<bool> {
         let done = on_tx!(self, c => sqlx::query(UPSERT_USER)
             .bind(v.tenant_id.to_string())
             .bind(user.id.clone())
@@ -90,7 +91,7 @@ impl Tx {
             .bind(user.locale.clone())
             .bind(user.external_id.clone())
             .bind(json_text(user.metadata.as_ref()))
-            .bind(json_text(Some(raw)))
+            .bind(raw.get().to_string())
             .bind(ms(&user.created_at))
             .bind(v.updated_at)
             .bind(v.event_id.to_string())
@@ -101,12 +102,7 @@ impl Tx {
         Ok(done > 0)
     }
 
-    pub async fn upsert_organization(
-        &mut self,
-        org: &Organization,
-        raw: &Map<String, Value>,
-        v: Version<'_>,
-    ) -> Result<bool> {
+    pub async fn upsert_organization(&mut self, org: &Organization, raw: &RawValue, v: Version<'_>) -> Result<bool> {
         let domains = Value::Array(org.domains.clone().unwrap_or_default()).to_string();
         let done = on_tx!(self, c => sqlx::query(UPSERT_ORGANIZATION)
             .bind(v.tenant_id.to_string())
@@ -117,7 +113,7 @@ impl Tx {
             .bind(org.external_id.clone())
             .bind(org.stripe_customer_id.clone())
             .bind(json_text(org.metadata.as_ref()))
-            .bind(json_text(Some(raw)))
+            .bind(raw.get().to_string())
             .bind(ms(&org.created_at))
             .bind(v.updated_at)
             .bind(v.event_id.to_string())
@@ -128,12 +124,7 @@ impl Tx {
         Ok(done > 0)
     }
 
-    pub async fn upsert_membership(
-        &mut self,
-        m: &Membership,
-        raw: &Map<String, Value>,
-        v: Version<'_>,
-    ) -> Result<bool> {
+    pub async fn upsert_membership(&mut self, m: &Membership, raw: &RawValue, v: Version<'_>) -> Result<bool> {
         let roles: Vec<Value> = m.roles.iter().flatten().map(|r| Value::String(r.slug.clone())).collect();
         let done = on_tx!(self, c => sqlx::query(UPSERT_MEMBERSHIP)
             .bind(v.tenant_id.to_string())
@@ -146,7 +137,7 @@ impl Tx {
             .bind(Value::Array(roles.clone()).to_string())
             .bind(m.directory_managed)
             .bind(json_text(m.custom_attributes.as_ref()))
-            .bind(json_text(Some(raw)))
+            .bind(raw.get().to_string())
             .bind(ms(&m.created_at))
             .bind(v.updated_at)
             .bind(v.event_id.to_string())

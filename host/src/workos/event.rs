@@ -5,7 +5,10 @@
 //! and the per-subject ordering key. Must not: touch the database or HTTP.
 //! Unknown fields are tolerated everywhere: WorkOS adds fields over time.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::clock;
@@ -21,13 +24,14 @@ pub enum EventError {
     InvalidData { kind: &'static str, reason: String },
 }
 
-/// A parsed event envelope. `data` is kept as JSON: only the directory events are
-/// decoded further (see [`Event::sync_action`]).
+/// A parsed event envelope. `data` is kept as the exact JSON text WorkOS sent:
+/// only the directory events are decoded further (see [`Event::sync_action`]),
+/// and handlers receive it as text.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub id: String,
     pub event: String,
-    pub data: Map<String, Value>,
+    pub data: Box<RawValue>,
     /// `created_at` of the envelope in unix ms, when present and well formed.
     pub created_at_ms: Option<i64>,
 }
@@ -35,33 +39,60 @@ pub struct Event {
 /// Longest event id or type we accept; WorkOS ids are about 30 characters.
 const MAX_ID_LEN: usize = 256;
 
+/// The envelope as it is read: fields borrow from the body where they can, and
+/// `data` is not parsed into a tree (ingest runs this for every webhook).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created_at: Option<Cow<'a, str>>,
+}
+
+/// The two `data` fields the ordering key looks at.
+#[derive(Deserialize)]
+struct SubjectFields<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user_id: Option<Cow<'a, str>>,
+}
+
 impl Event {
     /// Parses and validates a webhook body. Directory events (`user.*`,
     /// `organization.*`, `organization_membership.*`) must carry a decodable record,
     /// so a malformed one is refused at the door instead of failing in the worker.
     pub fn parse(body: &[u8]) -> Result<Event, EventError> {
-        let value: Value = serde_json::from_slice(body).map_err(EventError::InvalidJson)?;
-        let Value::Object(mut envelope) = value else {
-            return Err(EventError::NotAnEvent("the body is not a JSON object"));
-        };
-        let id = take_string(&mut envelope, "id").ok_or(EventError::NotAnEvent("no string `id`"))?;
-        let event = take_string(&mut envelope, "event").ok_or(EventError::NotAnEvent("no string `event`"))?;
+        if !body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'{') {
+            return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(e) => EventError::InvalidJson(e),
+                Ok(_) => EventError::NotAnEvent("the body is not a JSON object"),
+            });
+        }
+        let envelope: Envelope = serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => EventError::NotAnEvent("a field has the wrong type"),
+            _ => EventError::InvalidJson(e),
+        })?;
+        let id = envelope.id.ok_or(EventError::NotAnEvent("no string `id`"))?;
+        let event = envelope.event.ok_or(EventError::NotAnEvent("no string `event`"))?;
         if id.is_empty() || id.len() > MAX_ID_LEN || event.is_empty() || event.len() > MAX_ID_LEN {
             return Err(EventError::NotAnEvent("`id` and `event` must be 1 to 256 characters"));
         }
-        let data = match envelope.remove("data") {
-            Some(Value::Object(data)) => data,
-            Some(_) => return Err(EventError::NotAnEvent("`data` is not an object")),
-            None => return Err(EventError::NotAnEvent("no `data` object")),
+        let data = envelope.data.ok_or(EventError::NotAnEvent("no `data` object"))?;
+        if !data.get().starts_with('{') {
+            return Err(EventError::NotAnEvent("`data` is not an object"));
+        }
+        let created_at_ms = match envelope.created_at {
+            None => None,
+            Some(s) => Some(
+                clock::parse_rfc3339_ms(&s).ok_or(EventError::NotAnEvent("`created_at` is not an RFC 3339 time"))?,
+            ),
         };
-        let created_at_ms = match envelope.get("created_at") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => {
-                Some(clock::parse_rfc3339_ms(s).ok_or(EventError::NotAnEvent("`created_at` is not an RFC 3339 time"))?)
-            }
-            Some(_) => return Err(EventError::NotAnEvent("`created_at` is not a string")),
-        };
-        let parsed = Event { id, event, data, created_at_ms };
+        let parsed = Event { id: id.into_owned(), event: event.into_owned(), data: data.to_owned(), created_at_ms };
         parsed.sync_action()?;
         Ok(parsed)
     }
@@ -91,9 +122,13 @@ impl Event {
     /// oldest first. Events about a user (including memberships, sessions and
     /// authentications, which carry `user_id`) share the user's subject.
     pub fn subject(&self) -> String {
-        let str_field = |name: &str| self.data.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
+        // `data` is an object (checked by `parse`); fields of another type count as absent.
+        let fields =
+            serde_json::from_str::<SubjectFields>(self.data.get()).unwrap_or(SubjectFields { id: None, user_id: None });
+        let id = fields.id.filter(|s| !s.is_empty());
+        let user_id = fields.user_id.filter(|s| !s.is_empty());
         let kind = self.event.rsplit_once('.').map_or(self.event.as_str(), |(kind, _)| kind);
-        match (kind, str_field("id"), str_field("user_id")) {
+        match (kind, id, user_id) {
             ("user", Some(id), _) => format!("user:{id}"),
             (_, _, Some(user)) => format!("user:{user}"),
             ("organization", Some(id), _) => format!("organization:{id}"),
@@ -103,17 +138,16 @@ impl Event {
     }
 }
 
-fn take_string(map: &mut Map<String, Value>, key: &str) -> Option<String> {
-    match map.remove(key) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
+fn record_id(kind: RecordKind, data: &RawValue) -> Result<String, EventError> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<Cow<'a, str>>,
     }
-}
-
-fn record_id(kind: RecordKind, data: &Map<String, Value>) -> Result<String, EventError> {
-    match data.get("id") {
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_LEN => Ok(id.clone()),
-        _ => Err(EventError::InvalidData { kind: kind.name(), reason: "no string `id`".into() }),
+    let invalid = || EventError::InvalidData { kind: kind.name(), reason: "no string `id`".into() };
+    match serde_json::from_str::<IdOnly>(data.get()).map_err(|_| invalid())?.id {
+        Some(id) if !id.is_empty() && id.len() <= MAX_ID_LEN => Ok(id.into_owned()),
+        _ => Err(invalid()),
     }
 }
 
@@ -157,15 +191,14 @@ pub enum Record {
 }
 
 impl Record {
-    fn decode(kind: RecordKind, data: &Map<String, Value>) -> Result<Record, EventError> {
+    fn decode(kind: RecordKind, data: &RawValue) -> Result<Record, EventError> {
         record_id(kind, data)?;
         let invalid = |e: serde_json::Error| EventError::InvalidData { kind: kind.name(), reason: e.to_string() };
-        // Deserialised from the borrowed map: no copy of the payload.
-        let de = serde::de::value::MapDeserializer::new(data.iter().map(|(k, v)| (k.as_str(), v)));
+        let text = data.get();
         let record = match kind {
-            RecordKind::User => Record::User(User::deserialize(de).map_err(invalid)?),
-            RecordKind::Organization => Record::Organization(Organization::deserialize(de).map_err(invalid)?),
-            RecordKind::Membership => Record::Membership(Membership::deserialize(de).map_err(invalid)?),
+            RecordKind::User => Record::User(serde_json::from_str(text).map_err(invalid)?),
+            RecordKind::Organization => Record::Organization(serde_json::from_str(text).map_err(invalid)?),
+            RecordKind::Membership => Record::Membership(serde_json::from_str(text).map_err(invalid)?),
         };
         // Timestamps must parse, or the stale-update guard could not be applied.
         for (name, ts) in record.timestamps() {

@@ -13,6 +13,10 @@
 //! [--only baseline,ingest,apply,mixed]`
 //! (default database: a fresh SQLite file in a temporary directory).
 
+/// The allocator the `authkit-host` binary uses, so the in-process server measures the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
