@@ -10,6 +10,8 @@
 //! backend, so each query is written once and type-checked for both.
 
 pub mod directory;
+pub mod documents;
+pub mod exec;
 pub mod inbox;
 pub mod sqlite_writer;
 
@@ -39,6 +41,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is not as the host wrote it: {0}")]
+    Corrupt(String),
+    #[error("synchronous transactions need an on-disk SQLite file, not {0}")]
+    NoSqliteFile(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -143,6 +149,21 @@ impl Store {
             }
             Store::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
+    }
+
+    /// A source of synchronous transactions on the same database, for code on a
+    /// blocking thread (see [`exec`]). `handle` drives Postgres I/O.
+    pub fn sync_db(&self, handle: tokio::runtime::Handle) -> Result<exec::SyncDb> {
+        match self {
+            Store::Sqlite(pool, gate) => {
+                let path = pool.connect_options().get_filename().to_path_buf();
+                if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+                    return Err(StoreError::NoSqliteFile(path.display().to_string()));
+                }
+                Ok(exec::SyncDb::Sqlite(exec::SqliteConn::open(&path, gate.clone())?))
+            }
+            Store::Postgres(pool) => Ok(exec::SyncDb::Postgres(pool.clone(), handle)),
+        }
     }
 
     pub async fn close(&self) {

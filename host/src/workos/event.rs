@@ -67,7 +67,7 @@ impl Event {
     /// `organization.*`, `organization_membership.*`) must carry a decodable record,
     /// so a malformed one is refused at the door instead of failing in the worker.
     pub fn parse(body: &[u8]) -> Result<Event, EventError> {
-        if !body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'{') {
+        if body.iter().find(|b| !b.is_ascii_whitespace()).is_none_or(|&b| b != b'{') {
             return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
                 Err(e) => EventError::InvalidJson(e),
                 Ok(_) => EventError::NotAnEvent("the body is not a JSON object"),

@@ -1,0 +1,298 @@
+//! Synchronous SQL, for code that runs on a blocking thread: handlers run inside
+//! wasmtime synchronously, and their `db` calls must reach the transaction of the
+//! event they are handling while the guest waits.
+//!
+//! Owns: [`SyncTx`], one open transaction on either backend, with `execute` and
+//! `query` over the same `$N` SQL text as the rest of the store, and savepoints.
+//! On SQLite it is a connection of its own (rusqlite: ~1 µs a statement against
+//! ~60 µs through sqlx's worker thread); on Postgres an sqlx transaction driven
+//! with `Handle::block_on`. Must not: be used from an async task (it blocks), or
+//! hold anything but plain values in its rows.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use sqlx::postgres::PgRow;
+use sqlx::{Column, PgPool, Postgres, Row as _, TypeInfo};
+use tokio::runtime::Handle;
+
+use super::{Result, StoreError, WriteGate};
+
+/// A value bound to, or read from, a statement. Booleans are integers (0/1), as
+/// SQLite keeps them; Postgres booleans are read as such.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn into_string(self) -> Option<String> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::Text(s.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::Text(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Value {
+        Value::Int(i)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+pub type Row = Vec<Value>;
+
+/// Same as the pools: wait this long for SQLite's write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A SQLite connection for synchronous transactions, opened on the pool's file.
+/// Shared with the open transaction (which must be `'static` to live in a
+/// wasmtime store); only one transaction uses it at a time.
+pub struct SqliteConn {
+    conn: Arc<Mutex<rusqlite::Connection>>,
+    gate: WriteGate,
+}
+
+impl SqliteConn {
+    /// Opens a connection to the (already migrated) database file.
+    pub fn open(path: &Path, gate: WriteGate) -> Result<SqliteConn> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(SqliteConn { conn: Arc::new(Mutex::new(conn)), gate })
+    }
+}
+
+/// Where synchronous transactions come from.
+pub enum SyncDb {
+    Sqlite(SqliteConn),
+    Postgres(PgPool, Handle),
+}
+
+impl SyncDb {
+    /// Begins a write transaction. On SQLite it takes the write gate first, so the
+    /// ingest writer and this transaction take turns instead of meeting SQLite's lock.
+    pub fn begin(&mut self) -> Result<SyncTx> {
+        match self {
+            SyncDb::Sqlite(c) => {
+                let gate = c.gate.clone().blocking_lock_owned();
+                lock(&c.conn).execute_batch("BEGIN IMMEDIATE")?;
+                Ok(SyncTx { inner: Inner::Sqlite { conn: c.conn.clone(), _gate: gate }, open: true })
+            }
+            SyncDb::Postgres(pool, handle) => {
+                let tx = handle.block_on(pool.begin())?;
+                Ok(SyncTx { inner: Inner::Postgres { tx: Some(tx), handle: handle.clone() }, open: true })
+            }
+        }
+    }
+}
+
+fn lock(conn: &Mutex<rusqlite::Connection>) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+    // A panic while holding it leaves nothing half-done that SQLite would not roll back.
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+enum Inner {
+    Sqlite { conn: Arc<Mutex<rusqlite::Connection>>, _gate: tokio::sync::OwnedMutexGuard<()> },
+    Postgres { tx: Option<sqlx::Transaction<'static, Postgres>>, handle: Handle },
+}
+
+/// One open transaction. Dropped without [`SyncTx::commit`], it rolls back.
+pub struct SyncTx {
+    inner: Inner,
+    open: bool,
+}
+
+impl SyncTx {
+    /// Runs a statement; returns the number of rows it changed.
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        match &mut self.inner {
+            Inner::Sqlite { conn, .. } => {
+                let conn = lock(conn);
+                let mut stmt = conn.prepare_cached(sql)?;
+                bind_sqlite(&mut stmt, params)?;
+                Ok(stmt.raw_execute()? as u64)
+            }
+            Inner::Postgres { tx, handle } => {
+                let tx = tx.as_mut().expect("transaction is open");
+                let query = bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), params);
+                Ok(handle.block_on(query.execute(&mut **tx))?.rows_affected())
+            }
+        }
+    }
+
+    /// Runs a query; returns every row, each as its columns in order.
+    pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        match &mut self.inner {
+            Inner::Sqlite { conn, .. } => {
+                let conn = lock(conn);
+                let mut stmt = conn.prepare_cached(sql)?;
+                bind_sqlite(&mut stmt, params)?;
+                let columns = stmt.column_count();
+                let mut rows = stmt.raw_query();
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let mut values = Vec::with_capacity(columns);
+                    for i in 0..columns {
+                        values.push(match row.get_ref(i)? {
+                            ValueRef::Null => Value::Null,
+                            ValueRef::Integer(n) => Value::Int(n),
+                            ValueRef::Real(f) => Value::Text(f.to_string()),
+                            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                Value::Text(String::from_utf8_lossy(t).into_owned())
+                            }
+                        });
+                    }
+                    out.push(values);
+                }
+                Ok(out)
+            }
+            Inner::Postgres { tx, handle } => {
+                let tx = tx.as_mut().expect("transaction is open");
+                let query = bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let rows = handle.block_on(query.fetch_all(&mut **tx))?;
+                rows.iter().map(pg_row).collect()
+            }
+        }
+    }
+
+    /// The first row, if any.
+    pub fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Marks a point that [`SyncTx::rollback_to`] can return to.
+    pub fn savepoint(&mut self, name: &str) -> Result<()> {
+        self.execute(&format!("SAVEPOINT {name}"), &[]).map(drop)
+    }
+
+    /// Keeps everything since the savepoint and forgets the savepoint.
+    pub fn release(&mut self, name: &str) -> Result<()> {
+        self.execute(&format!("RELEASE SAVEPOINT {name}"), &[]).map(drop)
+    }
+
+    /// Undoes everything since the savepoint and forgets it.
+    pub fn rollback_to(&mut self, name: &str) -> Result<()> {
+        self.execute(&format!("ROLLBACK TO SAVEPOINT {name}"), &[])?;
+        self.release(name)
+    }
+
+    /// Makes every change durable (one fsync on SQLite).
+    pub fn commit(mut self) -> Result<()> {
+        self.open = false;
+        match &mut self.inner {
+            Inner::Sqlite { conn, .. } => lock(conn).execute_batch("COMMIT").map_err(Into::into),
+            Inner::Postgres { tx, handle } => {
+                handle.block_on(tx.take().expect("transaction is open").commit()).map_err(Into::into)
+            }
+        }
+    }
+}
+
+impl Drop for SyncTx {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        match &mut self.inner {
+            Inner::Sqlite { conn, .. } => {
+                if let Err(e) = lock(conn).execute_batch("ROLLBACK") {
+                    tracing::error!(error = %e, "could not roll back a SQLite transaction");
+                }
+            }
+            // sqlx rolls back a dropped transaction when its connection is next used.
+            Inner::Postgres { tx, handle } => {
+                if let Some(tx) = tx.take()
+                    && let Err(e) = handle.block_on(tx.rollback())
+                {
+                    tracing::error!(error = %e, "could not roll back a Postgres transaction");
+                }
+            }
+        }
+    }
+}
+
+/// Binds `$1`, `$2`, … by name: SQLite numbers named parameters in order of first
+/// appearance, which need not be the order of their numbers.
+fn bind_sqlite(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Value]) -> Result<()> {
+    for (i, value) in params.iter().enumerate() {
+        let Some(index) = stmt.parameter_index(&format!("${}", i + 1))? else {
+            continue; // a parameter the statement does not use
+        };
+        match value {
+            Value::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null)?,
+            Value::Int(n) => stmt.raw_bind_parameter(index, n)?,
+            Value::Text(s) => stmt.raw_bind_parameter(index, s.as_str())?,
+        }
+    }
+    Ok(())
+}
+
+fn bind_pg<'q>(
+    mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    params: &'q [Value],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    for value in params {
+        query = match value {
+            Value::Null => query.bind(None::<String>),
+            Value::Int(n) => query.bind(*n),
+            Value::Text(s) => query.bind(s.as_str()),
+        };
+    }
+    query
+}
+
+fn pg_row(row: &PgRow) -> Result<Row> {
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let value = match column.type_info().name() {
+            "BOOL" => row.try_get::<Option<bool>, _>(i)?.map_or(Value::Null, |b| Value::Int(b as i64)),
+            "INT2" => row.try_get::<Option<i16>, _>(i)?.map_or(Value::Null, |n| Value::Int(n.into())),
+            "INT4" => row.try_get::<Option<i32>, _>(i)?.map_or(Value::Null, |n| Value::Int(n.into())),
+            "INT8" => row.try_get::<Option<i64>, _>(i)?.map_or(Value::Null, Value::Int),
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
+                row.try_get::<Option<String>, _>(i)?.map_or(Value::Null, Value::Text)
+            }
+            other => {
+                return Err(StoreError::Database(sqlx::Error::ColumnDecode {
+                    index: i.to_string(),
+                    source: format!("unsupported column type {other} in a synchronous query").into(),
+                }));
+            }
+        };
+        values.push(value);
+    }
+    Ok(values)
+}
