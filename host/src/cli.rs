@@ -52,6 +52,9 @@ struct ServeArgs {
     /// Store and acknowledge events without applying them (ingest-only process).
     #[arg(long)]
     no_worker: bool,
+    /// A handler component (.wasm) to run on every event (also AUTHKIT_HANDLER).
+    #[arg(long, value_name = "FILE")]
+    handler: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,10 @@ enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print one event as JSON: status, attempts, last error and the handler's log.
+    Show { id: String },
+    /// Queue a dead event again, with a fresh set of attempts.
+    Retry { id: String },
 }
 
 /// Parses the command line and runs the command.
@@ -100,6 +107,10 @@ pub fn main() -> ExitCode {
             _ => None,
         },
         no_worker: matches!(&cli.command, Command::Serve(ServeArgs { no_worker: true, .. })),
+        handler: match &cli.command {
+            Command::Serve(args) => args.handler.clone(),
+            _ => None,
+        },
     };
     let settings = match Settings::load(&overrides) {
         Ok(settings) => settings,
@@ -212,7 +223,26 @@ async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
 }
 
 async fn events(cmd: EventsCommand, store: &Store) -> anyhow::Result<()> {
-    let EventsCommand::List { status, event_type, limit, json } = cmd;
+    let (status, event_type, limit, json) = match cmd {
+        EventsCommand::List { status, event_type, limit, json } => (status, event_type, limit, json),
+        EventsCommand::Show { id } => {
+            let event =
+                store.get_event(DEFAULT_TENANT, &id).await?.with_context(|| format!("no event with id {id:?}"))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", serde_json::to_string_pretty(&event.view())?)?;
+            return Ok(());
+        }
+        EventsCommand::Retry { id } => {
+            let Some(event) = store.get_event(DEFAULT_TENANT, &id).await? else {
+                bail!("no event with id {id:?}");
+            };
+            if !store.retry_event(DEFAULT_TENANT, &id, clock::now_ms()).await? {
+                bail!("event {id} is {}, not dead: only dead events can be retried", event.status);
+            }
+            println!("event {id} queued again");
+            return Ok(());
+        }
+    };
     let status = match status {
         Some(s) => Some(
             Status::parse(&s).with_context(|| format!("unknown status {s:?}: use pending, failed, done or dead"))?,

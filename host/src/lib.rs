@@ -19,6 +19,7 @@ pub mod cli;
 pub mod clock;
 pub mod http;
 pub mod pipeline;
+pub mod runtime;
 pub mod server;
 pub mod settings;
 pub mod store;

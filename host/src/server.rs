@@ -13,16 +13,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::http::{self, AppState};
 use crate::pipeline::ingest::Ingest;
-use crate::pipeline::worker::Worker;
+use crate::pipeline::worker::{Handler, Worker};
+use crate::runtime::{InvocationLimits, Runtime};
 use crate::settings::{Settings, env};
 use crate::store::Store;
-use crate::store::inbox::InboxWriter;
+use crate::store::documents::{Documents, Limits};
+use crate::store::inbox::{DEFAULT_TENANT, InboxWriter};
 
 /// Runs the host on `listener` until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -37,13 +40,20 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         );
     }
 
+    let handler = match &settings.handler.path {
+        Some(path) => Some(load_handler(&settings, &store, path).await?),
+        None => None,
+    };
+
     let writer = InboxWriter::new(&store).context("failed to open the inbox writer")?;
     let stored = Arc::new(Notify::new());
     let (ingest, ingest_task) = Ingest::start(writer, stored.clone());
     let worker_stop = CancellationToken::new();
     let worker_task = if settings.worker.enabled {
-        let worker = Worker::new(store.clone(), settings.worker.clone(), stored);
-        Some(tokio::spawn(worker.run(worker_stop.clone())))
+        let worker = Worker::new(&store, settings.worker.clone(), handler, stored, Handle::current())
+            .context("failed to open the worker's database connection")?;
+        let stop = worker_stop.clone();
+        Some(tokio::task::spawn_blocking(move || worker.run(stop)))
     } else {
         info!("worker disabled: events are stored and acknowledged but not applied by this process");
         None
@@ -79,4 +89,35 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     store.close().await;
     info!("shutdown complete");
     serve_result
+}
+
+/// Loads the `--handler` component and builds the indexes it declares, before
+/// any event reaches it. A component that cannot load stops the start-up.
+async fn load_handler(settings: &Settings, store: &Store, path: &std::path::Path) -> anyhow::Result<Handler> {
+    let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read the handler {}", path.display()))?;
+    let h = &settings.handler;
+    let limits = InvocationLimits {
+        event_deadline: h.event_deadline,
+        memory_limit: h.memory_limit,
+        max_calls: h.max_calls,
+        documents: Limits { max_document_bytes: h.max_document_bytes, ..Limits::default() },
+    };
+    let mut db = store.sync_db(Handle::current()).context("failed to open a database connection for the handler")?;
+    let path_text = path.display().to_string();
+    let handler = tokio::task::spawn_blocking(move || -> anyhow::Result<Handler> {
+        let runtime =
+            Runtime::new(limits).map_err(|e| anyhow::anyhow!("failed to start the WebAssembly runtime: {e:#}"))?;
+        let runtime = Arc::new(runtime);
+        let module = runtime.load(&bytes).with_context(|| format!("the handler {path_text} cannot be used"))?;
+        let mut tx = db.begin()?;
+        Documents { tx: &mut tx, tenant: DEFAULT_TENANT, indexes: &module.indexes, limits: runtime.limits().documents }
+            .sync_indexes()
+            .context("failed to build the handler's indexes")?;
+        tx.commit()?;
+        Ok(Handler { runtime, module })
+    })
+    .await
+    .context("the handler loader panicked")??;
+    info!(handler = %path.display(), sha256 = %handler.module.hash, "handler loaded");
+    Ok(handler)
 }

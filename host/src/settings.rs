@@ -35,6 +35,7 @@ pub mod env {
     pub const WEBHOOK_TOLERANCE_SECS: &str = "AUTHKIT_WEBHOOK_TOLERANCE_SECS";
     pub const WORKER_ENABLED: &str = "AUTHKIT_WORKER_ENABLED";
     pub const WORKER_MAX_ATTEMPTS: &str = "AUTHKIT_WORKER_MAX_ATTEMPTS";
+    pub const HANDLER: &str = "AUTHKIT_HANDLER";
 }
 
 /// Everything the host needs to run, validated.
@@ -47,6 +48,7 @@ pub struct Settings {
     pub workos: WorkosSettings,
     pub webhook: WebhookSettings,
     pub worker: WorkerSettings,
+    pub handler: HandlerSettings,
     pub shutdown_grace: Duration,
 }
 
@@ -90,6 +92,33 @@ impl Default for WorkerSettings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The handler component and the limits every invocation runs under.
+#[derive(Debug, Clone)]
+pub struct HandlerSettings {
+    /// A component to run on every event (`--handler`); none: events only sync
+    /// the host's tables.
+    pub path: Option<PathBuf>,
+    pub event_deadline: Duration,
+    /// Largest linear memory of a guest, in bytes.
+    pub memory_limit: usize,
+    /// `db` and `users` calls per invocation.
+    pub max_calls: u32,
+    /// Largest document, in bytes of JSON.
+    pub max_document_bytes: usize,
+}
+
+impl Default for HandlerSettings {
+    fn default() -> Self {
+        HandlerSettings {
+            path: None,
+            event_deadline: Duration::from_secs(5),
+            memory_limit: 64 * 1024 * 1024,
+            max_calls: 1000,
+            max_document_bytes: 1024 * 1024,
         }
     }
 }
@@ -152,6 +181,7 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub listen: Option<String>,
     pub no_worker: bool,
+    pub handler: Option<PathBuf>,
 }
 
 /// The TOML file's shape. Unknown keys are refused so a typo is not silently ignored.
@@ -168,6 +198,18 @@ struct FileSettings {
     webhook: FileWebhook,
     #[serde(default)]
     worker: FileWorker,
+    #[serde(default)]
+    handler: FileHandler,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHandler {
+    path: Option<PathBuf>,
+    event_deadline_ms: Option<u64>,
+    memory_limit_mib: Option<usize>,
+    max_calls: Option<u32>,
+    max_document_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +301,15 @@ impl Settings {
             poll_interval: ms(file.worker.poll_interval_ms, defaults.poll_interval),
         };
 
+        let hd = HandlerSettings::default();
+        let handler = HandlerSettings {
+            path: overrides.handler.clone().or_else(|| env(env::HANDLER).map(PathBuf::from)).or(file.handler.path),
+            event_deadline: ms(file.handler.event_deadline_ms, hd.event_deadline),
+            memory_limit: file.handler.memory_limit_mib.map_or(hd.memory_limit, |mib| mib.saturating_mul(1024 * 1024)),
+            max_calls: file.handler.max_calls.unwrap_or(hd.max_calls),
+            max_document_bytes: file.handler.max_document_bytes.unwrap_or(hd.max_document_bytes),
+        };
+
         let settings = Settings {
             database: DatabaseUrl::parse(&database_url)?,
             listen,
@@ -266,6 +317,7 @@ impl Settings {
             workos,
             webhook,
             worker,
+            handler,
             shutdown_grace: file.shutdown_grace_secs.map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
         };
         settings.validate()?;
@@ -291,6 +343,20 @@ impl Settings {
         }
         if self.worker.poll_interval.is_zero() {
             return invalid("worker.poll_interval_ms", "must be positive");
+        }
+        if self.handler.event_deadline < Duration::from_millis(10)
+            || self.handler.event_deadline > Duration::from_secs(300)
+        {
+            return invalid("handler.event_deadline_ms", "must be between 10 and 300000");
+        }
+        if !(1024 * 1024..=4096 * 1024 * 1024).contains(&self.handler.memory_limit) {
+            return invalid("handler.memory_limit_mib", "must be between 1 and 4096");
+        }
+        if self.handler.max_calls == 0 {
+            return invalid("handler.max_calls", "must be at least 1");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.handler.max_document_bytes) {
+            return invalid("handler.max_document_bytes", "must be between 1024 and 16777216");
         }
         Ok(())
     }

@@ -4,9 +4,9 @@
 //! upsert is guarded by. Must not: commit, retry or decide ordering (the worker
 //! does), or hold SQL (the store does).
 
-use crate::store::directory::Version;
-use crate::store::inbox::ClaimedEvent;
-use crate::store::{StoreError, Tx};
+use crate::store::StoreError;
+use crate::store::directory::{self, Version};
+use crate::store::exec::SyncTx;
 use crate::workos::event::{Event, EventError, Record, SyncAction};
 
 /// How an event ended, as recorded in the inbox's `outcome` column.
@@ -17,8 +17,10 @@ pub mod outcome {
     pub const SKIPPED: &str = "skipped";
     /// The record was removed (or was already absent) and tombstoned.
     pub const DELETED: &str = "deleted";
-    /// Not a directory event: kept in the inbox for handlers.
+    /// Not a directory event, and no handler: kept in the inbox.
     pub const RECORDED: &str = "recorded";
+    /// Not a directory event; the handler handled it.
+    pub const HANDLED: &str = "handled";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,27 +39,26 @@ impl ApplyError {
     }
 }
 
-/// Applies one claimed event inside `tx`; returns its outcome.
-pub async fn apply(tx: &mut Tx, claimed: &ClaimedEvent, now: i64) -> Result<&'static str, ApplyError> {
-    let event = Event::parse(claimed.payload.as_bytes())?;
+/// Applies a parsed event of `tenant` inside `tx`; returns its outcome.
+pub fn apply(tx: &mut SyncTx, tenant: &str, event: &Event, now: i64) -> Result<&'static str, ApplyError> {
     let outcome = match event.sync_action()? {
         SyncAction::None => outcome::RECORDED,
         SyncAction::Delete { kind, id } => {
-            tx.delete_record(kind, &claimed.tenant_id, &id, &claimed.event_id, now).await?;
+            directory::delete_record(tx, kind, tenant, &id, &event.id, now)?;
             outcome::DELETED
         }
         SyncAction::Upsert(record) => {
             let version = Version {
-                tenant_id: &claimed.tenant_id,
+                tenant_id: tenant,
                 // A record without `updated_at` is versioned by its event's time.
                 updated_at: record.updated_at_ms().or(event.created_at_ms).unwrap_or(now),
-                event_id: &claimed.event_id,
+                event_id: &event.id,
                 now,
             };
             let written = match record.as_ref() {
-                Record::User(user) => tx.upsert_user(user, &event.data, version).await?,
-                Record::Organization(org) => tx.upsert_organization(org, &event.data, version).await?,
-                Record::Membership(m) => tx.upsert_membership(m, &event.data, version).await?,
+                Record::User(user) => directory::upsert_user(tx, user, &event.data, version)?,
+                Record::Organization(org) => directory::upsert_organization(tx, org, &event.data, version)?,
+                Record::Membership(m) => directory::upsert_membership(tx, m, &event.data, version)?,
             };
             if written { outcome::APPLIED } else { outcome::SKIPPED }
         }

@@ -1,28 +1,37 @@
 //! The worker: claims due events from the inbox and applies them, after the
 //! webhook has been acknowledged.
 //!
-//! Owns: batching (one transaction per batch), per-subject order within a batch,
-//! retry with exponential backoff and jitter, and dead-lettering. Must not: hold
-//! SQL or interpret events itself (see [`super::sync`]).
+//! Owns: batching (one transaction per batch, a savepoint per event), the order
+//! within a batch, running the handler inside the event's savepoint, retry with
+//! exponential backoff and jitter, and dead-lettering. Must not: hold SQL or
+//! interpret events itself (see [`super::sync`] and [`crate::store`]).
 //!
-//! A batch is first applied optimistically in one transaction. If any event in it
-//! fails, the batch is rolled back and redone with a savepoint per event, so the
-//! failing event is recorded as failed and the others still commit. Once an event
-//! fails, later events of the same subject wait for it (oldest first).
+//! Per event, the sync of the host's own tables, the handler's writes and the
+//! event's completion commit together or not at all: a failed event (a sync
+//! error, a handler error, trap, deadline or memory cap) is rolled back to its
+//! savepoint and recorded as failed, and the rest of the batch still commits.
+//! Once an event fails, later events of the same subject wait for it.
+//!
+//! It runs on a blocking thread: handlers run synchronously in wasmtime and
+//! reach the batch's transaction while they run.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::sync::{self, ApplyError};
+use super::sync::{self, ApplyError, outcome};
 use crate::clock;
+use crate::runtime::{GuestEvent, GuestUser, HandlerError, Module, Runtime};
 use crate::settings::WorkerSettings;
-use crate::store::inbox::{ClaimedEvent, Status};
-use crate::store::{Store, StoreError, Tx};
+use crate::store::exec::{SyncDb, SyncTx};
+use crate::store::inbox::{self, ClaimedEvent, Status};
+use crate::store::{Store, StoreError};
+use crate::workos::event::{Event, Record, RecordKind, SyncAction, User};
 
 /// Backoff after the worker itself fails (for example, the database is down).
 const LOOP_RETRY_BASE: Duration = Duration::from_millis(100);
@@ -31,124 +40,200 @@ const LOOP_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Stored error messages are cut to this many characters (an error must not bloat the inbox).
 const MAX_ERROR_LEN: usize = 2000;
 
+/// The handler every event of this host goes to.
+#[derive(Clone)]
+pub struct Handler {
+    pub runtime: Arc<Runtime>,
+    pub module: Arc<Module>,
+}
+
 pub struct Worker {
-    store: Store,
+    db: SyncDb,
     settings: WorkerSettings,
+    handler: Option<Handler>,
     /// Notified by ingest after each commit, so new events are picked up at once.
     wake: Arc<Notify>,
+    handle: Handle,
+}
+
+/// Why one event did not complete.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+}
+
+impl Failure {
+    fn is_permanent(&self) -> bool {
+        matches!(self, Failure::Apply(e) if e.is_permanent())
+    }
 }
 
 impl Worker {
-    pub fn new(store: Store, settings: WorkerSettings, wake: Arc<Notify>) -> Worker {
-        Worker { store, settings, wake }
+    pub fn new(
+        store: &Store,
+        settings: WorkerSettings,
+        handler: Option<Handler>,
+        wake: Arc<Notify>,
+        handle: Handle,
+    ) -> Result<Worker, StoreError> {
+        Ok(Worker { db: store.sync_db(handle.clone())?, settings, handler, wake, handle })
     }
 
     /// Runs until `shutdown` is cancelled; a batch in progress is finished first.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Blocking: run it with `spawn_blocking`.
+    pub fn run(mut self, shutdown: CancellationToken) {
         let mut loop_failures = 0u32;
         while !shutdown.is_cancelled() {
-            match self.run_batch().await {
+            let wait = match self.run_batch() {
                 Ok(n) if n >= self.settings.batch_size => {
                     loop_failures = 0;
                     continue; // more may be waiting
                 }
-                Ok(_) => loop_failures = 0,
+                Ok(_) => {
+                    loop_failures = 0;
+                    self.settings.poll_interval
+                }
                 Err(e) => {
                     loop_failures += 1;
                     let delay = backoff(LOOP_RETRY_BASE, LOOP_RETRY_MAX, loop_failures);
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "worker could not process events; will retry");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => continue,
-                        () = shutdown.cancelled() => break,
-                    }
+                    delay
                 }
-            }
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
-                () = shutdown.cancelled() => {}
-            }
+            };
+            let wake = self.wake.clone();
+            self.handle.block_on(async {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
         }
         info!("worker stopped");
     }
 
-    /// Claims and applies one batch; returns how many events it claimed.
-    pub async fn run_batch(&self) -> Result<usize, StoreError> {
+    /// Claims and processes one batch; returns how many events it claimed.
+    pub fn run_batch(&mut self) -> Result<usize, StoreError> {
         let now = clock::now_ms();
-        let limit = self.settings.batch_size as i64;
-        let mut tx = self.store.begin().await?;
-        let events = tx.claim_due(now, limit).await?;
+        let mut tx = self.db.begin()?;
+        let events = inbox::claim_due(&mut tx, now, self.settings.batch_size as i64)?;
         if events.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
+            return Ok(0); // dropping the transaction rolls it back
         }
-        match apply_all(&mut tx, &events, now).await {
-            Ok(done) => {
-                tx.mark_done(&done, now).await?;
-                tx.commit().await?;
-            }
-            Err(e) => {
-                debug!(error = %e, "batch failed; applying its events one at a time");
-                tx.rollback().await?;
-                let mut tx = self.store.begin().await?;
-                let events = tx.claim_due(now, limit).await?;
-                self.apply_isolated(&mut tx, &events, now).await?;
-                tx.commit().await?;
-            }
-        }
-        Ok(events.len())
-    }
-
-    async fn apply_isolated(&self, tx: &mut Tx, events: &[ClaimedEvent], now: i64) -> Result<(), StoreError> {
         let mut blocked: HashSet<&str> = HashSet::new();
-        let mut done = Vec::with_capacity(events.len());
-        for event in events {
+        for event in &events {
             if blocked.contains(event.subject.as_str()) {
                 continue; // an older event of this subject failed: keep the order
             }
-            tx.savepoint().await?;
-            match sync::apply(tx, event, now).await {
-                Ok(outcome) => {
-                    tx.release_savepoint().await?;
-                    done.push((event.seq, outcome));
+            tx.savepoint("event")?;
+            let (back, result) = self.process(tx, event, now);
+            tx = back.ok_or_else(|| StoreError::Corrupt("a handler call lost its transaction".into()))?;
+            match result {
+                Ok((outcome, logs)) => {
+                    tx.release("event")?;
+                    inbox::mark_done(&mut tx, event.seq, outcome, logs.as_deref(), now)?;
                 }
-                Err(e) => {
-                    tx.rollback_to_savepoint().await?;
+                Err((failure, logs)) => {
+                    tx.rollback_to("event")?;
                     blocked.insert(&event.subject);
-                    self.record_failure(tx, event, &e, now).await?;
+                    self.record_failure(&mut tx, event, &failure, logs.as_deref(), now)?;
                 }
             }
         }
-        tx.mark_done(&done, now).await
+        tx.commit()?;
+        Ok(events.len())
     }
 
-    async fn record_failure(
+    /// Syncs the host's tables and runs the handler for one event, inside `tx`.
+    /// Gives the transaction back with the outcome and the handler's log (JSON).
+    #[allow(clippy::type_complexity)]
+    fn process(
         &self,
-        tx: &mut Tx,
+        mut tx: SyncTx,
+        claimed: &ClaimedEvent,
+        now: i64,
+    ) -> (Option<SyncTx>, Result<(&'static str, Option<String>), (Failure, Option<String>)>) {
+        let event = match Event::parse(claimed.payload.as_bytes()) {
+            Ok(event) => event,
+            Err(e) => return (Some(tx), Err((ApplyError::from(e).into(), None))),
+        };
+        let synced = match sync::apply(&mut tx, &claimed.tenant_id, &event, now) {
+            Ok(outcome) => outcome,
+            Err(e) => return (Some(tx), Err((e.into(), None))),
+        };
+        let Some(handler) = self.handler.as_ref().filter(|h| h.module.handles_events()) else {
+            return (Some(tx), Ok((synced, None)));
+        };
+        let guest_event = guest_event(&event, claimed);
+        let invoked = handler.runtime.handle_event(&handler.module, tx, &claimed.tenant_id, &guest_event);
+        let logs = Some(serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into()));
+        let result = match invoked.result {
+            Ok(()) => Ok((if synced == outcome::RECORDED { outcome::HANDLED } else { synced }, logs)),
+            Err(e) => Err((e.into(), logs)),
+        };
+        (invoked.tx, result)
+    }
+
+    fn record_failure(
+        &self,
+        tx: &mut SyncTx,
         event: &ClaimedEvent,
-        e: &ApplyError,
+        e: &Failure,
+        logs: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         let attempts = u32::try_from(event.attempts).unwrap_or(u32::MAX).saturating_add(1);
         let message = truncate(&e.to_string(), MAX_ERROR_LEN);
         if e.is_permanent() || attempts >= self.settings.max_attempts {
             warn!(event_id = %event.event_id, attempts, error = %message, "event dead-lettered");
-            tx.mark_failed(event.seq, Status::Dead, now, &message).await
+            inbox::mark_failed(tx, event.seq, Status::Dead, now, &message, logs)
         } else {
             let delay = backoff(self.settings.retry_base, self.settings.retry_max, attempts);
             let next = now.saturating_add(delay.as_millis() as i64);
             warn!(event_id = %event.event_id, attempts, retry_in_ms = delay.as_millis() as u64, error = %message, "event failed; will retry");
-            tx.mark_failed(event.seq, Status::Failed, next, &message).await
+            inbox::mark_failed(tx, event.seq, Status::Failed, next, &message, logs)
         }
     }
 }
 
-async fn apply_all(tx: &mut Tx, events: &[ClaimedEvent], now: i64) -> Result<Vec<(i64, &'static str)>, ApplyError> {
-    let mut done = Vec::with_capacity(events.len());
-    for event in events {
-        done.push((event.seq, sync::apply(tx, event, now).await?));
+/// The event as the WIT `events.event` record.
+fn guest_event(event: &Event, claimed: &ClaimedEvent) -> GuestEvent {
+    let user = match event.sync_action() {
+        Ok(SyncAction::Upsert(record)) => match *record {
+            Record::User(u) => Some(u),
+            _ => None,
+        },
+        // A trimmed `user.deleted` carries only the id.
+        Ok(SyncAction::Delete { kind: RecordKind::User, id }) => serde_json::from_str::<User>(event.data.get())
+            .or_else(|_| serde_json::from_value::<User>(serde_json::json!({ "id": id })))
+            .ok(),
+        _ => None,
+    };
+    GuestEvent {
+        id: event.id.clone(),
+        event_type: event.event.clone(),
+        data: event.data.get().to_string(),
+        created_at: event.created_at_ms.map(clock::format_ms),
+        user: user.map(|u| GuestUser {
+            id: u.id,
+            email: u.email,
+            email_verified: u.email_verified,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            name: u.name,
+            profile_picture_url: u.profile_picture_url,
+            last_sign_in_at: u.last_sign_in_at,
+            locale: u.locale,
+            external_id: u.external_id,
+            metadata: serde_json::Value::Object(u.metadata.unwrap_or_default()).to_string(),
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }),
+        attempt: u32::try_from(claimed.attempts).unwrap_or(u32::MAX).saturating_add(1),
     }
-    Ok(done)
 }
 
 /// `base * 2^(attempt-1)`, capped at `max`, then scaled by a random factor in

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{Result, Store, Tx, on_pool, on_tx};
+use super::exec::{self, SyncTx};
+use super::{Result, Store, StoreError, on_pool};
 use crate::clock;
 use crate::workos::event::{Membership, Organization, RecordKind, User};
 
@@ -74,109 +75,91 @@ fn ms(ts: &Option<String>) -> Option<i64> {
     ts.as_deref().and_then(clock::parse_rfc3339_ms)
 }
 
-impl Tx {
-    /// Inserts or updates a user unless a newer version is stored or the id is
-    /// tombstoned. Returns whether a row was written.
-    pub async fn upsert_user(&mut self, user: &User, raw: &RawValue, v: Version<'_>) -> Result<bool> {
-        let done = on_tx!(self, c => sqlx::query(UPSERT_USER)
-            .bind(v.tenant_id.to_string())
-            .bind(user.id.clone())
-            .bind(user.email.clone())
-            .bind(user.email_verified)
-            .bind(user.first_name.clone())
-            .bind(user.last_name.clone())
-            .bind(user.name.clone())
-            .bind(user.profile_picture_url.clone())
-            .bind(ms(&user.last_sign_in_at))
-            .bind(user.locale.clone())
-            .bind(user.external_id.clone())
-            .bind(json_text(user.metadata.as_ref()))
-            .bind(raw.get().to_string())
-            .bind(ms(&user.created_at))
-            .bind(v.updated_at)
-            .bind(v.event_id.to_string())
-            .bind(v.now)
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
-        Ok(done > 0)
-    }
+/// Inserts or updates a user unless a newer version is stored or the id is
+/// tombstoned. Returns whether a row was written.
+pub fn upsert_user(tx: &mut SyncTx, user: &User, raw: &RawValue, v: Version<'_>) -> Result<bool> {
+    let params = [
+        v.tenant_id.into(),
+        user.id.as_str().into(),
+        user.email.as_deref().into(),
+        user.email_verified.into(),
+        user.first_name.as_deref().into(),
+        user.last_name.as_deref().into(),
+        user.name.as_deref().into(),
+        user.profile_picture_url.as_deref().into(),
+        ms(&user.last_sign_in_at).into(),
+        user.locale.as_deref().into(),
+        user.external_id.as_deref().into(),
+        json_text(user.metadata.as_ref()).into(),
+        raw.get().into(),
+        ms(&user.created_at).into(),
+        v.updated_at.into(),
+        v.event_id.into(),
+        v.now.into(),
+    ];
+    Ok(tx.execute(UPSERT_USER, &params)? > 0)
+}
 
-    pub async fn upsert_organization(&mut self, org: &Organization, raw: &RawValue, v: Version<'_>) -> Result<bool> {
-        let domains = Value::Array(org.domains.clone().unwrap_or_default()).to_string();
-        let done = on_tx!(self, c => sqlx::query(UPSERT_ORGANIZATION)
-            .bind(v.tenant_id.to_string())
-            .bind(org.id.clone())
-            .bind(org.name.clone())
-            .bind(org.allow_profiles_outside_organization)
-            .bind(domains)
-            .bind(org.external_id.clone())
-            .bind(org.stripe_customer_id.clone())
-            .bind(json_text(org.metadata.as_ref()))
-            .bind(raw.get().to_string())
-            .bind(ms(&org.created_at))
-            .bind(v.updated_at)
-            .bind(v.event_id.to_string())
-            .bind(v.now)
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
-        Ok(done > 0)
-    }
+pub fn upsert_organization(tx: &mut SyncTx, org: &Organization, raw: &RawValue, v: Version<'_>) -> Result<bool> {
+    let domains = Value::Array(org.domains.clone().unwrap_or_default()).to_string();
+    let params = [
+        v.tenant_id.into(),
+        org.id.as_str().into(),
+        org.name.as_deref().into(),
+        org.allow_profiles_outside_organization.into(),
+        domains.into(),
+        org.external_id.as_deref().into(),
+        org.stripe_customer_id.as_deref().into(),
+        json_text(org.metadata.as_ref()).into(),
+        raw.get().into(),
+        ms(&org.created_at).into(),
+        v.updated_at.into(),
+        v.event_id.into(),
+        v.now.into(),
+    ];
+    Ok(tx.execute(UPSERT_ORGANIZATION, &params)? > 0)
+}
 
-    pub async fn upsert_membership(&mut self, m: &Membership, raw: &RawValue, v: Version<'_>) -> Result<bool> {
-        let roles: Vec<Value> = m.roles.iter().flatten().map(|r| Value::String(r.slug.clone())).collect();
-        let done = on_tx!(self, c => sqlx::query(UPSERT_MEMBERSHIP)
-            .bind(v.tenant_id.to_string())
-            .bind(m.id.clone())
-            .bind(m.user_id.clone())
-            .bind(m.organization_id.clone())
-            .bind(m.organization_name.clone())
-            .bind(m.status.clone())
-            .bind(m.role.as_ref().map(|r| r.slug.clone()))
-            .bind(Value::Array(roles.clone()).to_string())
-            .bind(m.directory_managed)
-            .bind(json_text(m.custom_attributes.as_ref()))
-            .bind(raw.get().to_string())
-            .bind(ms(&m.created_at))
-            .bind(v.updated_at)
-            .bind(v.event_id.to_string())
-            .bind(v.now)
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
-        Ok(done > 0)
-    }
+pub fn upsert_membership(tx: &mut SyncTx, m: &Membership, raw: &RawValue, v: Version<'_>) -> Result<bool> {
+    let roles: Vec<Value> = m.roles.iter().flatten().map(|r| Value::String(r.slug.clone())).collect();
+    let params = [
+        v.tenant_id.into(),
+        m.id.as_str().into(),
+        m.user_id.as_deref().into(),
+        m.organization_id.as_deref().into(),
+        m.organization_name.as_deref().into(),
+        m.status.as_deref().into(),
+        m.role.as_ref().map(|r| r.slug.as_str()).into(),
+        Value::Array(roles).to_string().into(),
+        m.directory_managed.into(),
+        json_text(m.custom_attributes.as_ref()).into(),
+        raw.get().into(),
+        ms(&m.created_at).into(),
+        v.updated_at.into(),
+        v.event_id.into(),
+        v.now.into(),
+    ];
+    Ok(tx.execute(UPSERT_MEMBERSHIP, &params)? > 0)
+}
 
-    /// Deletes a record and leaves a tombstone, so no late create or update for
-    /// this id can bring it back. Returns whether a row was deleted.
-    pub async fn delete_record(
-        &mut self,
-        kind: RecordKind,
-        tenant_id: &str,
-        id: &str,
-        event_id: &str,
-        now: i64,
-    ) -> Result<bool> {
-        let delete = match kind {
-            RecordKind::User => "DELETE FROM users WHERE tenant_id = $1 AND id = $2",
-            RecordKind::Organization => "DELETE FROM organizations WHERE tenant_id = $1 AND id = $2",
-            RecordKind::Membership => "DELETE FROM organization_memberships WHERE tenant_id = $1 AND id = $2",
-        };
-        let deleted = on_tx!(self, c => {
-            let deleted = sqlx::query(delete).bind(tenant_id.to_string()).bind(id.to_string()).execute(&mut *c).await?;
-            sqlx::query(TOMBSTONE)
-                .bind(tenant_id.to_string())
-                .bind(kind.name())
-                .bind(id.to_string())
-                .bind(now)
-                .bind(event_id.to_string())
-                .execute(&mut *c)
-                .await?;
-            deleted.rows_affected()
-        });
-        Ok(deleted > 0)
-    }
+/// Deletes a record and leaves a tombstone, so no late create or update for
+/// this id can bring it back. Returns whether a row was deleted.
+pub fn delete_record(
+    tx: &mut SyncTx,
+    kind: RecordKind,
+    tenant_id: &str,
+    id: &str,
+    event_id: &str,
+    now: i64,
+) -> Result<bool> {
+    let delete = match kind {
+        RecordKind::User => "DELETE FROM users WHERE tenant_id = $1 AND id = $2",
+        RecordKind::Organization => "DELETE FROM organizations WHERE tenant_id = $1 AND id = $2",
+        RecordKind::Membership => "DELETE FROM organization_memberships WHERE tenant_id = $1 AND id = $2",
+    };
+    let deleted = tx.execute(delete, &[tenant_id.into(), id.into()])?;
+    tx.execute(TOMBSTONE, &[tenant_id.into(), kind.name().into(), id.into(), now.into(), event_id.into()])?;
+    Ok(deleted > 0)
 }
 
 /// A synced user, as stored.
@@ -243,8 +226,22 @@ impl StoredUser {
     }
 }
 
-const USER_COLUMNS: &str = "SELECT id, email, email_verified, first_name, last_name, name, profile_picture_url, \
-     last_sign_in_at, locale, external_id, metadata, created_at, updated_at, last_event_id, synced_at FROM users";
+/// `SELECT <every StoredUser column> FROM users`, as a literal so lookups can extend it.
+macro_rules! user_columns {
+    () => {
+        "SELECT id, email, email_verified, first_name, last_name, name, profile_picture_url, \
+         last_sign_in_at, locale, external_id, metadata, created_at, updated_at, last_event_id, synced_at FROM users"
+    };
+}
+const USER_COLUMNS: &str = user_columns!();
+
+/// The lookup of one user by `$column` (tenant `$1`, value `$2`). Email and
+/// external id are not unique in the table, so the oldest match wins.
+macro_rules! const_format_user_sql {
+    ($column:literal) => {
+        concat!(user_columns!(), " WHERE tenant_id = $1 AND ", $column, " = $2 ORDER BY created_at, id LIMIT 1")
+    };
+}
 
 impl Store {
     pub async fn get_user(&self, tenant_id: &str, id: &str) -> Result<Option<StoredUser>> {
@@ -292,4 +289,45 @@ impl Store {
         .await?);
         Ok(n > 0)
     }
+}
+
+/// Which column a handler's user lookup goes by (each has an index).
+#[derive(Debug, Clone, Copy)]
+pub enum UserKey {
+    Id,
+    Email,
+    ExternalId,
+}
+
+/// Looks a user up inside a synchronous transaction (a handler's `users` import).
+pub fn find_user(tx: &mut SyncTx, tenant_id: &str, key: UserKey, value: &str) -> Result<Option<StoredUser>> {
+    let sql = match key {
+        UserKey::Id => const_format_user_sql!("id"),
+        UserKey::Email => const_format_user_sql!("email"),
+        UserKey::ExternalId => const_format_user_sql!("external_id"),
+    };
+    let Some(row) = tx.query_one(sql, &[tenant_id.into(), value.into()])? else {
+        return Ok(None);
+    };
+    let mut cols = row.into_iter();
+    let mut next = || cols.next().unwrap_or(exec::Value::Null);
+    let text = |v: exec::Value| v.into_string();
+    let corrupt = || StoreError::Corrupt("a users row has unexpected types".into());
+    Ok(Some(StoredUser {
+        id: text(next()).ok_or_else(corrupt)?,
+        email: text(next()),
+        email_verified: next().as_i64().map(|b| b != 0),
+        first_name: text(next()),
+        last_name: text(next()),
+        name: text(next()),
+        profile_picture_url: text(next()),
+        last_sign_in_at: next().as_i64(),
+        locale: text(next()),
+        external_id: text(next()),
+        metadata: text(next()).ok_or_else(corrupt)?,
+        created_at: next().as_i64(),
+        updated_at: next().as_i64().ok_or_else(corrupt)?,
+        last_event_id: text(next()).ok_or_else(corrupt)?,
+        synced_at: next().as_i64().ok_or_else(corrupt)?,
+    }))
 }

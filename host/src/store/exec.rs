@@ -27,6 +27,8 @@ pub enum Value {
     Null,
     Int(i64),
     Text(String),
+    /// Bound as a boolean on Postgres and as 0/1 on SQLite; read back as `Int`.
+    Bool(bool),
 }
 
 impl Value {
@@ -63,6 +65,11 @@ impl From<String> for Value {
 impl From<i64> for Value {
     fn from(i: i64) -> Value {
         Value::Int(i)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
     }
 }
 impl<T: Into<Value>> From<Option<T>> for Value {
@@ -193,6 +200,10 @@ impl SyncTx {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner, Inner::Postgres { .. })
+    }
+
     /// Marks a point that [`SyncTx::rollback_to`] can return to.
     pub fn savepoint(&mut self, name: &str) -> Result<()> {
         self.execute(&format!("SAVEPOINT {name}"), &[]).map(drop)
@@ -254,6 +265,7 @@ fn bind_sqlite(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Value]) -> Re
         match value {
             Value::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null)?,
             Value::Int(n) => stmt.raw_bind_parameter(index, n)?,
+            Value::Bool(b) => stmt.raw_bind_parameter(index, i64::from(*b))?,
             Value::Text(s) => stmt.raw_bind_parameter(index, s.as_str())?,
         }
     }
@@ -268,6 +280,7 @@ fn bind_pg<'q>(
         query = match value {
             Value::Null => query.bind(None::<String>),
             Value::Int(n) => query.bind(*n),
+            Value::Bool(b) => query.bind(*b),
             Value::Text(s) => query.bind(s.as_str()),
         };
     }

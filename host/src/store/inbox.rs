@@ -9,8 +9,10 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sqlx::QueryBuilder;
 
+use super::exec::{SyncTx, Value};
 use super::sqlite_writer::SqliteInboxWriter;
-use super::{Result, Store, Tx, on_pool, on_tx};
+use super::{Result, Store, StoreError, on_pool};
+use crate::clock;
 
 /// The tenant every unprefixed route serves, until tenants exist.
 pub const DEFAULT_TENANT: &str = "default";
@@ -79,6 +81,46 @@ pub struct InboxEvent {
     pub last_error: Option<String>,
     pub outcome: Option<String>,
     pub processed_at: Option<i64>,
+    /// The last handler attempt's log lines, a JSON array of strings.
+    pub logs: Option<String>,
+}
+
+/// An inbox row as `events show` prints it: times in RFC 3339, the log as lines.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxEventView {
+    pub event_id: String,
+    pub event_type: String,
+    pub subject: String,
+    pub status: String,
+    pub attempts: i64,
+    pub occurred_at: String,
+    pub received_at: String,
+    pub next_attempt_at: Option<String>,
+    pub processed_at: Option<String>,
+    pub outcome: Option<String>,
+    pub last_error: Option<String>,
+    /// The last handler attempt's log lines.
+    pub logs: Vec<String>,
+}
+
+impl InboxEvent {
+    pub fn view(self) -> InboxEventView {
+        let waiting = self.status == Status::Failed.as_str();
+        InboxEventView {
+            logs: self.logs.as_deref().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default(),
+            occurred_at: clock::format_ms(self.occurred_at),
+            received_at: clock::format_ms(self.received_at),
+            next_attempt_at: waiting.then(|| clock::format_ms(self.next_attempt_at)),
+            processed_at: self.processed_at.map(clock::format_ms),
+            event_id: self.event_id,
+            event_type: self.event_type,
+            subject: self.subject,
+            status: self.status,
+            attempts: self.attempts,
+            outcome: self.outcome,
+            last_error: self.last_error,
+        }
+    }
 }
 
 /// An event the worker has claimed, with what it needs to apply it.
@@ -101,7 +143,7 @@ pub struct EventFilter {
 }
 
 const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occurred_at, received_at, status, \
-     attempts, next_attempt_at, last_error, outcome, processed_at";
+     attempts, next_attempt_at, last_error, outcome, processed_at, logs";
 
 /// Due, unfinished events in ordering-key order, skipping any event whose subject
 /// has an older event still waiting for its retry time: events about one subject
@@ -200,6 +242,22 @@ impl Store {
         Ok(row)
     }
 
+    /// Queues a dead event again with a fresh set of attempts; `false` if it is
+    /// not dead (or does not exist).
+    pub async fn retry_event(&self, tenant_id: &str, event_id: &str, now: i64) -> Result<bool> {
+        let changed = on_pool!(self, pool => sqlx::query(
+            "UPDATE inbox SET status = 'pending', attempts = 0, next_attempt_at = $1 \
+             WHERE tenant_id = $2 AND event_id = $3 AND status = 'dead'",
+        )
+        .bind(now)
+        .bind(tenant_id.to_string())
+        .bind(event_id.to_string())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(changed > 0)
+    }
+
     /// Events not yet done or dead.
     pub async fn count_unfinished(&self) -> Result<i64> {
         let n = on_pool!(self, pool =>
@@ -209,48 +267,50 @@ impl Store {
     }
 }
 
-impl Tx {
-    /// Claims up to `limit` due events (see [`CLAIM_SQL`]) for this transaction.
-    pub async fn claim_due(&mut self, now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
-        let sql = if self.is_postgres() { CLAIM_SQL_POSTGRES } else { CLAIM_SQL };
-        let rows = on_tx!(self, c => sqlx::query_as(sql).bind(now).bind(limit).fetch_all(&mut *c).await?);
-        Ok(rows)
-    }
+/// Claims up to `limit` due events (see [`CLAIM_SQL`]) for this transaction.
+pub fn claim_due(tx: &mut SyncTx, now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
+    let sql = if tx.is_postgres() { CLAIM_SQL_POSTGRES } else { CLAIM_SQL };
+    let rows = tx.query(sql, &[now.into(), limit.into()])?;
+    rows.into_iter()
+        .map(|row| {
+            let mut cols = row.into_iter();
+            let mut next = || cols.next().unwrap_or(Value::Null);
+            let corrupt = || StoreError::Corrupt("an inbox row has unexpected types".into());
+            Ok(ClaimedEvent {
+                seq: next().as_i64().ok_or_else(corrupt)?,
+                tenant_id: next().into_string().ok_or_else(corrupt)?,
+                event_id: next().into_string().ok_or_else(corrupt)?,
+                subject: next().into_string().ok_or_else(corrupt)?,
+                payload: next().into_string().ok_or_else(corrupt)?,
+                attempts: next().as_i64().ok_or_else(corrupt)?,
+            })
+        })
+        .collect()
+}
 
-    /// Marks events done with their outcome, counting the successful attempt.
-    pub async fn mark_done(&mut self, done: &[(i64, &'static str)], now: i64) -> Result<()> {
-        if done.is_empty() {
-            return Ok(());
-        }
-        on_tx!(self, c => {
-            let mut q = QueryBuilder::new("UPDATE inbox SET status = 'done', attempts = attempts + 1, last_error = NULL, processed_at = ");
-            q.push_bind(now).push(", outcome = CASE seq");
-            for (seq, outcome) in done {
-                q.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*outcome);
-            }
-            q.push(" END WHERE seq IN (");
-            let mut list = q.separated(", ");
-            for (seq, _) in done {
-                list.push_bind(*seq);
-            }
-            q.push(")");
-            q.build().execute(&mut *c).await.map(|_| ())?;
-        });
-        Ok(())
-    }
+/// Marks an event done with its outcome and its handler's log, counting the attempt.
+pub fn mark_done(tx: &mut SyncTx, seq: i64, outcome: &str, logs: Option<&str>, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE inbox SET status = 'done', attempts = attempts + 1, last_error = NULL, processed_at = $1, \
+         outcome = $2, logs = $3 WHERE seq = $4",
+        &[now.into(), outcome.into(), logs.into(), seq.into()],
+    )?;
+    Ok(())
+}
 
-    /// Records a failed attempt: `Failed` with a retry time, or `Dead`.
-    pub async fn mark_failed(&mut self, seq: i64, status: Status, next_attempt_at: i64, error: &str) -> Result<()> {
-        on_tx!(self, c => sqlx::query(
-            "UPDATE inbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE seq = $4",
-        )
-        .bind(status.as_str())
-        .bind(next_attempt_at)
-        .bind(error.to_string())
-        .bind(seq)
-        .execute(&mut *c)
-        .await
-        .map(|_| ()))?;
-        Ok(())
-    }
+/// Records a failed attempt: `Failed` with a retry time, or `Dead`.
+pub fn mark_failed(
+    tx: &mut SyncTx,
+    seq: i64,
+    status: Status,
+    next_attempt_at: i64,
+    error: &str,
+    logs: Option<&str>,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE inbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3, logs = $4 \
+         WHERE seq = $5",
+        &[status.as_str().into(), next_attempt_at.into(), error.into(), logs.into(), seq.into()],
+    )?;
+    Ok(())
 }

@@ -1,13 +1,16 @@
-//! Durable state, on SQLite or Postgres, through sqlx.
+//! Durable state, on SQLite or Postgres.
 //!
 //! Owns: pools and connection options, migrations for each backend, and every SQL
 //! statement the host runs (inbox in [`inbox`], users/organizations/memberships in
-//! [`directory`]). Must not: know HTTP, signatures or wasm.
+//! [`directory`], handlers' documents in [`documents`]). Must not: know HTTP,
+//! signatures or wasm.
 //!
 //! Both backends run the same SQL text: it uses `$N` placeholders, which SQLite
 //! accepts too, and only portable syntax (`ON CONFLICT … DO UPDATE … WHERE`,
-//! `RETURNING`). The [`on_pool!`] and [`on_tx!`] macros expand one body per
-//! backend, so each query is written once and type-checked for both.
+//! `RETURNING`). Reads for inspection go through the sqlx pools (the
+//! [`on_pool!`] macro expands one body per backend). Everything the worker
+//! writes goes through [`exec::SyncTx`], a synchronous transaction, because
+//! handlers run synchronously inside it.
 
 pub mod directory;
 pub mod documents;
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use sqlx::{PgPool, SqlitePool};
 
 use crate::settings::DatabaseUrl;
 
@@ -62,13 +65,6 @@ pub enum Store {
 /// and would stall webhook acknowledgements behind the worker.
 pub type WriteGate = Arc<tokio::sync::Mutex<()>>;
 
-/// An open transaction on one of the two backends. On SQLite it holds the write
-/// gate until it ends (fields drop in order: the transaction, then the gate).
-pub enum Tx {
-    Sqlite(Transaction<'static, Sqlite>, tokio::sync::OwnedMutexGuard<()>),
-    Postgres(Transaction<'static, Postgres>),
-}
-
 /// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled once per backend.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
@@ -79,22 +75,7 @@ macro_rules! on_pool {
     };
 }
 
-/// Runs `$body` with `$conn` bound to the transaction's connection (use `&mut *$conn`).
-macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
-        match $tx {
-            $crate::store::Tx::Sqlite(tx, _) => {
-                let $conn = &mut **tx;
-                $body
-            }
-            $crate::store::Tx::Postgres(tx) => {
-                let $conn = &mut **tx;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use {on_pool, on_tx};
+pub(crate) use on_pool;
 
 impl Store {
     /// Connects, creating the SQLite file if needed, and applies migrations.
@@ -138,19 +119,6 @@ impl Store {
         }
     }
 
-    /// Begins a write transaction. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`), so a read-then-write transaction never fails halfway
-    /// because another writer committed in between.
-    pub async fn begin(&self) -> Result<Tx> {
-        Ok(match self {
-            Store::Sqlite(pool, gate) => {
-                let turn = gate.clone().lock_owned().await;
-                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
-            }
-            Store::Postgres(pool) => Tx::Postgres(pool.begin().await?),
-        })
-    }
-
     /// A source of synchronous transactions on the same database, for code on a
     /// blocking thread (see [`exec`]). `handle` drives Postgres I/O.
     pub fn sync_db(&self, handle: tokio::runtime::Handle) -> Result<exec::SyncDb> {
@@ -168,44 +136,5 @@ impl Store {
 
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
-    }
-}
-
-impl Tx {
-    pub async fn commit(self) -> Result<()> {
-        match self {
-            Tx::Sqlite(tx, _turn) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
-        }
-        Ok(())
-    }
-
-    pub async fn rollback(self) -> Result<()> {
-        match self {
-            Tx::Sqlite(tx, _turn) => tx.rollback().await?,
-            Tx::Postgres(tx) => tx.rollback().await?,
-        }
-        Ok(())
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Tx::Postgres(_))
-    }
-
-    /// Marks a point the transaction can return to with [`Tx::rollback_to_savepoint`].
-    pub async fn savepoint(&mut self) -> Result<()> {
-        on_tx!(self, c => sqlx::query("SAVEPOINT event").execute(&mut *c).await.map(|_| ()))?;
-        Ok(())
-    }
-
-    pub async fn release_savepoint(&mut self) -> Result<()> {
-        on_tx!(self, c => sqlx::query("RELEASE SAVEPOINT event").execute(&mut *c).await.map(|_| ()))?;
-        Ok(())
-    }
-
-    pub async fn rollback_to_savepoint(&mut self) -> Result<()> {
-        on_tx!(self, c => sqlx::query("ROLLBACK TO SAVEPOINT event").execute(&mut *c).await.map(|_| ()))?;
-        on_tx!(self, c => sqlx::query("RELEASE SAVEPOINT event").execute(&mut *c).await.map(|_| ()))?;
-        Ok(())
     }
 }

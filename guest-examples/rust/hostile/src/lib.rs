@@ -1,0 +1,144 @@
+//! A test fixture, not an example: a handler that misbehaves on purpose, so the
+//! tests can show the host contains it. The event type picks the misbehaviour;
+//! every other event type is handled well (it records the event in `seen`).
+//!
+//! A `user.*` event for a user whose first name is `Fail` is refused (so the
+//! tests can show the host's own sync is rolled back with the handler's writes).
+//!
+//! Each misbehaviour first writes a `seen` document, so a test can tell that
+//! the write was rolled back with the rest of the failed call.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "authkit:handler/events-handler",
+});
+
+use authkit::handler::{db, log};
+use exports::authkit::handler::events::{Event, Guest};
+use serde_json::json;
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn handle(event: Event) -> Result<(), String> {
+        let seen = json!({ "event": event.id, "type": event.event_type, "attempt": event.attempt }).to_string();
+        db::insert("seen", &seen).map_err(|e| format!("{e:?}"))?;
+        if event.user.as_ref().is_some_and(|u| u.first_name.as_deref() == Some("Fail")) {
+            return Err(format!("refusing user {} (attempt {})", event.user.as_ref().unwrap().id, event.attempt));
+        }
+        match event.event_type.as_str() {
+            "test.fail_unless_flagged" => match db::list("flags", 1, None) {
+                Ok(page) if !page.documents.is_empty() => Ok(()),
+                _ => Err("no flag yet".into()),
+            },
+            "test.fail" => Err(format!("told to fail (attempt {})", event.attempt)),
+            "test.fail_once" if event.attempt == 1 => Err("failing the first attempt only".into()),
+            "test.panic" => panic!("told to panic"),
+            "test.loop" => {
+                log::log(log::Level::Info, "looping forever");
+                #[allow(clippy::empty_loop)]
+                loop {}
+            }
+            "test.bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1024 * 1024]);
+                    log::log(log::Level::Debug, &format!("holding {} MiB", hoard.len()));
+                }
+            }
+            "test.recurse" => {
+                #[allow(unconditional_recursion)]
+                fn deeper(n: u64) -> u64 {
+                    // black_box keeps the recursion from being turned into a loop.
+                    std::hint::black_box(deeper(std::hint::black_box(n + 1))) + 1
+                }
+                let _ = deeper(0);
+                Ok(())
+            }
+            "test.escape" => escape(&event),
+            "test.big" => big(),
+            "test.flood" => {
+                for i in 0..100_000 {
+                    println!("stdout line {i}");
+                    log::log(log::Level::Info, &format!("log line {i}"));
+                }
+                eprint!("an unfinished stderr line");
+                Ok(())
+            }
+            "test.peek" => peek(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Tries the host's files, environment, network and clock-free sleeps; records what it got.
+fn escape(event: &Event) -> Result<(), String> {
+    let file = std::fs::read("/etc/passwd").map(|b| b.len()).map_err(|e| e.to_string());
+    let dir = std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string());
+    let cwd = std::env::current_dir().map(|p| p.display().to_string()).map_err(|e| e.to_string());
+    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    let args: Vec<String> = std::env::args().collect();
+    let tcp = std::net::TcpStream::connect("127.0.0.1:5432").map(|_| ()).map_err(|e| e.to_string());
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").map(|_| ()).map_err(|e| e.to_string());
+    let mut stdin = String::new();
+    let stdin_read = std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin).map_err(|e| e.to_string());
+    let report = json!({
+        "event": event.id,
+        "file": format!("{file:?}"),
+        "dir": format!("{dir:?}"),
+        "cwd": format!("{cwd:?}"),
+        "env": env,
+        "args": args,
+        "tcp": format!("{tcp:?}"),
+        "udp": format!("{udp:?}"),
+        "stdin": format!("{stdin_read:?}"),
+        "file_ok": file.is_ok(),
+        "dir_ok": dir.is_ok(),
+        "tcp_ok": tcp.is_ok(),
+        "udp_ok": udp.is_ok(),
+    });
+    db::insert("escape", &report.to_string()).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+/// Oversized documents and bad names: each must be a typed error.
+fn big() -> Result<(), String> {
+    let huge = json!({ "blob": "x".repeat(2 * 1024 * 1024) }).to_string();
+    let results = json!({
+        "insert_huge": format!("{:?}", db::insert("big", &huge).map(|_| ())),
+        "bad_table": format!("{:?}", db::insert("no such table!", "{}").map(|_| ())),
+        "not_object": format!("{:?}", db::insert("big", "[1,2,3]").map(|_| ())),
+        "not_indexed": format!("{:?}", db::find("big", "blob", "\"x\"", 10, None).map(|_| ())),
+    });
+    db::insert("big_results", &results.to_string()).map_err(|e| format!("{e:?}"))?;
+    // Spend the rest of the call budget: the next call must be refused.
+    let mut refused = None;
+    for _ in 0..2000 {
+        if let Err(e) = db::get("big", "00000000000000000000") {
+            refused = Some(format!("{e:?}"));
+            break;
+        }
+    }
+    log::log(log::Level::Info, &format!("budget: {refused:?}"));
+    if refused.is_none() {
+        return Err("the call budget was never enforced".into());
+    }
+    Ok(())
+}
+
+/// Asks for the host's own tables and other tenants' data by name.
+fn peek() -> Result<(), String> {
+    let mut found = Vec::new();
+    for table in ["inbox", "users", "organizations", "documents", "tombstones", "sqlite_master", "pg_tables"] {
+        match db::list(table, 100, None) {
+            Ok(page) => found.push(json!({ "table": table, "documents": page.documents.len() })),
+            Err(e) => found.push(json!({ "table": table, "error": format!("{e:?}") })),
+        }
+    }
+    let names = ["inbox; DROP TABLE inbox", "users--", "../users", "default.users", "\"users\""];
+    let refused: Vec<String> = names.iter().map(|n| format!("{:?}", db::list(n, 1, None).map(|_| ()))).collect();
+    db::insert("peek", &json!({ "found": found, "refused": refused }).to_string()).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+export!(Hostile);

@@ -1,0 +1,102 @@
+//! The reference integration's "User data" example as an authkit-host handler.
+//!
+//! It keeps the app's own `users` table (indexed by `authId`, the WorkOS user
+//! id) in step with `user.created`, `user.updated` and `user.deleted`, warning
+//! when an update or delete finds no app user, and gives every new user a
+//! `todoLists` document named after their first name.
+//!
+//! The host has already brought its own users table up to date with the event
+//! (and it ignores stale updates and users deleted before a late create), so
+//! this handler reads the user from there: whatever order WorkOS delivers the
+//! events in, the app's table ends with the newest data.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "authkit:handler/indexed-events-handler",
+});
+
+use authkit::handler::{db, log, users};
+use exports::authkit::handler::events::{Event, Guest as Events};
+use exports::authkit::handler::schema::{Guest as Schema, Index};
+use serde_json::json;
+
+struct Handler;
+
+impl Schema for Handler {
+    fn indexes() -> Vec<Index> {
+        vec![
+            Index { table: "users".into(), field: "authId".into() },
+            Index { table: "todoLists".into(), field: "userId".into() },
+        ]
+    }
+}
+
+impl Events for Handler {
+    fn handle(event: Event) -> Result<(), String> {
+        let Some(user) = &event.user else {
+            log::log(log::Level::Info, &format!("{} {}: nothing to do", event.event_type, event.id));
+            return Ok(());
+        };
+        match event.event_type.as_str() {
+            "user.created" => created(&user.id),
+            "user.updated" => updated(&user.id),
+            "user.deleted" => deleted(&user.id),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The app's view of a WorkOS user.
+fn app_fields(user: &users::User) -> serde_json::Value {
+    let first = user.first_name.as_deref().unwrap_or_default();
+    let last = user.last_name.as_deref().unwrap_or_default();
+    json!({ "email": user.email, "name": format!("{first} {last}").trim() })
+}
+
+fn created(id: &str) -> Result<(), String> {
+    let Some(user) = users::get(id).map_err(|e| format!("{e:?}"))? else {
+        // Deleted before this (late) create was handled: nothing to keep.
+        log::log(log::Level::Info, &format!("user {id} is already deleted"));
+        return Ok(());
+    };
+    let fields = app_fields(&user);
+    if let Some(existing) = find_app_user(id)? {
+        db::patch("users", &existing.id, &fields.to_string()).map_err(|e| format!("{e:?}"))?;
+        return Ok(());
+    }
+    let mut doc = fields;
+    doc["authId"] = json!(id);
+    db::insert("users", &doc.to_string()).map_err(|e| format!("{e:?}"))?;
+    let first = user.first_name.as_deref().unwrap_or("Your");
+    let list = json!({ "name": format!("{first}'s Todo List"), "userId": id });
+    db::insert("todoLists", &list.to_string()).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+fn updated(id: &str) -> Result<(), String> {
+    let Some(existing) = find_app_user(id)? else {
+        log::log(log::Level::Warn, &format!("User not found: {id}"));
+        return Ok(());
+    };
+    let Some(user) = users::get(id).map_err(|e| format!("{e:?}"))? else {
+        return Ok(());
+    };
+    db::patch("users", &existing.id, &app_fields(&user).to_string()).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+fn deleted(id: &str) -> Result<(), String> {
+    let Some(existing) = find_app_user(id)? else {
+        log::log(log::Level::Warn, &format!("User not found: {id}"));
+        return Ok(());
+    };
+    db::delete("users", &existing.id).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+fn find_app_user(id: &str) -> Result<Option<db::Document>, String> {
+    let page = db::find("users", "authId", &json!(id).to_string(), 1, None).map_err(|e| format!("{e:?}"))?;
+    Ok(page.documents.into_iter().next())
+}
+
+export!(Handler);

@@ -1,0 +1,332 @@
+//! Runs handler components in a sandbox.
+//!
+//! Owns: the one wasmtime [`Engine`] (pooling allocator, copy-on-write memory
+//! images, epoch interruption), the [`Linker`] with WASI (nothing granted) and
+//! the WIT imports, compiled modules cached by content hash, and one invocation:
+//! a fresh `Store` from the module's `InstancePre`, its deadline and memory cap,
+//! its call budget and its captured log. Must not: decide what an event means,
+//! commit or roll back (the caller owns the transaction it lends to a call), or
+//! know HTTP or WorkOS signing.
+//!
+//! Calls are synchronous: run them on a blocking thread. A guest that loops is
+//! stopped at its deadline by the epoch ticker; one that grows memory past its
+//! cap is refused the memory and traps; deep recursion hits wasm's stack limit.
+
+pub mod bindings;
+mod host;
+mod log;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::bindings::exports::authkit::handler::{events, schema};
+pub use self::host::HostFault;
+pub use self::log::{LogBuffer, MAX_LOG_BYTES, MAX_LOG_LINES};
+use crate::store::StoreError;
+use crate::store::documents::{Indexes, Limits};
+use crate::store::exec::SyncTx;
+
+pub use self::bindings::authkit::handler::types::User as GuestUser;
+pub use self::bindings::exports::authkit::handler::events::Event as GuestEvent;
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const TICK: Duration = Duration::from_millis(5);
+
+/// The export names this host version serves.
+pub const EVENTS_EXPORT: &str = "authkit:handler/events@0.1.0";
+pub const SCHEMA_EXPORT: &str = "authkit:handler/schema@0.1.0";
+
+/// Limits of every invocation (the operator's settings).
+#[derive(Debug, Clone)]
+pub struct InvocationLimits {
+    /// How long an event handler may run.
+    pub event_deadline: Duration,
+    /// Largest linear memory a guest may grow to, in bytes.
+    pub memory_limit: usize,
+    /// `db` and `users` calls per invocation.
+    pub max_calls: u32,
+    pub documents: Limits,
+}
+
+impl Default for InvocationLimits {
+    fn default() -> InvocationLimits {
+        InvocationLimits {
+            event_deadline: Duration::from_secs(5),
+            memory_limit: 64 * 1024 * 1024,
+            max_calls: 1000,
+            documents: Limits::default(),
+        }
+    }
+}
+
+/// Why a component cannot be loaded. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this is a core WebAssembly module, not a component: build it for `wasm32-wasip2` \
+         (cargo build --target wasm32-wasip2) or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("this is not a WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("the component imports something the sandbox does not provide: {0}")]
+    Imports(String),
+    #[error("the component exports no handler interface this host serves (it serves `{EVENTS_EXPORT}`)")]
+    NoHandler,
+    #[error("the component's `schema.indexes` failed: {0}")]
+    Schema(String),
+}
+
+/// A loaded handler component.
+pub struct Module {
+    /// SHA-256 of the component's bytes, hex.
+    pub hash: String,
+    pre: InstancePre<Invocation>,
+    events: Option<events::GuestIndices>,
+    /// The indexes the handler declared (empty without a `schema` export).
+    pub indexes: Indexes,
+}
+
+impl Module {
+    pub fn handles_events(&self) -> bool {
+        self.events.is_some()
+    }
+}
+
+/// Why an invocation did not succeed. Any of these rolls back what it wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("the handler returned an error: {0}")]
+    Returned(String),
+    #[error("the handler ran past its deadline of {} ms", .0.as_millis())]
+    Deadline(Duration),
+    #[error("the handler needed more than its memory limit of {} MiB", .0 / (1024 * 1024))]
+    Memory(usize),
+    #[error("the handler trapped: {0}")]
+    Trap(String),
+    /// The host failed (the database, typically): not the guest's fault.
+    #[error(transparent)]
+    Host(StoreError),
+}
+
+/// What an invocation gives back: the transaction it borrowed, its result and its log.
+pub struct Invoked {
+    pub tx: Option<SyncTx>,
+    pub result: Result<(), HandlerError>,
+    pub logs: Vec<String>,
+    pub elapsed: Duration,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Invocation>,
+    limits: InvocationLimits,
+    modules: Mutex<HashMap<String, Arc<Module>>>,
+    ticker: Ticker,
+}
+
+impl Runtime {
+    pub fn new(limits: InvocationLimits) -> wasmtime::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.max_memory_size(limits.memory_limit);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::IndexedEventsHandler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| {
+            &mut s.host
+        })?;
+        let ticker = Ticker::start(engine.clone());
+        Ok(Runtime { engine, linker, limits, modules: Mutex::default(), ticker })
+    }
+
+    pub fn limits(&self) -> &InvocationLimits {
+        &self.limits
+    }
+
+    /// Compiles (once per content hash), links and inspects a component.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Module>, LoadError> {
+        let hash = hex::encode(Sha256::digest(bytes));
+        if let Some(module) = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
+            return Ok(module.clone());
+        }
+        if bytes.get(..8) == Some(b"\0asm\x01\0\0\0") {
+            return Err(LoadError::CoreModule);
+        }
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let events = events::GuestIndices::new(&pre).ok();
+        let schema = schema::GuestIndices::new(&pre).ok();
+        if events.is_none() {
+            return Err(LoadError::NoHandler);
+        }
+        let mut module = Module { hash: hash.clone(), pre, events, indexes: Indexes::default() };
+        if let Some(schema) = schema {
+            module.indexes = self.declared_indexes(&module, &schema)?;
+        }
+        let module = Arc::new(module);
+        self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, module.clone());
+        Ok(module)
+    }
+
+    fn declared_indexes(&self, module: &Module, schema: &schema::GuestIndices) -> Result<Indexes, LoadError> {
+        let mut store = self.store(module, None, "", true, self.limits.event_deadline);
+        let declared = (|| {
+            let instance = module.pre.instantiate(&mut store)?;
+            schema.load(&mut store, &instance)?.call_indexes(&mut store)
+        })()
+        .map_err(|e| LoadError::Schema(classify(e, &store, &self.limits).to_string()))?;
+        Indexes::new(declared.into_iter().map(|i| (i.table, i.field))).map_err(LoadError::Schema)
+    }
+
+    /// Calls the module's `events.handle` with `tx` as its database. The
+    /// transaction comes back in [`Invoked`] whatever happened; the caller rolls
+    /// back (to its savepoint) unless the result is `Ok`.
+    pub fn handle_event(&self, module: &Module, tx: SyncTx, tenant: &str, event: &GuestEvent) -> Invoked {
+        let started = Instant::now();
+        let Some(indices) = &module.events else {
+            return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), elapsed: started.elapsed() };
+        };
+        let deadline = self.limits.event_deadline;
+        let mut store = self.store(module, Some(tx), tenant, false, deadline);
+        let outcome = (|| {
+            let instance = module.pre.instantiate(&mut store)?;
+            indices.load(&mut store, &instance)?.call_handle(&mut store, event)
+        })();
+        let result = match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(HandlerError::Returned(message)),
+            Err(e) => Err(classify(e, &store, &self.limits)),
+        };
+        let data = store.into_data();
+        Invoked {
+            tx: data.host.tx,
+            result,
+            logs: data.log.lock().unwrap_or_else(|p| p.into_inner()).finish(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn store(
+        &self,
+        module: &Module,
+        tx: Option<SyncTx>,
+        tenant: &str,
+        read_only: bool,
+        deadline: Duration,
+    ) -> Store<Invocation> {
+        let log = Arc::new(Mutex::new(LogBuffer::new(MAX_LOG_LINES, MAX_LOG_BYTES)));
+        let wasi = WasiCtx::builder()
+            .stdout(log::LogStream::new(log.clone(), log::STDOUT))
+            .stderr(log::LogStream::new(log.clone(), log::STDERR))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let host = host::HostState::new(tx, tenant, module.indexes.clone(), &self.limits, read_only, log.clone());
+        let invocation = Invocation {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter { memory_limit: self.limits.memory_limit, memory_denied: false },
+            host,
+            log,
+        };
+        let mut store = Store::new(&self.engine, invocation);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64);
+        store.epoch_deadline_trap();
+        let _ = &self.ticker;
+        store
+    }
+}
+
+/// Turns a failed call into the reason an operator can act on.
+fn classify(error: wasmtime::Error, store: &Store<Invocation>, limits: &InvocationLimits) -> HandlerError {
+    if let Some(fault) = error.downcast_ref::<HostFault>() {
+        return HandlerError::Host(fault.take());
+    }
+    if store.data().limiter.memory_denied {
+        return HandlerError::Memory(limits.memory_limit);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => HandlerError::Deadline(limits.event_deadline),
+        _ => HandlerError::Trap(format!("{error:#}")),
+    }
+}
+
+/// Everything one invocation's `Store` holds.
+pub struct Invocation {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    host: host::HostState,
+    log: Arc<Mutex<LogBuffer>>,
+}
+
+impl WasiView for Invocation {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The memory cap. A refused grow makes `memory.grow` fail, which guests turn
+/// into a trap; the flag tells that trap apart from the others.
+struct Limiter {
+    memory_limit: usize,
+    memory_denied: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_limit;
+        if !allowed {
+            self.memory_denied = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Advances the engine's epoch every [`TICK`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch thread");
+        Ticker { stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
