@@ -22,6 +22,12 @@ fi
 # The integration tests run the binary itself, so build it first.
 cargo build --locked -p authkit-host --bin authkit-host
 
+# ... and real handler components, built from guest-examples/ sources.
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    rustup target add wasm32-wasip2
+fi
+cargo build --locked --release --target wasm32-wasip2 --manifest-path guest-examples/rust/Cargo.toml
+
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

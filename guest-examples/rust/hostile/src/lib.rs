@@ -58,7 +58,7 @@ impl Guest for Hostile {
             "test.escape" => escape(&event),
             "test.big" => big(),
             "test.flood" => {
-                for i in 0..100_000 {
+                for i in 0..10_000 {
                     println!("stdout line {i}");
                     log::log(log::Level::Info, &format!("log line {i}"));
                 }
