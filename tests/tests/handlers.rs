@@ -242,7 +242,8 @@ async fn hostile_guests_are_contained_and_the_host_keeps_serving(db: TestDb) {
     server.send("user.created", user("user_h", "h@example.com", "Hana", T1), T1).await;
 
     let mut cases = Vec::new();
-    for (i, kind) in ["loop", "bomb", "recurse", "panic", "escape", "big", "flood", "peek"].iter().enumerate() {
+    for (i, kind) in ["loop", "sleep", "bomb", "recurse", "panic", "escape", "big", "flood", "peek"].iter().enumerate()
+    {
         let subject = format!("user_{kind}");
         let bad = server.send(&format!("test.{kind}"), json!({"id": format!("x_{i}"), "user_id": subject}), T1).await;
         // A well-behaved event right after each one must still be handled.
@@ -256,7 +257,7 @@ async fn hostile_guests_are_contained_and_the_host_keeps_serving(db: TestDb) {
         let e = event(&store, bad).await;
         let error = e.last_error.clone().unwrap_or_default();
         match *kind {
-            "loop" => assert!(e.status == "dead" && error.contains("deadline of 1000 ms"), "{e:?}"),
+            "loop" | "sleep" => assert!(e.status == "dead" && error.contains("deadline of 1000 ms"), "{e:?}"),
             "bomb" => assert!(e.status == "dead" && error.contains("memory limit of 32 MiB"), "{e:?}"),
             "recurse" => assert!(e.status == "dead" && error.contains("stack"), "{e:?}"),
             "panic" => assert!(e.status == "dead" && error.contains("trapped"), "{e:?}"),
@@ -266,7 +267,7 @@ async fn hostile_guests_are_contained_and_the_host_keeps_serving(db: TestDb) {
     // The failed calls' writes were rolled back: only the successful ones left `seen` documents.
     let seen: Vec<String> =
         documents(&store, "seen").await.iter().map(|d| d["type"].as_str().unwrap().to_string()).collect();
-    for kind in ["loop", "bomb", "recurse", "panic"] {
+    for kind in ["loop", "sleep", "bomb", "recurse", "panic"] {
         assert!(!seen.contains(&format!("test.{kind}")), "{seen:?}");
     }
     for kind in ["escape", "big", "flood", "peek", "ok"] {

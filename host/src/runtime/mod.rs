@@ -10,11 +10,13 @@
 //!
 //! Calls are synchronous: run them on a blocking thread. A guest that loops is
 //! stopped at its deadline by the epoch ticker; one that grows memory past its
-//! cap is refused the memory and traps; deep recursion hits wasm's stack limit.
+//! cap is refused the memory and traps; deep recursion hits wasm's stack limit;
+//! a WASI sleep is cut short at the deadline.
 
 pub mod bindings;
 mod host;
 mod log;
+mod sleep;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +147,7 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        sleep::shadow(&mut linker)?;
         bindings::IndexedEventsHandler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| {
             &mut s.host
         })?;
@@ -207,6 +210,8 @@ impl Runtime {
             indices.load(&mut store, &instance)?.call_handle(&mut store, event)
         })();
         let result = match outcome {
+            // A guest that slept through its deadline may return just after it.
+            Ok(_) if started.elapsed() > deadline => Err(HandlerError::Deadline(deadline)),
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(HandlerError::Returned(message)),
             Err(e) => Err(classify(e, &store, &self.limits)),
@@ -238,6 +243,7 @@ impl Runtime {
             .build();
         let host = host::HostState::new(tx, tenant, module.indexes.clone(), &self.limits, read_only, log.clone());
         let invocation = Invocation {
+            deadline_at: Instant::now() + deadline,
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter { memory_limit: self.limits.memory_limit, memory_denied: false },
@@ -269,6 +275,8 @@ fn classify(error: wasmtime::Error, store: &Store<Invocation>, limits: &Invocati
 
 /// Everything one invocation's `Store` holds.
 pub struct Invocation {
+    /// When the call must be over (sleeps are cut short here, see [`sleep`]).
+    deadline_at: Instant,
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,

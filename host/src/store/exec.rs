@@ -80,6 +80,15 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 
 pub type Row = Vec<Value>;
 
+/// Prepared statements kept per connection: more than the host has distinct statements.
+const STATEMENT_CACHE: usize = 128;
+
+/// How much of the database file SQLite may map into memory (reads only; WAL
+/// mode keeps writes going through the log).
+const MMAP_BYTES: i64 = 1 << 30;
+/// SQLite's own page cache for this connection, in KiB.
+const CACHE_KIB: i64 = 64 * 1024;
+
 /// Same as the pools: wait this long for SQLite's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -98,6 +107,13 @@ impl SqliteConn {
         conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Every statement the worker and the document store run stays prepared
+        // (the default of 16 made them evict each other and be parsed again).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Handlers' lookups land anywhere in large tables: read pages through a
+        // memory map rather than a syscall each, and keep more of them.
+        conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         Ok(SqliteConn { conn: Arc::new(Mutex::new(conn)), gate })
     }
 }

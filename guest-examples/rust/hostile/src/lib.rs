@@ -39,6 +39,10 @@ impl Guest for Hostile {
                 #[allow(clippy::empty_loop)]
                 loop {}
             }
+            "test.sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(())
+            }
             "test.bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {

@@ -1,0 +1,299 @@
+//! Handler benchmarks. Prints figures; asserts nothing.
+//!
+//! Phases, all in this run on this machine:
+//! 1. invoke: a fresh instance and one call of a handler that does nothing
+//!    (`guest-examples/rust/noop`) through the host's runtime (sandbox, log,
+//!    limits, a lent transaction), against the bare wasmtime lower bound: the
+//!    same engine settings, a `Store` with nothing in it, `InstancePre`, one call.
+//! 2. events: a backlog of user.created events drained by the worker on SQLite,
+//!    without a handler (the host's own sync only) and with the User data example
+//!    (about three document operations per event).
+//! 3. lookup: `find` on a declared index in a table of 1,000 and of 1,000,000
+//!    documents.
+//!
+//! Usage: `cargo run --release -p authkit-tests --bin bench-handlers -- [--only invoke,events,lookup]
+//! [--iterations 20000] [--events 10000] [--large 1000000] [--database-url URL]`
+//! The guests must be built (tests/run.sh or the README's bench command does it).
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use authkit_host::runtime::bindings::exports::authkit::handler::events;
+use authkit_host::runtime::{GuestEvent, InvocationLimits, Runtime};
+use authkit_host::settings::{DatabaseUrl, Overrides, Settings};
+use authkit_host::store::Store;
+use authkit_host::store::documents::{Documents, Indexes, Limits};
+use authkit_host::store::inbox::NewEvent;
+use authkit_tests::guests::rust_guest;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    only: Option<Vec<String>>,
+    iterations: u32,
+    events: u32,
+    large: u32,
+    database_url: Option<String>,
+}
+
+impl Args {
+    fn runs(&self, phase: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|p| p == phase))
+    }
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args { only: None, iterations: 20_000, events: 10_000, large: 1_000_000, database_url: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--only" => args.only = Some(value()?.split(',').map(str::to_string).collect()),
+            "--iterations" => args.iterations = value()?.parse()?,
+            "--events" => args.events = value()?.parse()?,
+            "--large" => args.large = value()?.parse()?,
+            "--database-url" => args.database_url = Some(value()?),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("authkit-host handler benchmark, {cores} cores");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if args.runs("invoke") {
+        invoke(&args, &rt)?;
+    }
+    if args.runs("events") {
+        events_phase(&args, &rt)?;
+    }
+    if args.runs("lookup") {
+        lookup(&args, &rt)?;
+    }
+    Ok(())
+}
+
+fn sample_event() -> GuestEvent {
+    GuestEvent {
+        id: "event_bench".into(),
+        event_type: "user.updated".into(),
+        data: json!({"object": "user", "id": "user_1", "email": "a@example.com"}).to_string(),
+        created_at: Some("2025-01-01T00:00:00.000Z".into()),
+        user: None,
+        attempt: 1,
+    }
+}
+
+/// Phase 1: the host's invocation against wasmtime's bare lower bound.
+fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let bytes = std::fs::read(rust_guest("noop"))?;
+    let event = sample_event();
+    let n = args.iterations;
+
+    // The bare lower bound: same engine settings, nothing in the store, no WASI.
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.max_memory_size(InvocationLimits::default().memory_limit);
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let component =
+        wasmtime::component::Component::from_binary(&engine, &bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let mut linker = wasmtime::component::Linker::<()>::new(&engine);
+    linker.define_unknown_imports_as_traps(&component).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let indices = events::GuestIndices::new(&pre).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let bare_once = || -> anyhow::Result<()> {
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_epoch_deadline(1_000_000);
+        let instance = pre.instantiate(&mut store).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let guest = indices.load(&mut store, &instance).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        guest.call_handle(&mut store, &event).map_err(|e| anyhow::anyhow!("{e:#}"))?.map_err(anyhow::Error::msg)
+    };
+
+    // The host's path: a sandboxed invocation with a transaction lent to it.
+    let runtime = Runtime::new(InvocationLimits::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let module = runtime.load(&bytes)?;
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("invoke.db").display());
+    let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
+    let mut db = store.sync_db(rt.handle().clone())?;
+    let mut tx = Some(db.begin()?);
+    let mut host_once = || -> anyhow::Result<()> {
+        let invoked = runtime.handle_event(&module, tx.take().unwrap(), "default", &event);
+        tx = invoked.tx;
+        invoked.result.map_err(anyhow::Error::from)
+    };
+
+    // Warm up both, then alternate rounds so machine noise hits both alike.
+    for _ in 0..1000 {
+        bare_once()?;
+        host_once()?;
+    }
+    let (mut bare, mut host) = (Duration::ZERO, Duration::ZERO);
+    let rounds = 10;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..n / rounds {
+            bare_once()?;
+        }
+        bare += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..n / rounds {
+            host_once()?;
+        }
+        host += t.elapsed();
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(n / rounds * rounds);
+    println!("\ninvocation overhead ({} calls each, {} bytes component)", n / rounds * rounds, bytes.len());
+    println!("  bare wasmtime: fresh instance from InstancePre + one call   {:>8.2} us", per(bare));
+    println!("  authkit-host: sandboxed invocation (WASI, log, limits, tx)  {:>8.2} us", per(host));
+    let ratio = per(host) / per(bare);
+    println!("  ratio {ratio:.2}x (target <= 1.5x: {})", if ratio <= 1.5 { "met" } else { "NOT met" });
+    Ok(())
+}
+
+/// Phase 2: a backlog of user.created events drained by the worker.
+fn events_phase(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    println!(
+        "\nworker drain of a {}-event user.created backlog (timed from the first committed batch to empty)",
+        args.events
+    );
+    let without = drain(args, rt, None)?;
+    println!("  host sync only, no handler                    {without:>8.0} events/s");
+    let with = drain(args, rt, Some(rust_guest("user_data")))?;
+    println!(
+        "  with the User data example handler            {with:>8.0} events/s (target >= 5,000: {})",
+        if with >= 5000.0 { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
+
+fn drain(args: &Args, rt: &tokio::runtime::Runtime, handler: Option<std::path::PathBuf>) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let url =
+        args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("events.db").display()));
+    let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let rows: Vec<NewEvent> = (0..args.events)
+        .map(|i| {
+            let at = format!("2025-01-01T00:00:{:02}.{:03}Z", (i / 1000) % 60, i % 1000);
+            let data = json!({
+                "object": "user", "id": format!("user_{run}_{i}"), "email": format!("u{i}@example.com"),
+                "email_verified": true, "first_name": "Bench", "last_name": format!("User {i}"),
+                "created_at": at, "updated_at": at,
+            });
+            let id = format!("event_{run}_{i:08}");
+            let payload = json!({"object": "event", "id": id, "event": "user.created", "data": data, "created_at": at});
+            NewEvent {
+                tenant_id: "default".into(),
+                event_id: id,
+                event_type: "user.created".into(),
+                subject: format!("user:user_{run}_{i}"),
+                occurred_at: 1_735_689_600_000 + i64::from(i),
+                received_at: authkit_host::clock::now_ms(),
+                payload: payload.to_string(),
+            }
+        })
+        .collect();
+    rt.block_on(async {
+        for chunk in rows.chunks(512) {
+            store.insert_events(chunk).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let overrides = Overrides { database_url: Some(url), handler, ..Default::default() };
+    let settings = Settings::load_with(&overrides, |_| None)?;
+    let stop = CancellationToken::new();
+    let server = rt.spawn({
+        let stop = stop.clone();
+        async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            authkit_host::run(settings, listener, stop).await
+        }
+    });
+    // Timed from the first committed batch to the last, so start-up (compiling
+    // the component) is not counted as draining.
+    let backlog = i64::from(args.events);
+    let (drained, elapsed) = rt.block_on(async {
+        let (mut first, mut left_at_first) = (None, backlog);
+        loop {
+            let left = store.count_unfinished().await?;
+            if first.is_none() && left < backlog {
+                first = Some(Instant::now());
+                left_at_first = left;
+            }
+            if left == 0 {
+                let first = first.unwrap_or_else(Instant::now);
+                return anyhow::Ok((left_at_first, first.elapsed().as_secs_f64()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })?;
+    stop.cancel();
+    rt.block_on(server)??;
+    Ok(drained as f64 / elapsed)
+}
+
+/// Phase 3: indexed lookups in a small and a large table.
+fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url =
+        args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("lookup.db").display()));
+    let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
+    let mut db = store.sync_db(rt.handle().clone())?;
+    let indexes = Indexes::new([("small".to_string(), "k".to_string()), ("large".to_string(), "k".to_string())])
+        .map_err(anyhow::Error::msg)?;
+    let tenant = "default".to_string();
+    let fill = |db: &mut authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<()> {
+        let mut i = 0;
+        while i < n {
+            let mut tx = db.begin()?;
+            let mut docs = Documents { tx: &mut tx, tenant: &tenant, indexes: &indexes, limits: Limits::default() };
+            for _ in 0..10_000.min(n - i) {
+                docs.insert(table, &json!({"k": format!("key_{i}"), "v": i}).to_string())?;
+                i += 1;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    };
+    println!("\nindexed lookup (find on a declared index, one match)");
+    let t = Instant::now();
+    fill(&mut db, "small", 1000)?;
+    fill(&mut db, "large", args.large)?;
+    println!("  filled 1,000 + {} documents in {:.1}s", args.large, t.elapsed().as_secs_f64());
+    let measure = |db: &mut authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<f64> {
+        let mut tx = db.begin()?;
+        let mut docs = Documents { tx: &mut tx, tenant: &tenant, indexes: &indexes, limits: Limits::default() };
+        let lookups = 20_000u32;
+        let t = Instant::now();
+        for j in 0..lookups {
+            let key = json!(format!("key_{}", (j.wrapping_mul(2_654_435_761)) % n)).to_string();
+            let page = docs.find(table, "k", &key, 10, None)?;
+            assert_eq!(page.documents.len(), 1);
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / f64::from(lookups))
+    };
+    // Alternate to spread noise.
+    let (mut small, mut large) = (0.0, 0.0);
+    for _ in 0..3 {
+        small += measure(&mut db, "small", 1000)?;
+        large += measure(&mut db, "large", args.large)?;
+    }
+    let (small, large) = (small / 3.0, large / 3.0);
+    println!("  1,000 documents        {small:>8.2} us per find");
+    println!("  {:<22} {large:>8.2} us per find", format!("{} documents", args.large));
+    let ratio = large / small;
+    println!("  ratio {ratio:.2}x (target <= 2x: {})", if ratio <= 2.0 { "met" } else { "NOT met" });
+    Ok(())
+}
