@@ -8,7 +8,7 @@ CREATE TABLE documents (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, tbl, id)
-);
+) WITHOUT ROWID; -- one B-tree: a lookup by id is one descent, not an index then the table
 
 -- The equality indexes each handler declares (its `schema` export).
 CREATE TABLE document_indexes (

@@ -275,7 +275,7 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let measure = |db: &mut authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<f64> {
         let mut tx = db.begin()?;
         let mut docs = Documents { tx: &mut tx, tenant: &tenant, indexes: &indexes, limits: Limits::default() };
-        let lookups = 20_000u32;
+        let lookups = 10_000u32;
         let t = Instant::now();
         for j in 0..lookups {
             let key = json!(format!("key_{}", (j.wrapping_mul(2_654_435_761)) % n)).to_string();
@@ -284,13 +284,17 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
         Ok(t.elapsed().as_secs_f64() * 1e6 / f64::from(lookups))
     };
-    // Alternate to spread noise.
-    let (mut small, mut large) = (0.0, 0.0);
-    for _ in 0..3 {
-        small += measure(&mut db, "small", 1000)?;
-        large += measure(&mut db, "large", args.large)?;
+    // Alternate rounds so noise hits both alike; report each table's median round.
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        small.push(measure(&mut db, "small", 1000)?);
+        large.push(measure(&mut db, "large", args.large)?);
     }
-    let (small, large) = (small / 3.0, large / 3.0);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (small, large) = (median(&mut small), median(&mut large));
     println!("  1,000 documents        {small:>8.2} us per find");
     println!("  {:<22} {large:>8.2} us per find", format!("{} documents", args.large));
     let ratio = large / small;
