@@ -42,6 +42,21 @@ enum Command {
     /// Inspect the event inbox.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Inspect the Actions decisions sent to WorkOS.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ActionsCommand {
+    /// List decisions, newest first: verdict, who decided, how long it took, why.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -147,7 +162,40 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve(_) => serve(settings).await,
         Command::Users(cmd) => users(cmd, &connect(&settings).await?).await,
         Command::Events(cmd) => events(cmd, &connect(&settings).await?).await,
+        Command::Actions(cmd) => actions(cmd, &connect(&settings).await?).await,
     }
+}
+
+async fn actions(cmd: ActionsCommand, store: &Store) -> anyhow::Result<()> {
+    let ActionsCommand::List { limit, json } = cmd;
+    let decisions = store.list_decisions(DEFAULT_TENANT, limit).await?;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "{:<24} {:<36} {:<18} {:<6} {:<10} {:>9} DETAIL",
+            "DECIDED", "ACTION", "KIND", "VERDICT", "SOURCE", "MS"
+        )?;
+    }
+    for d in decisions {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&d)?)?;
+        } else {
+            let detail = d.error.as_deref().or(d.message.as_deref()).unwrap_or("-");
+            writeln!(
+                out,
+                "{:<24} {:<36} {:<18} {:<6} {:<10} {:>9.2} {}",
+                d.decided_at_text(),
+                d.action_id,
+                d.kind,
+                d.verdict,
+                d.source,
+                d.latency_us as f64 / 1000.0,
+                detail
+            )?;
+        }
+    }
+    Ok(())
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Store> {

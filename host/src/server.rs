@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::http::{self, AppState};
+use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::worker::{Handler, Worker};
 use crate::runtime::{InvocationLimits, Runtime};
@@ -50,7 +51,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     let (ingest, ingest_task) = Ingest::start(writer, stored.clone());
     let worker_stop = CancellationToken::new();
     let worker_task = if settings.worker.enabled {
-        let worker = Worker::new(&store, settings.worker.clone(), handler, stored, Handle::current())
+        let worker = Worker::new(&store, settings.worker.clone(), handler.clone(), stored, Handle::current())
             .context("failed to open the worker's database connection")?;
         let stop = worker_stop.clone();
         Some(tokio::task::spawn_blocking(move || worker.run(stop)))
@@ -59,8 +60,14 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         None
     };
 
+    if settings.workos.action_secret.is_none() {
+        info!("{} is not set: POST /workos/action answers 503 until it is", env::ACTION_SECRET);
+    }
+    let db = store.sync_db(Handle::current()).context("failed to open the actions' database connection")?;
+    let decider = Arc::new(Decider::new(store.clone(), db, handler, settings.actions.clone()));
+
     let grace = settings.shutdown_grace;
-    let state = AppState { settings: Arc::new(settings), ingest };
+    let state = AppState { settings: Arc::new(settings), ingest, decider };
     let app = http::router(state);
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");
@@ -98,11 +105,12 @@ async fn load_handler(settings: &Settings, store: &Store, path: &std::path::Path
     let h = &settings.handler;
     let limits = InvocationLimits {
         event_deadline: h.event_deadline,
+        action_deadline: settings.actions.deadline,
         memory_limit: h.memory_limit,
         max_calls: h.max_calls,
         documents: Limits { max_document_bytes: h.max_document_bytes, ..Limits::default() },
     };
-    let mut db = store.sync_db(Handle::current()).context("failed to open a database connection for the handler")?;
+    let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handler")?;
     let path_text = path.display().to_string();
     let handler = tokio::task::spawn_blocking(move || -> anyhow::Result<Handler> {
         let runtime =

@@ -49,6 +49,7 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     pub worker: WorkerSettings,
     pub handler: HandlerSettings,
+    pub actions: ActionSettings,
     pub shutdown_grace: Duration,
 }
 
@@ -119,6 +120,40 @@ impl Default for HandlerSettings {
             memory_limit: 64 * 1024 * 1024,
             max_calls: 1000,
             max_document_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A verdict the operator configures (fallback, no handler).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfiguredVerdict {
+    Allow,
+    Deny(String),
+}
+
+/// How `POST /workos/action` decides.
+#[derive(Debug, Clone)]
+pub struct ActionSettings {
+    /// How long the handler may take; past it, the fallback is sent.
+    pub deadline: Duration,
+    /// Sent when the handler fails, traps, runs out of time or memory, or cannot run.
+    pub fallback: ConfiguredVerdict,
+    /// Sent when no handler with an `actions` export is deployed.
+    pub no_handler: ConfiguredVerdict,
+    /// Signature tolerance, either direction.
+    pub tolerance: Duration,
+}
+
+/// The default fallback's message.
+pub const DEFAULT_FALLBACK_MESSAGE: &str = "Sign-in is temporarily unavailable. Please try again in a moment.";
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        ActionSettings {
+            deadline: Duration::from_secs(1),
+            fallback: ConfiguredVerdict::Deny(DEFAULT_FALLBACK_MESSAGE.to_string()),
+            no_handler: ConfiguredVerdict::Allow,
+            tolerance: crate::workos::signature::ACTION_TOLERANCE,
         }
     }
 }
@@ -200,6 +235,21 @@ struct FileSettings {
     worker: FileWorker,
     #[serde(default)]
     handler: FileHandler,
+    #[serde(default)]
+    actions: FileActions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileActions {
+    deadline_ms: Option<u64>,
+    /// `allow` or `deny`.
+    fallback: Option<String>,
+    fallback_message: Option<String>,
+    /// `allow` or `deny`.
+    no_handler: Option<String>,
+    no_handler_message: Option<String>,
+    tolerance_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +360,35 @@ impl Settings {
             max_document_bytes: file.handler.max_document_bytes.unwrap_or(hd.max_document_bytes),
         };
 
+        let ad = ActionSettings::default();
+        let verdict = |key: &'static str,
+                       kind: &Option<String>,
+                       message: &Option<String>,
+                       default: ConfiguredVerdict| match kind.as_deref() {
+            None => Ok(match (default, message) {
+                (ConfiguredVerdict::Deny(_), Some(m)) => ConfiguredVerdict::Deny(m.clone()),
+                (d, _) => d,
+            }),
+            Some("allow") => Ok(ConfiguredVerdict::Allow),
+            Some("deny") => {
+                Ok(ConfiguredVerdict::Deny(message.clone().unwrap_or_else(|| DEFAULT_FALLBACK_MESSAGE.to_string())))
+            }
+            Some(other) => {
+                Err(SettingsError::Invalid { key, reason: format!("{other:?} is neither \"allow\" nor \"deny\"") })
+            }
+        };
+        let actions = ActionSettings {
+            deadline: ms(file.actions.deadline_ms, ad.deadline),
+            fallback: verdict("actions.fallback", &file.actions.fallback, &file.actions.fallback_message, ad.fallback)?,
+            no_handler: verdict(
+                "actions.no_handler",
+                &file.actions.no_handler,
+                &file.actions.no_handler_message,
+                ad.no_handler,
+            )?,
+            tolerance: file.actions.tolerance_secs.map_or(ad.tolerance, Duration::from_secs),
+        };
+
         let settings = Settings {
             database: DatabaseUrl::parse(&database_url)?,
             listen,
@@ -318,6 +397,7 @@ impl Settings {
             webhook,
             worker,
             handler,
+            actions,
             shutdown_grace: file.shutdown_grace_secs.map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
         };
         settings.validate()?;
@@ -351,6 +431,12 @@ impl Settings {
         }
         if !(1024 * 1024..=4096 * 1024 * 1024).contains(&self.handler.memory_limit) {
             return invalid("handler.memory_limit_mib", "must be between 1 and 4096");
+        }
+        if self.actions.deadline < Duration::from_millis(10) || self.actions.deadline > Duration::from_secs(30) {
+            return invalid("actions.deadline_ms", "must be between 10 and 30000");
+        }
+        if self.actions.tolerance.is_zero() {
+            return invalid("actions.tolerance_secs", "must be at least 1");
         }
         if self.handler.max_calls == 0 {
             return invalid("handler.max_calls", "must be at least 1");

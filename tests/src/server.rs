@@ -158,6 +158,20 @@ impl TestServer {
         Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
     }
 
+    /// POSTs raw bytes to `path` with the given headers; returns the status, the
+    /// exact body bytes and how long the round trip took.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Vec<u8>, Duration) {
+        let mut req = self.client.post(self.url(path)).header("content-type", "application/json").body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let started = std::time::Instant::now();
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default().to_vec();
+        (status, bytes, started.elapsed())
+    }
+
     /// POSTs `body` signed now by the emulator, as WorkOS would.
     pub async fn deliver(&self, body: &[u8]) -> Reply {
         let signature = self.emulator.signature(now_ms(), body);

@@ -121,6 +121,66 @@ pub fn membership(id: &str, user_id: &str, org_id: &str, role: &str, updated_at:
     })
 }
 
+/// An `authentication_action_context` body (the fixture's shape) for `user`.
+pub fn authentication_action(id: &str, user: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id,
+        "object": "authentication_action_context",
+        "user": user,
+        "ip_address": "50.141.123.10",
+        "user_agent": "Mozilla/5.0",
+        "device_fingerprint": "notafingerprint",
+        "issuer": "test",
+        "organization": {"object": "organization", "id": "org_1", "name": "Foo Corp", "domains": []},
+        "organization_membership": {
+            "object": "organization_membership", "id": "om_1", "user_id": user["id"],
+            "organization_id": "org_1", "role": {"slug": "member"}, "status": "active",
+        },
+    }))
+    .unwrap()
+}
+
+/// A `user_registration_action_context` body (the fixture's shape).
+pub fn registration_action(id: &str, email: &str, first_name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id,
+        "object": "user_registration_action_context",
+        "user_data": {
+            "object": "user_data", "email": email, "first_name": first_name,
+            "last_name": "Doe", "name": format!("{first_name} Doe"),
+        },
+        "ip_address": "50.141.123.10",
+        "user_agent": "Mozilla/5.0",
+        "device_fingerprint": "notafingerprint",
+    }))
+    .unwrap()
+}
+
+/// Checks an Actions response as WorkOS does, with this module's own HMAC:
+/// the shape and key order, then the signature over `"<timestamp>." + payload`
+/// as sent. Returns the payload.
+pub fn verify_action_response(secret: &str, body: &[u8], expected_object: &str) -> Result<Value, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    let prefix = format!(r#"{{"object":"{expected_object}","payload":"#);
+    let rest = text.strip_prefix(&prefix).ok_or_else(|| format!("unexpected start: {text}"))?;
+    let (payload, tail) = rest.rsplit_once(r#","signature":""#).ok_or("no signature after the payload")?;
+    let signature = tail.strip_suffix(r#""}"#).ok_or("the body does not end after the signature")?;
+    let parsed: Value = serde_json::from_str(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let keys: Vec<&str> = parsed.as_object().ok_or("payload is not an object")?.keys().map(String::as_str).collect();
+    let order_ok = payload.starts_with(r#"{"timestamp":"#)
+        && (keys.len() == 2 && payload.contains(r#","verdict":""#) && !payload.contains("error_message")
+            || keys.len() == 3 && payload.find("\"verdict\"") < payload.find("\"error_message\""));
+    if !order_ok {
+        return Err(format!("payload keys out of order or unexpected: {payload}"));
+    }
+    let timestamp = parsed["timestamp"].as_i64().ok_or("no integer timestamp")?;
+    let expected = hmac_sha256_hex(secret.as_bytes(), format!("{timestamp}.{payload}").as_bytes());
+    if expected != signature {
+        return Err(format!("signature mismatch: got {signature}, expected {expected}"));
+    }
+    Ok(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

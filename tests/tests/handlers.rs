@@ -70,7 +70,7 @@ async fn event(store: &Store, id: &str) -> InboxEvent {
 
 /// Every document of `table` (tenant `default`): the body, with `_id` added.
 async fn documents(store: &Store, table: &str) -> Vec<Value> {
-    let mut sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
+    let sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
     let table = table.to_string();
     tokio::task::spawn_blocking(move || {
         let mut tx = sync.begin().unwrap();
@@ -214,7 +214,7 @@ async fn a_dead_event_can_be_retried_once_the_cause_is_fixed(db: TestDb) {
     assert!(!ok && err.contains("no event"), "{err}");
 
     // The operator fixes the cause, then retries.
-    let mut sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
+    let sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
     tokio::task::spawn_blocking(move || {
         let mut tx = sync.begin().unwrap();
         let indexes = Indexes::default();

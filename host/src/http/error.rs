@@ -12,6 +12,7 @@ use serde_json::json;
 use tracing::error;
 
 use crate::pipeline::ingest::IngestError;
+use crate::workos::action::ActionError;
 use crate::workos::event::EventError;
 use crate::workos::signature::SignatureError;
 
@@ -72,6 +73,16 @@ impl From<EventError> for ApiError {
             EventError::InvalidJson(_) => "invalid_json",
             EventError::NotAnEvent(_) => "invalid_event",
             EventError::InvalidData { .. } => "invalid_event_data",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> ApiError {
+        let code = match &e {
+            ActionError::InvalidJson(_) => "invalid_json",
+            ActionError::UnknownKind(_) | ActionError::Invalid { .. } => "invalid_action",
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     }

@@ -3,6 +3,7 @@
 //! Owns: the axum router and the state every route shares. Must not: hold
 //! business rules or SQL; routes call the pipeline and the store.
 
+pub mod action;
 pub mod error;
 pub mod webhook;
 
@@ -12,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::settings::Settings;
 use error::ApiError;
@@ -21,11 +23,13 @@ use error::ApiError;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub ingest: Ingest,
+    pub decider: Arc<Decider>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/workos/webhook", post(webhook::receive).fallback(method_not_allowed))
+        .route("/workos/action", post(action::decide).fallback(method_not_allowed))
         .route("/healthz", get(health))
         .fallback(not_found)
         .with_state(state)

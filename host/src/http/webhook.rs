@@ -21,7 +21,7 @@ use crate::pipeline::ingest::Accepted;
 use crate::settings::env;
 use crate::store::inbox::{DEFAULT_TENANT, NewEvent};
 use crate::workos::event::Event;
-use crate::workos::signature::{self, SIGNATURE_HEADER};
+use crate::workos::signature::{self, SIGNATURE_HEADER, Secret};
 
 /// A webhook whose signature verified and whose body is an event.
 pub struct VerifiedWebhook {
@@ -39,21 +39,35 @@ impl FromRequest<AppState> for VerifiedWebhook {
             ApiError::not_configured("webhook_secret_not_configured", env::WEBHOOK_SECRET, "the webhook signing secret")
         })?;
         let limit = state.settings.webhook.max_body_bytes;
-        let (parts, body) = req.into_parts();
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
-            return Err(ApiError::payload_too_large(limit));
-        }
-        let body = read_limited(body, limit).await?;
-        let received_at = clock::now_ms();
-        let header = parts.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
-        signature::verify(secret, header, &body, received_at, state.settings.webhook.tolerance)?;
+        let (body, received_at) = read_signed(req, secret, limit, state.settings.webhook.tolerance).await?;
         let event = Event::parse(&body)?;
         // `Vec::from(Bytes)` takes the buffer over without copying when it is not shared.
         let body = String::from_utf8(Vec::from(body))
             .map_err(|_| ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
         Ok(VerifiedWebhook { event, body, received_at })
     }
+}
+
+/// The body of a signed WorkOS request, in this order: the declared length within
+/// `limit` (else 413), the body read up to `limit` (else 413), then the signature
+/// over the raw bytes within `tolerance` of now (else 401). Returns the body and
+/// when it was received (unix ms).
+pub async fn read_signed(
+    req: Request,
+    secret: &Secret,
+    limit: usize,
+    tolerance: std::time::Duration,
+) -> Result<(Bytes, i64), ApiError> {
+    let (parts, body) = req.into_parts();
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let body = read_limited(body, limit).await?;
+    let received_at = clock::now_ms();
+    let header = parts.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+    signature::verify(secret, header, &body, received_at, tolerance)?;
+    Ok((body, received_at))
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::sync::{self, ApplyError, outcome};
 use crate::clock;
-use crate::runtime::{GuestEvent, GuestUser, HandlerError, Module, Runtime};
+use crate::runtime::{GuestEvent, HandlerError, Module, Runtime};
 use crate::settings::WorkerSettings;
 use crate::store::exec::{SyncDb, SyncTx};
 use crate::store::inbox::{self, ClaimedEvent, Status};
@@ -217,21 +217,7 @@ fn guest_event(event: &Event, claimed: &ClaimedEvent) -> GuestEvent {
         event_type: event.event.clone(),
         data: event.data.get().to_string(),
         created_at: event.created_at_ms.map(clock::format_ms),
-        user: user.map(|u| GuestUser {
-            id: u.id,
-            email: u.email,
-            email_verified: u.email_verified,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            name: u.name,
-            profile_picture_url: u.profile_picture_url,
-            last_sign_in_at: u.last_sign_in_at,
-            locale: u.locale,
-            external_id: u.external_id,
-            metadata: serde_json::Value::Object(u.metadata.unwrap_or_default()).to_string(),
-            created_at: u.created_at,
-            updated_at: u.updated_at,
-        }),
+        user: user.map(super::guest_user),
         attempt: u32::try_from(claimed.attempts).unwrap_or(u32::MAX).saturating_add(1),
     }
 }

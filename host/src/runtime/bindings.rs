@@ -5,6 +5,6 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "authkit:handler/indexed-events-handler",
+    world: "authkit:handler/handler",
     imports: { default: trappable },
 });

@@ -21,7 +21,7 @@ use crate::store::exec::SyncTx;
 pub struct HostFault(Mutex<Option<StoreError>>);
 
 impl HostFault {
-    fn new(e: StoreError) -> wasmtime::Error {
+    fn trap(e: StoreError) -> wasmtime::Error {
         wasmtime::Error::new(HostFault(Mutex::new(Some(e))))
     }
 
@@ -56,6 +56,8 @@ pub struct HostState {
     calls: u32,
     max_calls: u32,
     read_only: bool,
+    /// Whether a write succeeded in this call.
+    wrote: bool,
     log: Arc<Mutex<LogBuffer>>,
 }
 
@@ -76,8 +78,13 @@ impl HostState {
             calls: 0,
             max_calls: limits.max_calls,
             read_only,
+            wrote: false,
             log,
         }
+    }
+
+    pub fn wrote(&self) -> bool {
+        self.wrote
     }
 
     /// Counts one call; `false` once the budget is spent.
@@ -109,8 +116,11 @@ impl HostState {
         let tx = self.tx()?;
         let mut docs = Documents { tx, tenant: &tenant, indexes: &indexes, limits };
         match op(&mut docs) {
-            Ok(v) => Ok(Ok(v)),
-            Err(DocError::Store(e)) => Err(HostFault::new(e)),
+            Ok(v) => {
+                self.wrote |= write;
+                Ok(Ok(v))
+            }
+            Err(DocError::Store(e)) => Err(HostFault::trap(e)),
             Err(e) => Ok(Err(match e {
                 DocError::InvalidTableName(m) => db::Error::InvalidTableName(m),
                 DocError::InvalidDocument(m) => db::Error::InvalidDocument(m),
@@ -129,7 +139,7 @@ impl HostState {
             return Ok(Err(users::Error::TooManyCalls(self.max_calls)));
         }
         let tenant = self.tenant.clone();
-        let found = directory::find_user(self.tx()?, &tenant, key, value).map_err(HostFault::new)?;
+        let found = directory::find_user(self.tx()?, &tenant, key, value).map_err(HostFault::trap)?;
         Ok(Ok(found.map(guest_user)))
     }
 }

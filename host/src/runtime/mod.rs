@@ -28,7 +28,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::exports::authkit::handler::{events, schema};
+use self::bindings::exports::authkit::handler::{actions, events, schema};
 pub use self::host::HostFault;
 pub use self::log::{LogBuffer, MAX_LOG_BYTES, MAX_LOG_LINES};
 use crate::store::StoreError;
@@ -36,6 +36,11 @@ use crate::store::documents::{Indexes, Limits};
 use crate::store::exec::SyncTx;
 
 pub use self::bindings::authkit::handler::types::User as GuestUser;
+pub use self::bindings::exports::authkit::handler::actions::{
+    AuthenticationContext as GuestAuthentication, Client as GuestClient, Membership as GuestMembership,
+    Organization as GuestOrganization, RegistrationContext as GuestRegistration, UserData as GuestUserData,
+    Verdict as GuestVerdict,
+};
 pub use self::bindings::exports::authkit::handler::events::Event as GuestEvent;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -44,12 +49,15 @@ const TICK: Duration = Duration::from_millis(5);
 /// The export names this host version serves.
 pub const EVENTS_EXPORT: &str = "authkit:handler/events@0.1.0";
 pub const SCHEMA_EXPORT: &str = "authkit:handler/schema@0.1.0";
+pub const ACTIONS_EXPORT: &str = "authkit:handler/actions@0.1.0";
 
 /// Limits of every invocation (the operator's settings).
 #[derive(Debug, Clone)]
 pub struct InvocationLimits {
     /// How long an event handler may run.
     pub event_deadline: Duration,
+    /// How long an action handler may run.
+    pub action_deadline: Duration,
     /// Largest linear memory a guest may grow to, in bytes.
     pub memory_limit: usize,
     /// `db` and `users` calls per invocation.
@@ -61,6 +69,7 @@ impl Default for InvocationLimits {
     fn default() -> InvocationLimits {
         InvocationLimits {
             event_deadline: Duration::from_secs(5),
+            action_deadline: Duration::from_secs(1),
             memory_limit: 64 * 1024 * 1024,
             max_calls: 1000,
             documents: Limits::default(),
@@ -92,6 +101,7 @@ pub struct Module {
     pub hash: String,
     pre: InstancePre<Invocation>,
     events: Option<events::GuestIndices>,
+    actions: Option<actions::GuestIndices>,
     /// The indexes the handler declared (empty without a `schema` export).
     pub indexes: Indexes,
 }
@@ -99,6 +109,10 @@ pub struct Module {
 impl Module {
     pub fn handles_events(&self) -> bool {
         self.events.is_some()
+    }
+
+    pub fn handles_actions(&self) -> bool {
+        self.actions.is_some()
     }
 }
 
@@ -119,11 +133,19 @@ pub enum HandlerError {
 }
 
 /// What an invocation gives back: the transaction it borrowed, its result and its log.
-pub struct Invoked {
+pub struct Invoked<T = ()> {
     pub tx: Option<SyncTx>,
-    pub result: Result<(), HandlerError>,
+    pub result: Result<T, HandlerError>,
     pub logs: Vec<String>,
     pub elapsed: Duration,
+    /// Whether the call wrote anything (a read-only call need not commit).
+    pub wrote: bool,
+}
+
+/// An Actions request as the guest receives it.
+pub enum GuestAction {
+    Authenticate(Box<GuestAuthentication>),
+    Register(Box<GuestRegistration>),
 }
 
 pub struct Runtime {
@@ -148,9 +170,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         sleep::shadow(&mut linker)?;
-        bindings::IndexedEventsHandler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| {
-            &mut s.host
-        })?;
+        bindings::Handler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| &mut s.host)?;
         let ticker = Ticker::start(engine.clone());
         Ok(Runtime { engine, linker, limits, modules: Mutex::default(), ticker })
     }
@@ -172,11 +192,12 @@ impl Runtime {
             Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
         let events = events::GuestIndices::new(&pre).ok();
+        let actions = actions::GuestIndices::new(&pre).ok();
         let schema = schema::GuestIndices::new(&pre).ok();
-        if events.is_none() {
+        if events.is_none() && actions.is_none() {
             return Err(LoadError::NoHandler);
         }
-        let mut module = Module { hash: hash.clone(), pre, events, indexes: Indexes::default() };
+        let mut module = Module { hash: hash.clone(), pre, events, actions, indexes: Indexes::default() };
         if let Some(schema) = schema {
             module.indexes = self.declared_indexes(&module, &schema)?;
         }
@@ -191,7 +212,7 @@ impl Runtime {
             let instance = module.pre.instantiate(&mut store)?;
             schema.load(&mut store, &instance)?.call_indexes(&mut store)
         })()
-        .map_err(|e| LoadError::Schema(classify(e, &store, &self.limits).to_string()))?;
+        .map_err(|e| LoadError::Schema(classify(e, &store, &self.limits, self.limits.event_deadline).to_string()))?;
         Indexes::new(declared.into_iter().map(|i| (i.table, i.field))).map_err(LoadError::Schema)
     }
 
@@ -201,7 +222,13 @@ impl Runtime {
     pub fn handle_event(&self, module: &Module, tx: SyncTx, tenant: &str, event: &GuestEvent) -> Invoked {
         let started = Instant::now();
         let Some(indices) = &module.events else {
-            return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), elapsed: started.elapsed() };
+            return Invoked {
+                tx: Some(tx),
+                result: Ok(()),
+                logs: Vec::new(),
+                elapsed: started.elapsed(),
+                wrote: false,
+            };
         };
         let deadline = self.limits.event_deadline;
         let mut store = self.store(module, Some(tx), tenant, false, deadline);
@@ -209,20 +236,40 @@ impl Runtime {
             let instance = module.pre.instantiate(&mut store)?;
             indices.load(&mut store, &instance)?.call_handle(&mut store, event)
         })();
-        let result = match outcome {
-            // A guest that slept through its deadline may return just after it.
-            Ok(_) if started.elapsed() > deadline => Err(HandlerError::Deadline(deadline)),
+        let outcome = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(HandlerError::Returned(message)),
-            Err(e) => Err(classify(e, &store, &self.limits)),
+            Err(e) => Err(classify(e, &store, &self.limits, deadline)),
         };
-        let data = store.into_data();
-        Invoked {
-            tx: data.host.tx,
-            result,
-            logs: data.log.lock().unwrap_or_else(|p| p.into_inner()).finish(),
-            elapsed: started.elapsed(),
-        }
+        finish(store, outcome, started, deadline)
+    }
+
+    /// Calls the module's `actions` export with `tx` as its database; the
+    /// caller commits only when the result is a verdict.
+    pub fn handle_action(
+        &self,
+        module: &Module,
+        tx: SyncTx,
+        tenant: &str,
+        action: &GuestAction,
+    ) -> Invoked<GuestVerdict> {
+        let started = Instant::now();
+        let deadline = self.limits.action_deadline;
+        let Some(indices) = &module.actions else {
+            let result = Err(HandlerError::Trap("the handler has no actions export".into()));
+            return Invoked { tx: Some(tx), result, logs: Vec::new(), elapsed: started.elapsed(), wrote: false };
+        };
+        let mut store = self.store(module, Some(tx), tenant, false, deadline);
+        let outcome = (|| {
+            let instance = module.pre.instantiate(&mut store)?;
+            let guest = indices.load(&mut store, &instance)?;
+            match action {
+                GuestAction::Authenticate(ctx) => guest.call_authenticate(&mut store, ctx),
+                GuestAction::Register(ctx) => guest.call_register_user(&mut store, ctx),
+            }
+        })();
+        let outcome = outcome.map_err(|e| classify(e, &store, &self.limits, deadline));
+        finish(store, outcome, started, deadline)
     }
 
     fn store(
@@ -259,8 +306,30 @@ impl Runtime {
     }
 }
 
+/// Ends a call: its result (a call that returns after its deadline, as a guest
+/// that slept through it may, counts as past it), log and transaction.
+fn finish<T>(
+    store: Store<Invocation>,
+    outcome: Result<T, HandlerError>,
+    started: Instant,
+    deadline: Duration,
+) -> Invoked<T> {
+    let result = match outcome {
+        Ok(_) if started.elapsed() > deadline => Err(HandlerError::Deadline(deadline)),
+        other => other,
+    };
+    let data = store.into_data();
+    let logs = data.log.lock().unwrap_or_else(|p| p.into_inner()).finish();
+    Invoked { wrote: data.host.wrote(), tx: data.host.tx, result, logs, elapsed: started.elapsed() }
+}
+
 /// Turns a failed call into the reason an operator can act on.
-fn classify(error: wasmtime::Error, store: &Store<Invocation>, limits: &InvocationLimits) -> HandlerError {
+fn classify(
+    error: wasmtime::Error,
+    store: &Store<Invocation>,
+    limits: &InvocationLimits,
+    deadline: Duration,
+) -> HandlerError {
     if let Some(fault) = error.downcast_ref::<HostFault>() {
         return HandlerError::Host(fault.take());
     }
@@ -268,7 +337,7 @@ fn classify(error: wasmtime::Error, store: &Store<Invocation>, limits: &Invocati
         return HandlerError::Memory(limits.memory_limit);
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => HandlerError::Deadline(limits.event_deadline),
+        Some(Trap::Interrupt) => HandlerError::Deadline(deadline),
         _ => HandlerError::Trap(format!("{error:#}")),
     }
 }

@@ -12,6 +12,7 @@
 //! writes goes through [`exec::SyncTx`], a synchronous transaction, because
 //! handlers run synchronously inside it.
 
+pub mod actions;
 pub mod directory;
 pub mod documents;
 pub mod exec;
@@ -128,7 +129,7 @@ impl Store {
                 if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
                     return Err(StoreError::NoSqliteFile(path.display().to_string()));
                 }
-                Ok(exec::SyncDb::Sqlite(exec::SqliteConn::open(&path, gate.clone())?))
+                Ok(exec::SyncDb::Sqlite(exec::SqliteConns::open(&path, gate.clone())?))
             }
             Store::Postgres(pool) => Ok(exec::SyncDb::Postgres(pool.clone(), handle)),
         }

@@ -10,9 +10,12 @@
 //!    (about three document operations per event).
 //! 3. lookup: `find` on a declared index in a table of 1,000 and of 1,000,000
 //!    documents.
+//! 4. actions: signed authentication requests at a steady 200/s over loopback,
+//!    answered by the User data example (it reads the app's users table), against
+//!    the no-handler path.
 //!
-//! Usage: `cargo run --release -p authkit-tests --bin bench-handlers -- [--only invoke,events,lookup]
-//! [--iterations 20000] [--events 10000] [--large 1000000] [--database-url URL]`
+//! Usage: `cargo run --release -p authkit-tests --bin bench-handlers -- [--only invoke,events,lookup,actions]
+//! [--iterations 20000] [--events 10000] [--large 1000000] [--seconds 20] [--rate 200] [--database-url URL]`
 //! The guests must be built (tests/run.sh or the README's bench command does it).
 
 #[global_allocator]
@@ -37,6 +40,8 @@ struct Args {
     iterations: u32,
     events: u32,
     large: u32,
+    seconds: u64,
+    rate: u64,
     database_url: Option<String>,
 }
 
@@ -47,7 +52,15 @@ impl Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { only: None, iterations: 20_000, events: 10_000, large: 1_000_000, database_url: None };
+    let mut args = Args {
+        only: None,
+        iterations: 20_000,
+        events: 10_000,
+        large: 1_000_000,
+        seconds: 20,
+        rate: 200,
+        database_url: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -56,6 +69,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--iterations" => args.iterations = value()?.parse()?,
             "--events" => args.events = value()?.parse()?,
             "--large" => args.large = value()?.parse()?,
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--rate" => args.rate = value()?.parse()?,
             "--database-url" => args.database_url = Some(value()?),
             other => bail!("unknown flag {other}"),
         }
@@ -76,6 +91,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.runs("lookup") {
         lookup(&args, &rt)?;
+    }
+    if args.runs("actions") {
+        actions(&args, &rt)?;
     }
     Ok(())
 }
@@ -126,7 +144,7 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("invoke.db").display());
     let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
-    let mut db = store.sync_db(rt.handle().clone())?;
+    let db = store.sync_db(rt.handle().clone())?;
     let mut tx = Some(db.begin()?);
     let mut host_once = || -> anyhow::Result<()> {
         let invoked = runtime.handle_event(&module, tx.take().unwrap(), "default", &event);
@@ -159,6 +177,39 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     println!("  authkit-host: sandboxed invocation (WASI, log, limits, tx)  {:>8.2} us", per(host));
     let ratio = per(host) / per(bare);
     println!("  ratio {ratio:.2}x (target <= 1.5x: {})", if ratio <= 1.5 { "met" } else { "NOT met" });
+
+    // For scale: the User data example deciding a sign-in (one indexed find).
+    let example = runtime.load(&std::fs::read(rust_guest("user_data"))?)?;
+    let action =
+        authkit_host::runtime::GuestAction::Authenticate(Box::new(authkit_host::runtime::GuestAuthentication {
+            id: "act_bench".into(),
+            user: authkit_host::pipeline::guest_user(serde_json::from_value(json!({"id": "user_1"}))?),
+            organization: None,
+            membership: None,
+            client: authkit_host::runtime::GuestClient {
+                ip_address: None,
+                user_agent: None,
+                device_fingerprint: None,
+                authentication_method: None,
+            },
+            raw: "{}".into(),
+        }));
+    let mut decide = || -> anyhow::Result<()> {
+        let invoked = runtime.handle_action(&example, tx.take().unwrap(), "default", &action);
+        tx = invoked.tx;
+        invoked.result.map(drop).map_err(anyhow::Error::from)
+    };
+    for _ in 0..200 {
+        decide()?;
+    }
+    let t = Instant::now();
+    for _ in 0..n / rounds {
+        decide()?;
+    }
+    println!(
+        "  the User data example's authenticate (one find), back to back    {:>8.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n / rounds)
+    );
     Ok(())
 }
 
@@ -250,11 +301,11 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let url =
         args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("lookup.db").display()));
     let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
-    let mut db = store.sync_db(rt.handle().clone())?;
+    let db = store.sync_db(rt.handle().clone())?;
     let indexes = Indexes::new([("small".to_string(), "k".to_string()), ("large".to_string(), "k".to_string())])
         .map_err(anyhow::Error::msg)?;
     let tenant = "default".to_string();
-    let fill = |db: &mut authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<()> {
+    let fill = |db: &authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<()> {
         let mut i = 0;
         while i < n {
             let mut tx = db.begin()?;
@@ -269,10 +320,10 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     };
     println!("\nindexed lookup (find on a declared index, one match)");
     let t = Instant::now();
-    fill(&mut db, "small", 1000)?;
-    fill(&mut db, "large", args.large)?;
+    fill(&db, "small", 1000)?;
+    fill(&db, "large", args.large)?;
     println!("  filled 1,000 + {} documents in {:.1}s", args.large, t.elapsed().as_secs_f64());
-    let measure = |db: &mut authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<f64> {
+    let measure = |db: &authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<f64> {
         let mut tx = db.begin()?;
         let mut docs = Documents { tx: &mut tx, tenant: &tenant, indexes: &indexes, limits: Limits::default() };
         let lookups = 10_000u32;
@@ -287,8 +338,8 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     // Alternate rounds so noise hits both alike; report each table's median round.
     let (mut small, mut large) = (Vec::new(), Vec::new());
     for _ in 0..7 {
-        small.push(measure(&mut db, "small", 1000)?);
-        large.push(measure(&mut db, "large", args.large)?);
+        small.push(measure(&db, "small", 1000)?);
+        large.push(measure(&db, "large", args.large)?);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -300,4 +351,120 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let ratio = large / small;
     println!("  ratio {ratio:.2}x (target <= 2x: {})", if ratio <= 2.0 { "met" } else { "NOT met" });
     Ok(())
+}
+
+const ACTION_SECRET: &str = "sk_action_bench";
+
+/// Phase 4: Actions latency at a steady rate, without and with a handler.
+fn actions(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    println!(
+        "\nactions: signed authentication requests at {}/s for {}s over loopback (open loop)",
+        args.rate, args.seconds
+    );
+    println!("  {:<44} {:>9} {:>9} {:>9} {:>7}", "path", "p50 ms", "p99 ms", "max ms", "errors");
+    let base = action_run(args, rt, None)?;
+    base.print("no handler (the configured no-handler verdict)");
+    let with = action_run(args, rt, Some(rust_guest("user_data")))?;
+    with.print("User data example (reads the app's users table)");
+    let ratio = with.p50 / base.p50;
+    println!(
+        "  handler p50 / baseline p50 = {ratio:.2}x (target <= 2x: {}); handler p99 {:.2} ms (target < 5 ms: {})",
+        if ratio <= 2.0 { "met" } else { "NOT met" },
+        with.p99,
+        if with.p99 < 5.0 { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
+
+struct Latencies {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    errors: u64,
+}
+
+impl Latencies {
+    fn print(&self, name: &str) {
+        println!("  {name:<44} {:>9.2} {:>9.2} {:>9.2} {:>7}", self.p50, self.p99, self.max, self.errors);
+    }
+}
+
+fn action_run(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+    handler: Option<std::path::PathBuf>,
+) -> anyhow::Result<Latencies> {
+    let dir = tempfile::tempdir()?;
+    let url =
+        args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("actions.db").display()));
+    let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
+    // An app users table of 1,000 (indexed by authId, as the example declares).
+    let db = store.sync_db(rt.handle().clone())?;
+    let indexes = Indexes::new([("users".to_string(), "authId".to_string())]).map_err(anyhow::Error::msg)?;
+    let mut tx = db.begin()?;
+    let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() };
+    docs.sync_indexes()?;
+    for i in 0..1000 {
+        docs.insert("users", &json!({"authId": format!("user_{i}"), "banned": i % 10 == 0}).to_string())?;
+    }
+    tx.commit()?;
+    let overrides = Overrides { database_url: Some(url), handler, no_worker: true, ..Default::default() };
+    let settings =
+        Settings::load_with(&overrides, |k| (k == "WORKOS_ACTION_SECRET").then(|| ACTION_SECRET.to_string()))?;
+    let stop = CancellationToken::new();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let server = rt.spawn({
+        let stop = stop.clone();
+        async move { authkit_host::run(settings, listener, stop).await }
+    });
+    let result = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/workos/action");
+        let signer = authkit_tests::Emulator::new(ACTION_SECRET);
+        // Wait until the server answers, then warm up for a second.
+        let interval = Duration::from_micros(1_000_000 / args.rate.max(1));
+        let total = args.rate * args.seconds;
+        let warmup = args.rate;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::with_capacity((total + warmup) as usize);
+        for i in 0..(total + warmup) {
+            tick.tick().await;
+            let user =
+                serde_json::json!({"object": "user", "id": format!("user_{}", i % 1000), "email": "u@example.com"});
+            let body = serde_json::to_vec(&json!({
+                "object": "authentication_action_context", "id": format!("act_{i}"), "user": user,
+                "ip_address": "127.0.0.1", "user_agent": "bench",
+            }))?;
+            let signature = signer.signature(authkit_tests::workos::now_ms(), &body);
+            let request = client.post(&url).header("WorkOS-Signature", signature).body(body);
+            tasks.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let ok = match request.send().await {
+                    Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                (i >= warmup, ok, started.elapsed())
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for task in tasks {
+            let (measured, ok, elapsed) = task.await?;
+            if !ok {
+                errors += 1;
+            } else if measured {
+                latencies.push(elapsed.as_secs_f64() * 1000.0);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied().unwrap_or(0.0)
+        };
+        anyhow::Ok(Latencies { p50: pct(0.5), p99: pct(0.99), max: latencies.last().copied().unwrap_or(0.0), errors })
+    });
+    stop.cancel();
+    rt.block_on(server)??;
+    result
 }

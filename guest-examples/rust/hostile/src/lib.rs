@@ -10,11 +10,13 @@
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "authkit:handler/events-handler",
+    world: "authkit:handler/handler",
 });
 
 use authkit::handler::{db, log};
+use exports::authkit::handler::actions::{AuthenticationContext, Guest as Actions, RegistrationContext, Verdict};
 use exports::authkit::handler::events::{Event, Guest};
+use exports::authkit::handler::schema::{Guest as Schema, Index};
 use serde_json::json;
 
 struct Hostile;
@@ -143,6 +145,47 @@ fn peek() -> Result<(), String> {
     let refused: Vec<String> = names.iter().map(|n| format!("{:?}", db::list(n, 1, None).map(|_| ()))).collect();
     db::insert("peek", &json!({ "found": found, "refused": refused }).to_string()).map_err(|e| format!("{e:?}"))?;
     Ok(())
+}
+
+impl Schema for Hostile {
+    fn indexes() -> Vec<Index> {
+        Vec::new()
+    }
+}
+
+/// Actions misbehave by the first name they are about: `Loop`, `Panic`,
+/// `Sleep`, `Write` (records the decision, then allows), `Deny` (a long
+/// non-ASCII message); anyone else is allowed.
+impl Actions for Hostile {
+    fn authenticate(ctx: AuthenticationContext) -> Verdict {
+        misbehave(ctx.user.first_name.as_deref().unwrap_or_default(), &ctx.id)
+    }
+
+    fn register_user(ctx: RegistrationContext) -> Verdict {
+        misbehave(ctx.user_data.first_name.as_deref().unwrap_or_default(), &ctx.id)
+    }
+}
+
+fn misbehave(name: &str, action_id: &str) -> Verdict {
+    // Written before misbehaving: a test checks it is rolled back.
+    let record = json!({ "action": action_id, "name": name }).to_string();
+    if db::insert("decisions", &record).is_err() {
+        return Verdict::Deny("could not record".into());
+    }
+    match name {
+        "Loop" =>
+        {
+            #[allow(clippy::empty_loop)]
+            loop {}
+        }
+        "Panic" => panic!("told to panic"),
+        "Sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Verdict::Allow
+        }
+        "Deny" => Verdict::Deny(format!("Zugriff verweigert — {}", "ü".repeat(600))),
+        _ => Verdict::Allow,
+    }
 }
 
 export!(Hostile);

@@ -1,9 +1,14 @@
-//! The reference integration's "User data" example as an authkit-host handler.
+//! The reference integration's "User data" and "Actions" examples as one
+//! authkit-host handler.
 //!
-//! It keeps the app's own `users` table (indexed by `authId`, the WorkOS user
-//! id) in step with `user.created`, `user.updated` and `user.deleted`, warning
-//! when an update or delete finds no app user, and gives every new user a
-//! `todoLists` document named after their first name.
+//! Events: it keeps the app's own `users` table (indexed by `authId`, the
+//! WorkOS user id) in step with `user.created`, `user.updated` and
+//! `user.deleted`, warning when an update or delete finds no app user, and gives
+//! every new user a `todoLists` document named after their first name.
+//!
+//! Actions: registrations with a `@gmail.com` address are denied, as in the
+//! reference; sign-ins are allowed, except for a user whose app `users`
+//! document says `"banned": true`.
 //!
 //! The host has already brought its own users table up to date with the event
 //! (and it ignores stale updates and users deleted before a late create), so
@@ -12,10 +17,11 @@
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "authkit:handler/indexed-events-handler",
+    world: "authkit:handler/handler",
 });
 
 use authkit::handler::{db, log, users};
+use exports::authkit::handler::actions::{AuthenticationContext, Guest as Actions, RegistrationContext, Verdict};
 use exports::authkit::handler::events::{Event, Guest as Events};
 use exports::authkit::handler::schema::{Guest as Schema, Index};
 use serde_json::json;
@@ -44,6 +50,28 @@ impl Events for Handler {
             _ => Ok(()),
         }
     }
+}
+
+impl Actions for Handler {
+    fn authenticate(ctx: AuthenticationContext) -> Verdict {
+        match find_app_user(&ctx.user.id) {
+            Ok(Some(doc)) if is_banned(&doc.body) => Verdict::Deny("This account has been suspended.".into()),
+            Ok(_) => Verdict::Allow,
+            // Could not read the app's table: let the host apply its fallback.
+            Err(e) => panic!("cannot read the users table: {e}"),
+        }
+    }
+
+    fn register_user(ctx: RegistrationContext) -> Verdict {
+        if ctx.user_data.email.to_ascii_lowercase().ends_with("@gmail.com") {
+            return Verdict::Deny("Gmail accounts are not allowed".into());
+        }
+        Verdict::Allow
+    }
+}
+
+fn is_banned(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|doc| doc["banned"] == json!(true))
 }
 
 /// The app's view of a WorkOS user.

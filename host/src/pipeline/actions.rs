@@ -1,0 +1,229 @@
+//! Deciding a WorkOS Actions request: the handler's verdict when it gives one in
+//! time, the operator's fallback otherwise, and the no-handler verdict when no
+//! handler decides actions. Every decision is recorded.
+//!
+//! Owns: the deadline race, the rule that a handler's writes commit only with
+//! the verdict that was sent, and the decision record. Must not: sign or
+//! serialize the response (see [`crate::workos::action`]), or parse HTTP.
+//!
+//! The handler runs on a blocking thread inside a transaction. The request waits
+//! for it at most the actions deadline; past it, the fallback is sent at once and
+//! the call (which its own epoch deadline stops soon after) is rolled back. One
+//! atomic claim settles the race: either the handler's verdict is committed and
+//! sent, or the fallback is sent and the handler's writes are rolled back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{error, warn};
+
+use super::worker::Handler;
+use crate::clock;
+use crate::runtime::{
+    GuestAction, GuestAuthentication, GuestClient, GuestMembership, GuestOrganization, GuestRegistration,
+    GuestUserData, GuestVerdict,
+};
+use crate::settings::{ActionSettings, ConfiguredVerdict};
+use crate::store::Store;
+use crate::store::actions::NewDecision;
+use crate::store::exec::SyncDb;
+use crate::workos::action::{ActionRequest, Client, Verdict};
+
+/// Who decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Handler,
+    Fallback,
+    NoHandler,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Handler => "handler",
+            Source::Fallback => "fallback",
+            Source::NoHandler => "no_handler",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub source: Source,
+    /// Why the fallback was used.
+    pub error: Option<String>,
+    /// The handler's log lines (JSON array), when it ran.
+    pub logs: Option<String>,
+    pub latency: Duration,
+}
+
+const PENDING: u8 = 0;
+const HANDLER_WON: u8 = 1;
+const ABANDONED: u8 = 2;
+
+pub struct Decider {
+    store: Store,
+    db: Arc<SyncDb>,
+    handler: Option<Handler>,
+    settings: ActionSettings,
+}
+
+impl Decider {
+    pub fn new(store: Store, db: SyncDb, handler: Option<Handler>, settings: ActionSettings) -> Decider {
+        Decider { store, db: Arc::new(db), handler, settings }
+    }
+
+    /// Decides `request` for `tenant` and records the decision (in the background).
+    pub async fn decide(&self, tenant: &str, request: &ActionRequest) -> Decision {
+        let started = Instant::now();
+        let decision = match self.handler.as_ref().filter(|h| h.module.handles_actions()) {
+            None => Decision {
+                verdict: configured(&self.settings.no_handler),
+                source: Source::NoHandler,
+                error: None,
+                logs: None,
+                latency: Duration::ZERO,
+            },
+            Some(handler) => self.run_handler(handler.clone(), tenant, request).await,
+        };
+        let decision = Decision { latency: started.elapsed(), ..decision };
+        self.record(tenant, request, &decision);
+        decision
+    }
+
+    async fn run_handler(&self, handler: Handler, tenant: &str, request: &ActionRequest) -> Decision {
+        let claim = Arc::new(AtomicU8::new(PENDING));
+        let (db, tenant_id, guest, task_claim) =
+            (self.db.clone(), tenant.to_string(), guest_action(request), claim.clone());
+        let mut task =
+            tokio::task::spawn_blocking(move || -> Result<(GuestVerdict, String), (String, Option<String>)> {
+                let tx = db
+                    .begin_read_mostly()
+                    .map_err(|e| (format!("the host could not open a transaction: {e}"), None))?;
+                let invoked = handler.runtime.handle_action(&handler.module, tx, &tenant_id, &guest);
+                let logs = serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into());
+                let verdict = invoked.result.map_err(|e| (e.to_string(), Some(logs.clone())))?;
+                // Only the side that claims first acts: the handler's writes commit
+                // only if its verdict is the one sent.
+                if task_claim.compare_exchange(PENDING, HANDLER_WON, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    return Err(("the verdict came after the deadline".into(), Some(logs)));
+                }
+                if let Some(tx) = invoked.tx
+                    && invoked.wrote
+                {
+                    tx.commit().map_err(|e| {
+                        (format!("the handler's writes could not be committed: {e}"), Some(logs.clone()))
+                    })?;
+                }
+                Ok((verdict, logs))
+            });
+        let joined = match tokio::time::timeout(self.settings.deadline, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                if claim.compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    return self.fallback(format!("no verdict within {} ms", self.settings.deadline.as_millis()), None);
+                }
+                // The handler claimed the decision a moment ago; its commit is under way.
+                task.await
+            }
+        };
+        match joined {
+            Ok(Ok((verdict, logs))) => Decision {
+                verdict: match verdict {
+                    GuestVerdict::Allow => Verdict::Allow,
+                    GuestVerdict::Deny(message) => Verdict::Deny(message),
+                },
+                source: Source::Handler,
+                error: None,
+                logs: Some(logs),
+                latency: Duration::ZERO,
+            },
+            Ok(Err((reason, logs))) => self.fallback(reason, logs),
+            Err(e) => self.fallback(format!("the handler task failed: {e}"), None),
+        }
+    }
+
+    fn fallback(&self, reason: String, logs: Option<String>) -> Decision {
+        warn!(reason = %reason, "action decided by the fallback verdict");
+        Decision {
+            verdict: configured(&self.settings.fallback),
+            source: Source::Fallback,
+            error: Some(reason),
+            logs,
+            latency: Duration::ZERO,
+        }
+    }
+
+    fn record(&self, tenant: &str, request: &ActionRequest, d: &Decision) {
+        let record = NewDecision {
+            tenant_id: tenant.to_string(),
+            action_id: request.id().to_string(),
+            kind: request.kind().as_str(),
+            verdict: d.verdict.as_str(),
+            message: d.verdict.message().map(str::to_string),
+            source: d.source.as_str(),
+            latency_us: i64::try_from(d.latency.as_micros()).unwrap_or(i64::MAX),
+            error: d.error.clone(),
+            logs: d.logs.clone(),
+            decided_at: clock::now_ms(),
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_decision(&record).await {
+                error!(error = %e, action_id = %record.action_id, "could not record an action decision");
+            }
+        });
+    }
+}
+
+fn configured(v: &ConfiguredVerdict) -> Verdict {
+    match v {
+        ConfiguredVerdict::Allow => Verdict::Allow,
+        ConfiguredVerdict::Deny(message) => Verdict::Deny(message.clone()),
+    }
+}
+
+fn guest_client(c: &Client) -> GuestClient {
+    GuestClient {
+        ip_address: c.ip_address.clone(),
+        user_agent: c.user_agent.clone(),
+        device_fingerprint: c.device_fingerprint.clone(),
+        authentication_method: c.authentication_method.clone(),
+    }
+}
+
+/// The request as the WIT `actions` records.
+fn guest_action(request: &ActionRequest) -> GuestAction {
+    match request {
+        ActionRequest::Authentication(ctx, raw) => GuestAction::Authenticate(Box::new(GuestAuthentication {
+            id: ctx.id.clone(),
+            user: super::guest_user(ctx.user.clone()),
+            organization: ctx
+                .organization
+                .as_ref()
+                .map(|o| GuestOrganization { id: o.id.clone(), name: o.name.clone() }),
+            membership: ctx.organization_membership.as_ref().map(|m| GuestMembership {
+                id: m.id.clone(),
+                organization_id: m.organization_id.clone(),
+                role: m.role.as_ref().map(|r| r.slug.clone()),
+                status: m.status.clone(),
+            }),
+            client: guest_client(&ctx.client),
+            raw: raw.clone(),
+        })),
+        ActionRequest::UserRegistration(ctx, raw) => GuestAction::Register(Box::new(GuestRegistration {
+            id: ctx.id.clone(),
+            user_data: GuestUserData {
+                email: ctx.user_data.email.clone(),
+                first_name: ctx.user_data.first_name.clone(),
+                last_name: ctx.user_data.last_name.clone(),
+                name: ctx.user_data.name.clone(),
+            },
+            invitation_id: ctx.invitation.as_ref().map(|i| i.id.clone()),
+            client: guest_client(&ctx.client),
+            raw: raw.clone(),
+        })),
+    }
+}

@@ -1,0 +1,89 @@
+//! The record of Actions decisions.
+//!
+//! Owns: the `action_decisions` table. Must not: decide anything.
+
+use serde::Serialize;
+
+use super::{Result, Store, on_pool};
+use crate::clock;
+
+/// One decision, as recorded.
+#[derive(Debug, Clone)]
+pub struct NewDecision {
+    pub tenant_id: String,
+    pub action_id: String,
+    /// `authentication` or `user_registration`.
+    pub kind: &'static str,
+    /// `Allow` or `Deny`.
+    pub verdict: &'static str,
+    pub message: Option<String>,
+    /// `handler`, `fallback` or `no_handler`.
+    pub source: &'static str,
+    pub latency_us: i64,
+    pub error: Option<String>,
+    /// The handler's log lines (JSON array), when it ran.
+    pub logs: Option<String>,
+    pub decided_at: i64,
+}
+
+/// A recorded decision, as `actions list` shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Decision {
+    pub action_id: String,
+    pub kind: String,
+    pub verdict: String,
+    pub message: Option<String>,
+    pub source: String,
+    pub latency_us: i64,
+    pub error: Option<String>,
+    pub logs: Option<String>,
+    pub decided_at: i64,
+}
+
+impl Decision {
+    pub fn decided_at_text(&self) -> String {
+        clock::format_ms(self.decided_at)
+    }
+}
+
+impl Store {
+    /// Records a decision. On SQLite it waits its turn at the write gate, like
+    /// every other writer in the process.
+    pub async fn record_decision(&self, d: &NewDecision) -> Result<()> {
+        let _turn = match self {
+            Store::Sqlite(_, gate) => Some(gate.clone().lock_owned().await),
+            Store::Postgres(_) => None,
+        };
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO action_decisions (tenant_id, action_id, kind, verdict, message, source, latency_us, error, \
+             logs, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(d.tenant_id.clone())
+        .bind(d.action_id.clone())
+        .bind(d.kind)
+        .bind(d.verdict)
+        .bind(d.message.clone())
+        .bind(d.source)
+        .bind(d.latency_us)
+        .bind(d.error.clone())
+        .bind(d.logs.clone())
+        .bind(d.decided_at)
+        .execute(pool)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    /// The latest decisions of a tenant, newest first.
+    pub async fn list_decisions(&self, tenant_id: &str, limit: i64) -> Result<Vec<Decision>> {
+        let rows = on_pool!(self, pool => sqlx::query_as(
+            "SELECT action_id, kind, verdict, message, source, latency_us, error, logs, decided_at \
+             FROM action_decisions WHERE tenant_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(tenant_id.to_string())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
+    }
+}
