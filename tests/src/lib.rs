@@ -5,6 +5,7 @@
 //! so that a symmetric bug (both sides wrong the same way) cannot pass.
 
 pub mod db;
+pub mod documents;
 pub mod guests;
 pub mod server;
 pub mod workos;

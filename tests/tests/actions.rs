@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use authkit_host::store::Store;
-use authkit_host::store::documents::{Documents, Indexes, Limits};
+use authkit_host::store::documents::Indexes;
+use authkit_tests::documents::{documents, with_documents};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::cli;
 use authkit_tests::workos::{
@@ -65,22 +65,6 @@ async fn decisions(db: &TestDb, n: usize) -> Vec<Value> {
     .await
 }
 
-async fn documents(store: &Store, table: &str) -> Vec<(String, Value)> {
-    let sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
-    let table = table.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut tx = sync.begin().unwrap();
-        let indexes = Indexes::default();
-        let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() };
-        let page = docs.list(&table, 100, None).unwrap();
-        let out = page.documents.into_iter().map(|d| (d.id, serde_json::from_str(&d.body).unwrap())).collect();
-        tx.commit().unwrap();
-        out
-    })
-    .await
-    .unwrap()
-}
-
 async fn the_example_allows_and_denies_with_signed_verdicts(db: TestDb) {
     let server = TestServer::start_with(&db, options(&db, Some("user_data"), "")).await;
     let store = db.store().await;
@@ -108,17 +92,8 @@ async fn the_example_allows_and_denies_with_signed_verdicts(db: TestDb) {
         documents(&store, "users").await.into_iter().find(|(_, d)| d["authId"] == "user_b")
     })
     .await;
-    let sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
-    tokio::task::spawn_blocking(move || {
-        let mut tx = sync.begin().unwrap();
-        let indexes = Indexes::new([("users".to_string(), "authId".to_string())]).unwrap();
-        Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() }
-            .patch("users", &app_user.0, r#"{"banned": true}"#)
-            .unwrap();
-        tx.commit().unwrap();
-    })
-    .await
-    .unwrap();
+    let indexes = Indexes::new([("users".to_string(), "authId".to_string())]).unwrap();
+    with_documents(&store, indexes, move |docs| docs.patch("users", &app_user.0, r#"{"banned": true}"#).unwrap()).await;
     let (banned, _) = act(&server, authenticate("act_4", "user_b", "Bea"), AUTH_RESPONSE).await;
     assert_eq!(banned["verdict"], "Deny");
     assert_eq!(banned["error_message"], "This account has been suspended.");

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use authkit_host::store::Store;
-use authkit_host::store::documents::{Documents, Indexes, Limits};
+use authkit_host::store::documents::Indexes;
 use authkit_host::store::inbox::InboxEvent;
+use authkit_tests::documents::with_documents;
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::cli;
 use authkit_tests::workos::user;
@@ -70,28 +71,14 @@ async fn event(store: &Store, id: &str) -> InboxEvent {
 
 /// Every document of `table` (tenant `default`): the body, with `_id` added.
 async fn documents(store: &Store, table: &str) -> Vec<Value> {
-    let sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
-    let table = table.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut tx = sync.begin().unwrap();
-        let indexes = Indexes::default();
-        let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() };
-        let (mut out, mut cursor) = (Vec::new(), None);
-        loop {
-            let page = docs.list(&table, 100, cursor.as_deref()).unwrap();
-            for d in page.documents {
-                let mut body: Value = serde_json::from_str(&d.body).unwrap();
-                body["_id"] = json!(d.id);
-                out.push(body);
-            }
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => return out,
-            }
-        }
-    })
-    .await
-    .unwrap()
+    authkit_tests::documents::documents(store, table)
+        .await
+        .into_iter()
+        .map(|(id, mut body)| {
+            body["_id"] = json!(id);
+            body
+        })
+        .collect()
 }
 
 fn without_ids(docs: Vec<Value>) -> Vec<Value> {
@@ -214,17 +201,7 @@ async fn a_dead_event_can_be_retried_once_the_cause_is_fixed(db: TestDb) {
     assert!(!ok && err.contains("no event"), "{err}");
 
     // The operator fixes the cause, then retries.
-    let sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
-    tokio::task::spawn_blocking(move || {
-        let mut tx = sync.begin().unwrap();
-        let indexes = Indexes::default();
-        Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() }
-            .insert("flags", "{}")
-            .unwrap();
-        tx.commit().unwrap();
-    })
-    .await
-    .unwrap();
+    with_documents(&store, Indexes::default(), |docs| docs.insert("flags", "{}").unwrap()).await;
     let (ok, out, err) = cli(&db, &["events", "retry", &id]);
     assert!(ok && out.contains("queued again"), "{out}{err}");
     settle(&store).await;
