@@ -2,18 +2,25 @@
 //!
 //! # Layout
 //! - [`settings`]: the one validated configuration value (defaults, file, env, flags).
-//! - [`workos`]: the wire protocol: signatures, event envelopes, typed records. Pure.
-//! - [`store`]: SQLite and Postgres through sqlx: migrations, inbox, directory tables.
-//! - [`pipeline`]: group-commit ingest, the worker that applies events, retries.
-//! - [`http`]: axum routes, the verified-webhook extractor, the JSON error shape.
+//! - [`workos`]: the wire protocol: signatures, event envelopes, typed records,
+//!   Actions requests and signed responses. Pure.
+//! - [`store`]: SQLite and Postgres: migrations, inbox, directory tables, handlers'
+//!   documents, Actions decisions; async reads through sqlx, synchronous
+//!   transactions for the worker and handlers.
+//! - [`runtime`]: wasmtime: the sandbox, handler components, the WIT imports.
+//! - [`pipeline`]: group-commit ingest, the worker that applies events and runs the
+//!   handler, retries; the Actions decider.
+//! - [`http`]: axum routes, the verified-request extractors, the JSON error shape.
 //! - [`server`]: wires the parts together and shuts them down in order.
-//! - [`cli`]: the `authkit-host` commands (`serve`, `users`, `events`).
+//! - [`cli`]: the `authkit-host` commands (`serve`, `users`, `events`, `actions`).
 //! - [`clock`]: unix-millisecond time and RFC 3339 conversion.
 //!
 //! The data's path: `POST /workos/webhook` → [`http::webhook`] verifies the raw
 //! bytes → [`pipeline::ingest`] commits the event to the inbox (deduplicated on its
-//! id) → 200 → [`pipeline::worker`] claims due events in order and applies them to
-//! the directory tables via [`pipeline::sync`], retrying failures with backoff.
+//! id) → 200 → [`pipeline::worker`] claims due events in order and, per event in
+//! one transaction, syncs the directory tables ([`pipeline::sync`]) and runs the
+//! handler ([`runtime`]), retrying failures with backoff. `POST /workos/action` →
+//! [`http::action`] → [`pipeline::actions`] → a signed verdict.
 
 pub mod cli;
 pub mod clock;

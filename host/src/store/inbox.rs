@@ -267,7 +267,7 @@ impl Store {
     }
 }
 
-/// Claims up to `limit` due events (see [`CLAIM_SQL`]) for this transaction.
+/// Claims up to `limit` due events (see `CLAIM_SQL`) for this transaction.
 pub fn claim_due(tx: &mut SyncTx, now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
     let sql = if tx.is_postgres() { CLAIM_SQL_POSTGRES } else { CLAIM_SQL };
     let rows = tx.query(sql, &[now.into(), limit.into()])?;

@@ -8,7 +8,7 @@
 //! Both backends run the same SQL text: it uses `$N` placeholders, which SQLite
 //! accepts too, and only portable syntax (`ON CONFLICT … DO UPDATE … WHERE`,
 //! `RETURNING`). Reads for inspection go through the sqlx pools (the
-//! [`on_pool!`] macro expands one body per backend). Everything the worker
+//! `on_pool!` macro expands one body per backend). Everything the worker
 //! writes goes through [`exec::SyncTx`], a synchronous transaction, because
 //! handlers run synchronously inside it.
 
