@@ -290,3 +290,43 @@ async fn hostile_guests_are_contained_and_the_host_keeps_serving(db: TestDb) {
     // And the server still answers.
     assert_eq!(server.get("/healthz").await.status, 200);
 }
+
+/// Two host processes on one Postgres database keep each user's events in
+/// order: neither takes an event while the other still holds an older one of
+/// the same user. (SQLite has one process by design.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_postgres_keep_per_user_order() {
+    let Some(db) = TestDb::create(Backend::Postgres, "two_processes").await else { return };
+    let options = with_handler(&db, "hostile", 20, "");
+    let first = TestServer::start_with(&db, options.clone()).await;
+    let second = TestServer::start_with(&db, options).await;
+    let store = db.store().await;
+    let (users, per_user) = (4, 30);
+    for n in 0..per_user {
+        for u in 0..users {
+            let at = format!("2025-01-01T00:00:{:02}.{:03}Z", n / 1000, n % 1000);
+            let data = json!({"id": format!("seq_{u}_{n}"), "user_id": format!("user_{u}"), "n": n});
+            // Alternate the process that receives each event.
+            let server = if (n + u) % 2 == 0 { &first } else { &second };
+            server.send("test.seq", data, &at).await;
+        }
+    }
+    settle(&store).await;
+    let violations = documents(&store, "violations").await;
+    assert!(violations.is_empty(), "events applied out of order: {violations:?}");
+    let mut last: Vec<(String, i64)> = documents(&store, "seq")
+        .await
+        .iter()
+        .map(|d| (d["subject"].as_str().unwrap().to_string(), d["last"].as_i64().unwrap()))
+        .collect();
+    last.sort();
+    let expected: Vec<(String, i64)> = (0..users).map(|u| (format!("user_{u}"), per_user - 1)).collect();
+    assert_eq!(last, expected);
+    // Both processes did part of the work.
+    let events = store
+        .list_events(&authkit_host::store::inbox::EventFilter { limit: 1000, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(events.iter().filter(|e| e.status == "done").count() as i64, users * per_user);
+    drop((first, second));
+}

@@ -146,27 +146,32 @@ const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occu
      attempts, next_attempt_at, last_error, outcome, processed_at, logs";
 
 /// Due, unfinished events in ordering-key order, skipping any event whose subject
-/// has an older event still waiting for its retry time: events about one subject
-/// are applied one at a time, oldest first. Only failed events can be waiting (a
-/// pending event is due from the moment it is received), which is what lets the
-/// subject index cover failed rows only. `$suffix` is appended.
+/// has an older event that blocks it (`$blocking` says which): events about one
+/// subject are applied one at a time, oldest first. `$suffix` is appended.
 macro_rules! claim_sql {
-    ($suffix:literal) => {
+    ($blocking:literal, $suffix:literal) => {
         concat!(
             "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e ",
             "WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 ",
-            "AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject ",
-            "AND o.status = 'failed' AND o.next_attempt_at > $1 ",
-            "AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) ",
+            "AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject AND ",
+            $blocking,
+            " AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) ",
             "ORDER BY e.occurred_at, e.event_id LIMIT $2",
             $suffix
         )
     };
 }
-const CLAIM_SQL: &str = claim_sql!("");
-/// On Postgres several host processes may claim at once; rows another process
-/// holds are skipped rather than waited for.
-const CLAIM_SQL_POSTGRES: &str = claim_sql!(" FOR UPDATE OF e SKIP LOCKED");
+/// SQLite: one process applies events, in order within its batch, so only an
+/// older event waiting for its retry time blocks. Only failed events can be
+/// waiting (a pending event is due from the moment it arrives), which is what
+/// lets the subject index cover failed rows only.
+const CLAIM_SQL: &str = claim_sql!("o.status = 'failed' AND o.next_attempt_at > $1", "");
+/// Postgres: several host processes may claim at once. Rows another process
+/// holds are skipped rather than waited for, and any older unfinished event of
+/// the subject blocks, so no process takes an event while another still holds
+/// an older one of the same user (per-subject order across processes). A batch
+/// takes at most the oldest event of each subject.
+const CLAIM_SQL_POSTGRES: &str = claim_sql!("o.status IN ('pending', 'failed')", " FOR UPDATE OF e SKIP LOCKED");
 
 /// Where batches of new events are written: on a SQLite file, a connection of
 /// its own (blocking; see [`SqliteInboxWriter`]); otherwise the pool, one

@@ -33,6 +33,7 @@ impl Guest for Hostile {
                 Ok(page) if !page.documents.is_empty() => Ok(()),
                 _ => Err("no flag yet".into()),
             },
+            "test.seq" => check_order(&event),
             "test.fail" => Err(format!("told to fail (attempt {})", event.attempt)),
             "test.fail_once" if event.attempt == 1 => Err("failing the first attempt only".into()),
             "test.panic" => panic!("told to panic"),
@@ -149,8 +150,31 @@ fn peek() -> Result<(), String> {
 
 impl Schema for Hostile {
     fn indexes() -> Vec<Index> {
-        Vec::new()
+        vec![Index { table: "seq".into(), field: "subject".into() }]
     }
+}
+
+/// `test.seq` events carry `user_id` and an increasing `n` per user: each must
+/// come after the previous one of its user. One that does not is recorded in
+/// `violations`. It takes a few milliseconds, so that concurrent workers overlap.
+fn check_order(event: &Event) -> Result<(), String> {
+    let data: serde_json::Value = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+    let (subject, n) = (data["user_id"].clone(), data["n"].as_i64().unwrap_or(-1));
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    let page = db::find("seq", "subject", &subject.to_string(), 1, None).map_err(|e| format!("{e:?}"))?;
+    match page.documents.first() {
+        None => db::insert("seq", &json!({ "subject": subject, "last": n }).to_string()).map(drop),
+        Some(doc) => {
+            let body: serde_json::Value = serde_json::from_str(&doc.body).map_err(|e| e.to_string())?;
+            let last = body["last"].as_i64().unwrap_or(-1);
+            if last >= n {
+                let violation = json!({ "subject": subject, "last": last, "n": n }).to_string();
+                db::insert("violations", &violation).map_err(|e| format!("{e:?}"))?;
+            }
+            db::patch("seq", &doc.id, &json!({ "last": n }).to_string()).map(drop)
+        }
+    }
+    .map_err(|e| format!("{e:?}"))
 }
 
 /// Actions misbehave by the first name they are about: `Loop`, `Panic`,
