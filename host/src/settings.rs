@@ -548,6 +548,40 @@ mod tests {
     }
 
     #[test]
+    fn handler_and_actions_settings_come_from_the_file_and_are_checked() {
+        let defaults = load(Overrides::default(), &[]).unwrap();
+        assert_eq!(defaults.actions.fallback, ConfiguredVerdict::Deny(DEFAULT_FALLBACK_MESSAGE.into()));
+        assert_eq!(defaults.actions.no_handler, ConfiguredVerdict::Allow);
+        assert_eq!(defaults.actions.deadline, Duration::from_secs(1));
+        assert_eq!(defaults.handler.memory_limit, 64 * 1024 * 1024);
+
+        let dir = tempdir();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            load(Overrides { config: Some(path), ..Default::default() }, &[])
+        };
+        let s = file(
+            "ok.toml",
+            "[actions]\nfallback = \"allow\"\nno_handler = \"deny\"\nno_handler_message = \"not yet\"\ndeadline_ms = 250\n\
+             [handler]\nmemory_limit_mib = 32\nevent_deadline_ms = 800\n",
+        )
+        .unwrap();
+        assert_eq!(s.actions.fallback, ConfiguredVerdict::Allow);
+        assert_eq!(s.actions.no_handler, ConfiguredVerdict::Deny("not yet".into()));
+        assert_eq!(s.actions.deadline, Duration::from_millis(250));
+        assert_eq!((s.handler.memory_limit, s.handler.event_deadline), (32 * 1024 * 1024, Duration::from_millis(800)));
+        let deny_message = file("msg.toml", "[actions]\nfallback_message = \"down for maintenance\"\n").unwrap();
+        assert_eq!(deny_message.actions.fallback, ConfiguredVerdict::Deny("down for maintenance".into()));
+
+        let err = |name: &str, text: &str| file(name, text).unwrap_err().to_string();
+        assert!(err("v.toml", "[actions]\nfallback = \"maybe\"\n").contains("actions.fallback"));
+        assert!(err("d.toml", "[actions]\ndeadline_ms = 0\n").contains("actions.deadline_ms"));
+        assert!(err("m.toml", "[handler]\nmemory_limit_mib = 0\n").contains("handler.memory_limit_mib"));
+        assert!(err("c.toml", "[handler]\nmax_calls = 0\n").contains("handler.max_calls"));
+    }
+
+    #[test]
     fn a_postgres_password_never_prints() {
         let url = DatabaseUrl::parse("postgres://user:hunter2@db.internal:5432/app").unwrap();
         assert_eq!(format!("{url:?}"), "postgres://…@db.internal:5432/app");

@@ -39,12 +39,19 @@ impl ApplyError {
     }
 }
 
-/// Applies a parsed event of `tenant` inside `tx`; returns its outcome.
-pub fn apply(tx: &mut SyncTx, tenant: &str, event: &Event, now: i64) -> Result<&'static str, ApplyError> {
-    let outcome = match event.sync_action()? {
+/// Applies a parsed event of `tenant`, whose [`Event::sync_action`] is `action`,
+/// inside `tx`; returns its outcome.
+pub fn apply(
+    tx: &mut SyncTx,
+    tenant: &str,
+    event: &Event,
+    action: &SyncAction,
+    now: i64,
+) -> Result<&'static str, ApplyError> {
+    let outcome = match action {
         SyncAction::None => outcome::RECORDED,
         SyncAction::Delete { kind, id } => {
-            directory::delete_record(tx, kind, tenant, &id, &event.id, now)?;
+            directory::delete_record(tx, *kind, tenant, id, &event.id, now)?;
             outcome::DELETED
         }
         SyncAction::Upsert(record) => {

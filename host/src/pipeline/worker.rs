@@ -156,18 +156,19 @@ impl Worker {
         claimed: &ClaimedEvent,
         now: i64,
     ) -> (Option<SyncTx>, Result<(&'static str, Option<String>), (Failure, Option<String>)>) {
-        let event = match Event::parse(claimed.payload.as_bytes()) {
-            Ok(event) => event,
+        let parsed = Event::parse(claimed.payload.as_bytes()).and_then(|event| Ok((event.sync_action()?, event)));
+        let (action, event) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => return (Some(tx), Err((ApplyError::from(e).into(), None))),
         };
-        let synced = match sync::apply(&mut tx, &claimed.tenant_id, &event, now) {
+        let synced = match sync::apply(&mut tx, &claimed.tenant_id, &event, &action, now) {
             Ok(outcome) => outcome,
             Err(e) => return (Some(tx), Err((e.into(), None))),
         };
         let Some(handler) = self.handler.as_ref().filter(|h| h.module.handles_events()) else {
             return (Some(tx), Ok((synced, None)));
         };
-        let guest_event = guest_event(&event, claimed);
+        let guest_event = guest_event(&event, action, claimed);
         let invoked = handler.runtime.handle_event(&handler.module, tx, &claimed.tenant_id, &guest_event);
         let logs = Some(serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into()));
         let result = match invoked.result {
@@ -200,14 +201,14 @@ impl Worker {
 }
 
 /// The event as the WIT `events.event` record.
-fn guest_event(event: &Event, claimed: &ClaimedEvent) -> GuestEvent {
-    let user = match event.sync_action() {
-        Ok(SyncAction::Upsert(record)) => match *record {
+fn guest_event(event: &Event, action: SyncAction, claimed: &ClaimedEvent) -> GuestEvent {
+    let user = match action {
+        SyncAction::Upsert(record) => match *record {
             Record::User(u) => Some(u),
             _ => None,
         },
         // A trimmed `user.deleted` carries only the id.
-        Ok(SyncAction::Delete { kind: RecordKind::User, id }) => serde_json::from_str::<User>(event.data.get())
+        SyncAction::Delete { kind: RecordKind::User, id } => serde_json::from_str::<User>(event.data.get())
             .or_else(|_| serde_json::from_value::<User>(serde_json::json!({ "id": id })))
             .ok(),
         _ => None,

@@ -51,7 +51,7 @@ pub struct HostState {
     /// (`schema.indexes` at load time).
     pub tx: Option<SyncTx>,
     tenant: String,
-    indexes: Indexes,
+    indexes: Arc<Indexes>,
     documents: Limits,
     calls: u32,
     max_calls: u32,
@@ -65,7 +65,7 @@ impl HostState {
     pub fn new(
         tx: Option<SyncTx>,
         tenant: &str,
-        indexes: Indexes,
+        indexes: Arc<Indexes>,
         limits: &InvocationLimits,
         read_only: bool,
         log: Arc<Mutex<LogBuffer>>,
@@ -96,10 +96,6 @@ impl HostState {
         true
     }
 
-    fn tx(&mut self) -> wasmtime::Result<&mut SyncTx> {
-        self.tx.as_mut().ok_or_else(|| wasmtime::format_err!("no database is available in this call"))
-    }
-
     /// Runs one `db` operation with the budget, read-only rule and error mapping.
     fn db<T>(
         &mut self,
@@ -112,9 +108,9 @@ impl HostState {
         if write && self.read_only {
             return Ok(Err(db::Error::ReadOnly));
         }
-        let (tenant, indexes, limits) = (self.tenant.clone(), self.indexes.clone(), self.documents);
-        let tx = self.tx()?;
-        let mut docs = Documents { tx, tenant: &tenant, indexes: &indexes, limits };
+        let HostState { tx, tenant, indexes, documents, .. } = self;
+        let tx = tx.as_mut().ok_or_else(no_database)?;
+        let mut docs = Documents { tx, tenant, indexes, limits: *documents };
         match op(&mut docs) {
             Ok(v) => {
                 self.wrote |= write;
@@ -138,10 +134,14 @@ impl HostState {
         if !self.spend() {
             return Ok(Err(users::Error::TooManyCalls(self.max_calls)));
         }
-        let tenant = self.tenant.clone();
-        let found = directory::find_user(self.tx()?, &tenant, key, value).map_err(HostFault::trap)?;
+        let tx = self.tx.as_mut().ok_or_else(no_database)?;
+        let found = directory::find_user(tx, &self.tenant, key, value).map_err(HostFault::trap)?;
         Ok(Ok(found.map(guest_user)))
     }
+}
+
+fn no_database() -> wasmtime::Error {
+    wasmtime::format_err!("no database is available in this call")
 }
 
 fn document(d: Document) -> db::Document {

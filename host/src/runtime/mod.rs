@@ -48,7 +48,6 @@ const TICK: Duration = Duration::from_millis(5);
 
 /// The export names this host version serves.
 pub const EVENTS_EXPORT: &str = "authkit:handler/events@0.1.0";
-pub const SCHEMA_EXPORT: &str = "authkit:handler/schema@0.1.0";
 pub const ACTIONS_EXPORT: &str = "authkit:handler/actions@0.1.0";
 
 /// Limits of every invocation (the operator's settings).
@@ -89,7 +88,9 @@ pub enum LoadError {
     Invalid(String),
     #[error("the component imports something the sandbox does not provide: {0}")]
     Imports(String),
-    #[error("the component exports no handler interface this host serves (it serves `{EVENTS_EXPORT}`)")]
+    #[error(
+        "the component exports no handler interface this host serves (it serves `{EVENTS_EXPORT}` and `{ACTIONS_EXPORT}`)"
+    )]
     NoHandler,
     #[error("the component's `schema.indexes` failed: {0}")]
     Schema(String),
@@ -102,8 +103,9 @@ pub struct Module {
     pre: InstancePre<Invocation>,
     events: Option<events::GuestIndices>,
     actions: Option<actions::GuestIndices>,
-    /// The indexes the handler declared (empty without a `schema` export).
-    pub indexes: Indexes,
+    /// The indexes the handler declared (empty without a `schema` export);
+    /// shared with every invocation, not copied.
+    pub indexes: Arc<Indexes>,
 }
 
 impl Module {
@@ -137,7 +139,6 @@ pub struct Invoked<T = ()> {
     pub tx: Option<SyncTx>,
     pub result: Result<T, HandlerError>,
     pub logs: Vec<String>,
-    pub elapsed: Duration,
     /// Whether the call wrote anything (a read-only call need not commit).
     pub wrote: bool,
 }
@@ -153,7 +154,8 @@ pub struct Runtime {
     linker: Linker<Invocation>,
     limits: InvocationLimits,
     modules: Mutex<HashMap<String, Arc<Module>>>,
-    ticker: Ticker,
+    /// Kept for its `Drop`, which stops the epoch thread.
+    _ticker: Ticker,
 }
 
 impl Runtime {
@@ -172,7 +174,7 @@ impl Runtime {
         sleep::shadow(&mut linker)?;
         bindings::Handler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| &mut s.host)?;
         let ticker = Ticker::start(engine.clone());
-        Ok(Runtime { engine, linker, limits, modules: Mutex::default(), ticker })
+        Ok(Runtime { engine, linker, limits, modules: Mutex::default(), _ticker: ticker })
     }
 
     pub fn limits(&self) -> &InvocationLimits {
@@ -197,9 +199,9 @@ impl Runtime {
         if events.is_none() && actions.is_none() {
             return Err(LoadError::NoHandler);
         }
-        let mut module = Module { hash: hash.clone(), pre, events, actions, indexes: Indexes::default() };
+        let mut module = Module { hash: hash.clone(), pre, events, actions, indexes: Arc::default() };
         if let Some(schema) = schema {
-            module.indexes = self.declared_indexes(&module, &schema)?;
+            module.indexes = Arc::new(self.declared_indexes(&module, &schema)?);
         }
         let module = Arc::new(module);
         self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, module.clone());
@@ -222,13 +224,7 @@ impl Runtime {
     pub fn handle_event(&self, module: &Module, tx: SyncTx, tenant: &str, event: &GuestEvent) -> Invoked {
         let started = Instant::now();
         let Some(indices) = &module.events else {
-            return Invoked {
-                tx: Some(tx),
-                result: Ok(()),
-                logs: Vec::new(),
-                elapsed: started.elapsed(),
-                wrote: false,
-            };
+            return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), wrote: false };
         };
         let deadline = self.limits.event_deadline;
         let mut store = self.store(module, Some(tx), tenant, false, deadline);
@@ -257,7 +253,7 @@ impl Runtime {
         let deadline = self.limits.action_deadline;
         let Some(indices) = &module.actions else {
             let result = Err(HandlerError::Trap("the handler has no actions export".into()));
-            return Invoked { tx: Some(tx), result, logs: Vec::new(), elapsed: started.elapsed(), wrote: false };
+            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false };
         };
         let mut store = self.store(module, Some(tx), tenant, false, deadline);
         let outcome = (|| {
@@ -301,7 +297,6 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64);
         store.epoch_deadline_trap();
-        let _ = &self.ticker;
         store
     }
 }
@@ -320,7 +315,7 @@ fn finish<T>(
     };
     let data = store.into_data();
     let logs = data.log.lock().unwrap_or_else(|p| p.into_inner()).finish();
-    Invoked { wrote: data.host.wrote(), tx: data.host.tx, result, logs, elapsed: started.elapsed() }
+    Invoked { wrote: data.host.wrote(), tx: data.host.tx, result, logs }
 }
 
 /// Turns a failed call into the reason an operator can act on.

@@ -3,7 +3,7 @@
 //! one transaction.
 //!
 //! Owns: that connection. Must not: be used for anything but inserting into the
-//! inbox; every other statement goes through sqlx.
+//! inbox; every other statement goes through sqlx or `store::exec`.
 //!
 //! Why not sqlx here: every sqlx SQLite call hops to the driver's thread and its
 //! rows come back to an async task, which on a runtime busy with HTTP doubled the
