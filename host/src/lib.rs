@@ -24,6 +24,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod deploy;
 pub mod http;
 pub mod pipeline;
 pub mod runtime;

@@ -18,18 +18,30 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::deploy::Deployment;
 use crate::http::{self, AppState};
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
-use crate::pipeline::worker::{Handler, Worker};
+use crate::pipeline::worker::Worker;
 use crate::runtime::{InvocationLimits, Runtime};
 use crate::settings::{Settings, env};
 use crate::store::Store;
-use crate::store::documents::{Documents, Limits};
+use crate::store::documents::Limits;
 use crate::store::inbox::{DEFAULT_TENANT, InboxWriter};
 
 /// Runs the host on `listener` until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(settings, listener, shutdown, |_| {}).await
+}
+
+/// Like [`run`]; `ready` gets the tenant's deployment once it is loaded, before
+/// requests are served (`dev --watch` deploys through it).
+pub async fn run_with(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(Arc<Deployment>),
+) -> anyhow::Result<()> {
     let store = Store::connect(&settings.database)
         .await
         .with_context(|| format!("failed to open the database {:?}", settings.database))?;
@@ -41,17 +53,21 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         );
     }
 
-    let handler = match &settings.handler.path {
-        Some(path) => Some(load_handler(&settings, &store, path).await?),
-        None => None,
-    };
+    let deployment = open_deployment(&settings, &store).await?;
+    if let Some(path) = &settings.handler.path {
+        deploy_at_start(&deployment, path).await?;
+    }
+    ready(deployment.clone());
+    if settings.admin_token.is_none() {
+        info!("{} is not set: the admin API (/admin/...) answers 503 until it is", env::ADMIN_TOKEN);
+    }
 
     let writer = InboxWriter::new(&store).context("failed to open the inbox writer")?;
     let stored = Arc::new(Notify::new());
     let (ingest, ingest_task) = Ingest::start(writer, stored.clone());
     let worker_stop = CancellationToken::new();
     let worker_task = if settings.worker.enabled {
-        let worker = Worker::new(&store, settings.worker.clone(), handler.clone(), stored, Handle::current())
+        let worker = Worker::new(&store, settings.worker.clone(), Some(deployment.clone()), stored, Handle::current())
             .context("failed to open the worker's database connection")?;
         let stop = worker_stop.clone();
         Some(tokio::task::spawn_blocking(move || worker.run(stop)))
@@ -64,10 +80,11 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         info!("{} is not set: POST /workos/action answers 503 until it is", env::ACTION_SECRET);
     }
     let db = store.sync_db(Handle::current()).context("failed to open the actions' database connection")?;
-    let decider = Arc::new(Decider::new(store.clone(), db, handler, settings.actions.clone()));
+    let decider = Arc::new(Decider::new(store.clone(), db, Some(deployment.clone()), settings.actions.clone()));
+    let refresher = tokio::spawn(refresh_periodically(deployment.clone(), settings.modules.poll_interval));
 
     let grace = settings.shutdown_grace;
-    let state = AppState { settings: Arc::new(settings), ingest, decider };
+    let state = AppState { settings: Arc::new(settings), ingest, decider, deployment };
     let app = http::router(state);
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");
@@ -93,15 +110,15 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     if let Some(task) = worker_task {
         task.await.context("the worker panicked")?;
     }
+    refresher.abort();
     store.close().await;
     info!("shutdown complete");
     serve_result
 }
 
-/// Loads the `--handler` component and builds the indexes it declares, before
-/// any event reaches it. A component that cannot load stops the start-up.
-async fn load_handler(settings: &Settings, store: &Store, path: &std::path::Path) -> anyhow::Result<Handler> {
-    let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read the handler {}", path.display()))?;
+/// Starts the runtime and brings back the stored handler versions: their
+/// indexes and the active one (from the compiled-code cache when it can).
+async fn open_deployment(settings: &Settings, store: &Store) -> anyhow::Result<Arc<Deployment>> {
     let h = &settings.handler;
     let limits = InvocationLimits {
         event_deadline: h.event_deadline,
@@ -110,22 +127,53 @@ async fn load_handler(settings: &Settings, store: &Store, path: &std::path::Path
         max_calls: h.max_calls,
         documents: Limits { max_document_bytes: h.max_document_bytes, ..Limits::default() },
     };
-    let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handler")?;
-    let path_text = path.display().to_string();
-    let handler = tokio::task::spawn_blocking(move || -> anyhow::Result<Handler> {
-        let runtime =
-            Runtime::new(limits).map_err(|e| anyhow::anyhow!("failed to start the WebAssembly runtime: {e:#}"))?;
-        let runtime = Arc::new(runtime);
-        let module = runtime.load(&bytes).with_context(|| format!("the handler {path_text} cannot be used"))?;
-        let mut tx = db.begin()?;
-        Documents { tx: &mut tx, tenant: DEFAULT_TENANT, indexes: &module.indexes, limits: runtime.limits().documents }
-            .sync_indexes()
-            .context("failed to build the handler's indexes")?;
-        tx.commit()?;
-        Ok(Handler { runtime, module })
+    let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handlers")?;
+    let (cache_dir, max_bytes) = (settings.modules.cache_dir.clone(), settings.modules.max_bytes);
+    let started = std::time::Instant::now();
+    let deployment = tokio::task::spawn_blocking(move || -> anyhow::Result<Deployment> {
+        let runtime = Runtime::new(limits, cache_dir)
+            .map_err(|e| anyhow::anyhow!("failed to start the WebAssembly runtime: {e:#}"))?;
+        Deployment::open(DEFAULT_TENANT, Arc::new(runtime), db, max_bytes)
+            .context("failed to load the stored handler versions")
     })
     .await
     .context("the handler loader panicked")??;
-    info!(handler = %path.display(), sha256 = %handler.module.hash, "handler loaded");
-    Ok(handler)
+    let status = deployment.status();
+    info!(
+        active_version = ?status.active_version,
+        cache_hits = status.cache.hits,
+        compiled = status.cache.compiled,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "handler versions ready"
+    );
+    Ok(Arc::new(deployment))
+}
+
+/// `--handler FILE`: deploys and activates the file (a stored version with the
+/// same bytes is reused). A component that cannot be used stops the start-up.
+async fn deploy_at_start(deployment: &Arc<Deployment>, path: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read the handler {}", path.display()))?;
+    let d = deployment.clone();
+    let uploaded = tokio::task::spawn_blocking(move || d.upload(&bytes, true))
+        .await
+        .context("the handler loader panicked")?
+        .with_context(|| format!("the handler {} cannot be used", path.display()))?;
+    info!(handler = %path.display(), version = uploaded.info.version, sha256 = %uploaded.info.hash, "handler loaded");
+    Ok(())
+}
+
+/// Adopts versions other host processes activate (they share the database).
+async fn refresh_periodically(deployment: Arc<Deployment>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let d = deployment.clone();
+        match tokio::task::spawn_blocking(move || d.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not check the database for handler version changes"),
+            Err(e) => warn!(error = %e, "the handler version check panicked"),
+        }
+    }
 }

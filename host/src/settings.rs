@@ -36,6 +36,10 @@ pub mod env {
     pub const WORKER_ENABLED: &str = "AUTHKIT_WORKER_ENABLED";
     pub const WORKER_MAX_ATTEMPTS: &str = "AUTHKIT_WORKER_MAX_ATTEMPTS";
     pub const HANDLER: &str = "AUTHKIT_HANDLER";
+    pub const ADMIN_TOKEN: &str = "AUTHKIT_ADMIN_TOKEN";
+    pub const CACHE_DIR: &str = "AUTHKIT_CACHE_DIR";
+    /// The CLI's admin commands: where the server is.
+    pub const URL: &str = "AUTHKIT_URL";
 }
 
 /// Everything the host needs to run, validated.
@@ -50,8 +54,25 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub handler: HandlerSettings,
     pub actions: ActionSettings,
+    pub modules: ModuleSettings,
+    /// The admin API's bearer token; `None`: the admin API is off (503).
+    pub admin_token: Option<Secret>,
     pub shutdown_grace: Duration,
 }
+
+/// Handler versions: what an upload may be, where compiled code is kept.
+#[derive(Debug, Clone)]
+pub struct ModuleSettings {
+    /// Largest component accepted, in bytes.
+    pub max_bytes: usize,
+    /// Compiled code, kept across restarts; `None` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// How often a host process looks for a version another process activated.
+    pub poll_interval: Duration,
+}
+
+/// 50 MiB: an interpreted guest (JavaScript, Python) is 10 to 20 MiB.
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 50 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct WorkosSettings {
@@ -237,6 +258,25 @@ struct FileSettings {
     handler: FileHandler,
     #[serde(default)]
     actions: FileActions,
+    #[serde(default)]
+    modules: FileModules,
+    #[serde(default)]
+    admin: FileAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileModules {
+    max_bytes: Option<usize>,
+    /// A path, or "" to turn the cache off.
+    cache_dir: Option<PathBuf>,
+    poll_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,8 +429,27 @@ impl Settings {
             tolerance: file.actions.tolerance_secs.map_or(ad.tolerance, Duration::from_secs),
         };
 
+        let database = DatabaseUrl::parse(&database_url)?;
+        let cache_dir = env(env::CACHE_DIR).map(PathBuf::from).or(file.modules.cache_dir).unwrap_or_else(|| {
+            // Beside the SQLite file; in the working directory for Postgres.
+            let db_dir = match &database {
+                DatabaseUrl::Sqlite(url) => {
+                    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                    let path = path.split('?').next().unwrap_or_default();
+                    Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default()
+                }
+                DatabaseUrl::Postgres(_) => PathBuf::new(),
+            };
+            db_dir.join("authkit-cache")
+        });
+        let modules = ModuleSettings {
+            max_bytes: file.modules.max_bytes.unwrap_or(DEFAULT_MAX_MODULE_BYTES),
+            cache_dir: (!cache_dir.as_os_str().is_empty()).then_some(cache_dir),
+            poll_interval: ms(file.modules.poll_interval_ms, Duration::from_secs(1)),
+        };
+
         let settings = Settings {
-            database: DatabaseUrl::parse(&database_url)?,
+            database,
             listen,
             log: env(env::LOG).or(file.log).unwrap_or_else(|| "info".to_string()),
             workos,
@@ -398,6 +457,8 @@ impl Settings {
             worker,
             handler,
             actions,
+            modules,
+            admin_token: secret("admin.token", env::ADMIN_TOKEN, &file.admin.token)?,
             shutdown_grace: file.shutdown_grace_secs.map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
         };
         settings.validate()?;
@@ -440,6 +501,12 @@ impl Settings {
         }
         if self.handler.max_calls == 0 {
             return invalid("handler.max_calls", "must be at least 1");
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.modules.max_bytes) {
+            return invalid("modules.max_bytes", "must be between 1024 and 1073741824");
+        }
+        if self.modules.poll_interval < Duration::from_millis(50) {
+            return invalid("modules.poll_interval_ms", "must be at least 50");
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.handler.max_document_bytes) {
             return invalid("handler.max_document_bytes", "must be between 1024 and 16777216");

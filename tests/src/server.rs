@@ -44,11 +44,19 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// Pass `--database-url` (off to test the default database).
     pub database: bool,
+    /// `serve`, or `dev` (which needs `--watch FILE` in `args`).
+    pub command: String,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { secret: Some(TEST_SECRET.to_string()), env: Vec::new(), args: Vec::new(), database: true }
+        ServerOptions {
+            secret: Some(TEST_SECRET.to_string()),
+            env: Vec::new(),
+            args: Vec::new(),
+            database: true,
+            command: "serve".to_string(),
+        }
     }
 }
 
@@ -101,7 +109,7 @@ impl TestServer {
         if options.database {
             cmd.arg("--database-url").arg(&db.url);
         }
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").args(&options.args);
+        cmd.arg(&options.command).arg("--listen").arg("127.0.0.1:0").args(&options.args);
         if let Some(secret) = &options.secret {
             cmd.env("WORKOS_WEBHOOK_SECRET", secret);
         }
@@ -109,9 +117,19 @@ impl TestServer {
             cmd.env(k, v);
         }
         let mut child =
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn authkit-host");
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn authkit-host");
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
+        // What the server prints for people (`dev` does) joins the log.
+        let out_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut log = out_writer.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let log_writer = log.clone();
         std::thread::spawn(move || {
@@ -206,6 +224,27 @@ impl TestServer {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap_or_default();
         Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    /// Calls the admin API with `token` (`None`: no Authorization header).
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.header("content-type", "application/wasm").body(body);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let www = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let (Some(www), Value::Object(map)) = (www, &mut body) {
+            map.insert("www-authenticate".into(), Value::String(www));
+        }
+        Reply { status, body }
     }
 
     pub fn pid(&self) -> u32 {

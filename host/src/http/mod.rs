@@ -4,6 +4,7 @@
 //! business rules or SQL; routes call the pipeline and the store.
 
 pub mod action;
+pub mod admin;
 pub mod error;
 pub mod webhook;
 
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use crate::deploy::Deployment;
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::settings::Settings;
@@ -24,6 +26,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub ingest: Ingest,
     pub decider: Arc<Decider>,
+    pub deployment: Arc<Deployment>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -31,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workos/webhook", post(webhook::receive).fallback(method_not_allowed))
         .route("/workos/action", post(action::decide).fallback(method_not_allowed))
         .route("/healthz", get(health))
+        .merge(admin::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use super::worker::Handler;
 use crate::clock;
+use crate::deploy::{Deployment, Live};
 use crate::runtime::{
     GuestAction, GuestAuthentication, GuestClient, GuestMembership, GuestOrganization, GuestRegistration,
     GuestUserData, GuestVerdict,
@@ -66,19 +66,20 @@ const ABANDONED: u8 = 2;
 pub struct Decider {
     store: Store,
     db: Arc<SyncDb>,
-    handler: Option<Handler>,
+    deployment: Option<Arc<Deployment>>,
     settings: ActionSettings,
 }
 
 impl Decider {
-    pub fn new(store: Store, db: SyncDb, handler: Option<Handler>, settings: ActionSettings) -> Decider {
-        Decider { store, db: Arc::new(db), handler, settings }
+    pub fn new(store: Store, db: SyncDb, deployment: Option<Arc<Deployment>>, settings: ActionSettings) -> Decider {
+        Decider { store, db: Arc::new(db), deployment, settings }
     }
 
     /// Decides `request` for `tenant` and records the decision (in the background).
     pub async fn decide(&self, tenant: &str, request: &ActionRequest) -> Decision {
         let started = Instant::now();
-        let decision = match self.handler.as_ref().filter(|h| h.module.handles_actions()) {
+        let live = self.deployment.as_ref().filter(|d| d.tenant() == tenant).and_then(|d| Some((d, d.current()?)));
+        let decision = match live.filter(|(_, live)| live.module.handles_actions()) {
             None => Decision {
                 verdict: configured(&self.settings.no_handler),
                 source: Source::NoHandler,
@@ -86,23 +87,33 @@ impl Decider {
                 logs: None,
                 latency: Duration::ZERO,
             },
-            Some(handler) => self.run_handler(handler.clone(), tenant, request).await,
+            Some((deployment, live)) => self.run_handler(deployment.clone(), live, tenant, request).await,
         };
         let decision = Decision { latency: started.elapsed(), ..decision };
         self.record(tenant, request, &decision);
         decision
     }
 
-    async fn run_handler(&self, handler: Handler, tenant: &str, request: &ActionRequest) -> Decision {
+    /// Runs `live` (the version live when the request arrived) to its end, even
+    /// if another version goes live meanwhile.
+    async fn run_handler(
+        &self,
+        deployment: Arc<Deployment>,
+        live: Live,
+        tenant: &str,
+        request: &ActionRequest,
+    ) -> Decision {
         let claim = Arc::new(AtomicU8::new(PENDING));
         let (db, tenant_id, guest, task_claim) =
             (self.db.clone(), tenant.to_string(), guest_action(request), claim.clone());
         let mut task =
             tokio::task::spawn_blocking(move || -> Result<(GuestVerdict, String), (String, Option<String>)> {
+                // Held until the commit, taken before the write gate (see `deploy`).
+                let maintained = deployment.writing();
                 let tx = db
                     .begin_read_mostly()
                     .map_err(|e| (format!("the host could not open a transaction: {e}"), None))?;
-                let invoked = handler.runtime.handle_action(&handler.module, tx, &tenant_id, &guest);
+                let invoked = deployment.runtime().handle_action(&live.module, tx, &tenant_id, &maintained, &guest);
                 let logs = serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into());
                 let verdict = invoked.result.map_err(|e| (e.to_string(), Some(logs.clone())))?;
                 // Only the side that claims first acts: the handler's writes commit

@@ -26,8 +26,10 @@ use tracing::{info, warn};
 
 use super::sync::{self, ApplyError, outcome};
 use crate::clock;
-use crate::runtime::{GuestEvent, HandlerError, Module, Runtime};
+use crate::deploy::Deployment;
+use crate::runtime::{GuestEvent, HandlerError};
 use crate::settings::WorkerSettings;
+use crate::store::documents::Indexes;
 use crate::store::exec::{SyncDb, SyncTx};
 use crate::store::inbox::{self, ClaimedEvent, Status};
 use crate::store::{Store, StoreError};
@@ -40,17 +42,11 @@ const LOOP_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Stored error messages are cut to this many characters (an error must not bloat the inbox).
 const MAX_ERROR_LEN: usize = 2000;
 
-/// The handler every event of this host goes to.
-#[derive(Clone)]
-pub struct Handler {
-    pub runtime: Arc<Runtime>,
-    pub module: Arc<Module>,
-}
-
 pub struct Worker {
     db: SyncDb,
     settings: WorkerSettings,
-    handler: Option<Handler>,
+    /// The tenant's handler versions; each event runs on the version live when it starts.
+    deployment: Option<Arc<Deployment>>,
     /// Notified by ingest after each commit, so new events are picked up at once.
     wake: Arc<Notify>,
     handle: Handle,
@@ -75,11 +71,11 @@ impl Worker {
     pub fn new(
         store: &Store,
         settings: WorkerSettings,
-        handler: Option<Handler>,
+        deployment: Option<Arc<Deployment>>,
         wake: Arc<Notify>,
         handle: Handle,
     ) -> Result<Worker, StoreError> {
-        Ok(Worker { db: store.sync_db(handle.clone())?, settings, handler, wake, handle })
+        Ok(Worker { db: store.sync_db(handle.clone())?, settings, deployment, wake, handle })
     }
 
     /// Runs until `shutdown` is cancelled; a batch in progress is finished first.
@@ -118,6 +114,10 @@ impl Worker {
     /// Claims and processes one batch; returns how many events it claimed.
     pub fn run_batch(&mut self) -> Result<usize, StoreError> {
         let now = clock::now_ms();
+        // Held until the batch commits: the indexes this batch's writes maintain
+        // cannot change under it (see `deploy`). Taken before the write gate.
+        let deployment = self.deployment.clone();
+        let maintained = deployment.as_ref().map(|d| d.writing());
         let mut tx = self.db.begin()?;
         let events = inbox::claim_due(&mut tx, now, self.settings.batch_size as i64)?;
         if events.is_empty() {
@@ -129,7 +129,7 @@ impl Worker {
                 continue; // an older event of this subject failed: keep the order
             }
             tx.savepoint("event")?;
-            let (back, result) = self.process(tx, event, now);
+            let (back, result) = self.process(tx, event, maintained.as_deref(), now);
             tx = back.ok_or_else(|| StoreError::Corrupt("a handler call lost its transaction".into()))?;
             match result {
                 Ok((outcome, logs)) => {
@@ -154,6 +154,7 @@ impl Worker {
         &self,
         mut tx: SyncTx,
         claimed: &ClaimedEvent,
+        maintained: Option<&Arc<Indexes>>,
         now: i64,
     ) -> (Option<SyncTx>, Result<(&'static str, Option<String>), (Failure, Option<String>)>) {
         let parsed = Event::parse(claimed.payload.as_bytes()).and_then(|event| Ok((event.sync_action()?, event)));
@@ -165,11 +166,16 @@ impl Worker {
             Ok(outcome) => outcome,
             Err(e) => return (Some(tx), Err((e.into(), None))),
         };
-        let Some(handler) = self.handler.as_ref().filter(|h| h.module.handles_events()) else {
+        let deployment = self.deployment.as_ref().filter(|d| d.tenant() == claimed.tenant_id);
+        let live = deployment.and_then(|d| Some((d, d.current()?)));
+        let (Some((deployment, live)), Some(maintained)) = (live, maintained) else {
             return (Some(tx), Ok((synced, None)));
         };
+        if !live.module.handles_events() {
+            return (Some(tx), Ok((synced, None)));
+        }
         let guest_event = guest_event(&event, action, claimed);
-        let invoked = handler.runtime.handle_event(&handler.module, tx, &claimed.tenant_id, &guest_event);
+        let invoked = deployment.runtime().handle_event(&live.module, tx, &claimed.tenant_id, maintained, &guest_event);
         let logs = Some(serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into()));
         let result = match invoked.result {
             Ok(()) => Ok((if synced == outcome::RECORDED { outcome::HANDLED } else { synced }, logs)),

@@ -13,7 +13,7 @@ use super::{GuestUser, InvocationLimits};
 use crate::clock;
 use crate::store::StoreError;
 use crate::store::directory::{self, StoredUser, UserKey};
-use crate::store::documents::{DocError, Document, Documents, Indexes, Limits, Page};
+use crate::store::documents::{DocError, Document, Documents, Indexes, Limits, Page, check_name};
 use crate::store::exec::SyncTx;
 
 /// A store failure inside a host call; the invocation traps with it.
@@ -46,12 +46,21 @@ impl std::fmt::Display for HostFault {
 
 impl std::error::Error for HostFault {}
 
+/// The indexes one call sees.
+pub struct CallIndexes {
+    /// What its module declared: the fields its `find` may use.
+    pub findable: Arc<Indexes>,
+    /// What the tenant's writes keep up to date: every stored version's
+    /// declarations (a superset of `findable`).
+    pub maintained: Arc<Indexes>,
+}
+
 pub struct HostState {
     /// The transaction lent by the caller; `None` when the call has no database
     /// (`schema.indexes` at load time).
     pub tx: Option<SyncTx>,
     tenant: String,
-    indexes: Arc<Indexes>,
+    indexes: CallIndexes,
     documents: Limits,
     calls: u32,
     max_calls: u32,
@@ -65,7 +74,7 @@ impl HostState {
     pub fn new(
         tx: Option<SyncTx>,
         tenant: &str,
-        indexes: Arc<Indexes>,
+        indexes: CallIndexes,
         limits: &InvocationLimits,
         read_only: bool,
         log: Arc<Mutex<LogBuffer>>,
@@ -110,7 +119,7 @@ impl HostState {
         }
         let HostState { tx, tenant, indexes, documents, .. } = self;
         let tx = tx.as_mut().ok_or_else(no_database)?;
-        let mut docs = Documents { tx, tenant, indexes, limits: *documents };
+        let mut docs = Documents { tx, tenant, indexes: &indexes.maintained, limits: *documents };
         match op(&mut docs) {
             Ok(v) => {
                 self.wrote |= write;
@@ -212,6 +221,10 @@ impl db::Host for HostState {
         limit: u32,
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<db::Page, db::Error>> {
+        if check_name(&table).is_ok() && !self.indexes.findable.contains(&table, &field) {
+            // Maintained for another version, perhaps, but not declared by this one.
+            return self.db(false, |_| Err(DocError::NotIndexed(field)));
+        }
         self.db(false, |d| d.find(&table, &field, &value, limit, cursor.as_deref()).map(page))
     }
 

@@ -14,13 +14,15 @@
 //! a WASI sleep is cut short at the deadline.
 
 pub mod bindings;
+mod cache;
 mod host;
 mod log;
 mod sleep;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -29,6 +31,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::exports::authkit::handler::{actions, events, schema};
+pub use self::cache::CacheStats;
+use self::cache::CodeCache;
 pub use self::host::HostFault;
 pub use self::log::{LogBuffer, MAX_LOG_BYTES, MAX_LOG_LINES};
 use crate::store::StoreError;
@@ -46,9 +50,12 @@ pub use self::bindings::exports::authkit::handler::events::Event as GuestEvent;
 /// How often the epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(5);
 
-/// The export names this host version serves.
+/// The WIT package version this host serves, and the export names in it.
+pub const WIT_VERSION: &str = "0.1.0";
+const WIT_PACKAGE: &str = "authkit:handler";
 pub const EVENTS_EXPORT: &str = "authkit:handler/events@0.1.0";
 pub const ACTIONS_EXPORT: &str = "authkit:handler/actions@0.1.0";
+pub const SCHEMA_EXPORT: &str = "authkit:handler/schema@0.1.0";
 
 /// Limits of every invocation (the operator's settings).
 #[derive(Debug, Clone)]
@@ -89,9 +96,13 @@ pub enum LoadError {
     #[error("the component imports something the sandbox does not provide: {0}")]
     Imports(String),
     #[error(
-        "the component exports no handler interface this host serves (it serves `{EVENTS_EXPORT}` and `{ACTIONS_EXPORT}`)"
+        "the component exports no handler interface this host serves (it serves `{EVENTS_EXPORT}` and `{ACTIONS_EXPORT}`); it exports: {0}"
     )]
-    NoHandler,
+    NoHandler(String),
+    #[error(
+        "the component was built against WIT `{found}`, and this host serves `{WIT_PACKAGE}@{WIT_VERSION}`: rebuild it with the WIT files of this host's `wit/` directory"
+    )]
+    WitVersion { found: String },
     #[error("the component's `schema.indexes` failed: {0}")]
     Schema(String),
 }
@@ -104,8 +115,12 @@ pub struct Module {
     events: Option<events::GuestIndices>,
     actions: Option<actions::GuestIndices>,
     /// The indexes the handler declared (empty without a `schema` export);
-    /// shared with every invocation, not copied.
+    /// shared with every invocation, not copied. Its `find` calls may use these.
     pub indexes: Arc<Indexes>,
+    /// The same, as `(table, field)` pairs.
+    pub declared: Vec<(String, String)>,
+    /// Which handler interfaces it exports: `events`, `actions`, `schema`.
+    pub exports: Vec<&'static str>,
 }
 
 impl Module {
@@ -153,13 +168,16 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Invocation>,
     limits: InvocationLimits,
-    modules: Mutex<HashMap<String, Arc<Module>>>,
+    /// Loaded modules by content hash, while something still holds them.
+    modules: Mutex<HashMap<String, Weak<Module>>>,
+    cache: CodeCache,
     /// Kept for its `Drop`, which stops the epoch thread.
     _ticker: Ticker,
 }
 
 impl Runtime {
-    pub fn new(limits: InvocationLimits) -> wasmtime::Result<Runtime> {
+    /// `cache_dir`: where compiled code is kept across restarts (`None`: compile on every load).
+    pub fn new(limits: InvocationLimits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
         pool.max_memory_size(limits.memory_limit);
         let mut config = Config::new();
@@ -174,60 +192,124 @@ impl Runtime {
         sleep::shadow(&mut linker)?;
         bindings::Handler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| &mut s.host)?;
         let ticker = Ticker::start(engine.clone());
-        Ok(Runtime { engine, linker, limits, modules: Mutex::default(), _ticker: ticker })
+        let cache = CodeCache::new(&engine, cache_dir);
+        Ok(Runtime { engine, linker, limits, modules: Mutex::default(), cache, _ticker: ticker })
+    }
+
+    /// What the compiled-code cache did since start.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     pub fn limits(&self) -> &InvocationLimits {
         &self.limits
     }
 
-    /// Compiles (once per content hash), links and inspects a component.
+    /// Validates, compiles (or takes from the cache), links and inspects a
+    /// component. A module already loaded and still in use is shared.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Module>, LoadError> {
         let hash = hex::encode(Sha256::digest(bytes));
-        if let Some(module) = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
-            return Ok(module.clone());
+        if let Some(module) = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&hash).and_then(Weak::upgrade)
+        {
+            return Ok(module);
         }
         if bytes.get(..8) == Some(b"\0asm\x01\0\0\0") {
             return Err(LoadError::CoreModule);
         }
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::Invalid("it does not start with the WebAssembly magic bytes".into()));
+        }
+        let component = self
+            .cache
+            .load(&self.engine, &hash, || Component::from_binary(&self.engine, bytes))
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let exports = self.handler_exports(&component)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
         let events = events::GuestIndices::new(&pre).ok();
         let actions = actions::GuestIndices::new(&pre).ok();
         let schema = schema::GuestIndices::new(&pre).ok();
         if events.is_none() && actions.is_none() {
-            return Err(LoadError::NoHandler);
+            return Err(LoadError::NoHandler(exports.join(", ")));
         }
-        let mut module = Module { hash: hash.clone(), pre, events, actions, indexes: Arc::default() };
+        let mut module = Module {
+            hash: hash.clone(),
+            pre,
+            events,
+            actions,
+            indexes: Arc::default(),
+            declared: Vec::new(),
+            exports: [("events", EVENTS_EXPORT), ("actions", ACTIONS_EXPORT), ("schema", SCHEMA_EXPORT)]
+                .into_iter()
+                .filter(|(_, name)| exports.iter().any(|e| e == name))
+                .map(|(short, _)| short)
+                .collect(),
+        };
         if let Some(schema) = schema {
-            module.indexes = Arc::new(self.declared_indexes(&module, &schema)?);
+            module.declared = self.declared_indexes(&module, &schema)?;
+            module.indexes = Arc::new(Indexes::new(module.declared.iter().cloned()).map_err(LoadError::Schema)?);
         }
         let module = Arc::new(module);
-        self.modules.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, module.clone());
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        modules.retain(|_, m| m.strong_count() > 0);
+        modules.insert(hash, Arc::downgrade(&module));
         Ok(module)
     }
 
-    fn declared_indexes(&self, module: &Module, schema: &schema::GuestIndices) -> Result<Indexes, LoadError> {
-        let mut store = self.store(module, None, "", true, self.limits.event_deadline);
+    /// The component's export names; refuses one built for another WIT version
+    /// of this package with a message that says so.
+    fn handler_exports(&self, component: &Component) -> Result<Vec<String>, LoadError> {
+        let names: Vec<String> =
+            component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let ours = |n: &&String| n.starts_with(&format!("{WIT_PACKAGE}/"));
+        if !names.iter().any(|n| n == EVENTS_EXPORT || n == ACTIONS_EXPORT)
+            && let Some(found) = names.iter().find(ours)
+        {
+            let found = found.split_once('/').map_or(found.as_str(), |(_, rest)| rest);
+            let version = found.split_once('@').map_or("no version", |(_, v)| v);
+            return Err(LoadError::WitVersion { found: format!("{WIT_PACKAGE}@{version}") });
+        }
+        Ok(names)
+    }
+
+    fn declared_indexes(
+        &self,
+        module: &Module,
+        schema: &schema::GuestIndices,
+    ) -> Result<Vec<(String, String)>, LoadError> {
+        let mut store = self.store(module, None, "", true, self.limits.event_deadline, &module.indexes);
         let declared = (|| {
             let instance = module.pre.instantiate(&mut store)?;
             schema.load(&mut store, &instance)?.call_indexes(&mut store)
         })()
         .map_err(|e| LoadError::Schema(classify(e, &store, &self.limits, self.limits.event_deadline).to_string()))?;
-        Indexes::new(declared.into_iter().map(|i| (i.table, i.field))).map_err(LoadError::Schema)
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for index in declared {
+            let pair = (index.table, index.field);
+            if !pairs.contains(&pair) {
+                pairs.push(pair);
+            }
+        }
+        Ok(pairs)
     }
 
     /// Calls the module's `events.handle` with `tx` as its database. The
     /// transaction comes back in [`Invoked`] whatever happened; the caller rolls
-    /// back (to its savepoint) unless the result is `Ok`.
-    pub fn handle_event(&self, module: &Module, tx: SyncTx, tenant: &str, event: &GuestEvent) -> Invoked {
+    /// back (to its savepoint) unless the result is `Ok`. `maintained`: the
+    /// indexes the tenant's writes keep up to date (see [`crate::deploy`]).
+    pub fn handle_event(
+        &self,
+        module: &Module,
+        tx: SyncTx,
+        tenant: &str,
+        maintained: &Arc<Indexes>,
+        event: &GuestEvent,
+    ) -> Invoked {
         let started = Instant::now();
         let Some(indices) = &module.events else {
             return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), wrote: false };
         };
         let deadline = self.limits.event_deadline;
-        let mut store = self.store(module, Some(tx), tenant, false, deadline);
+        let mut store = self.store(module, Some(tx), tenant, false, deadline, maintained);
         let outcome = (|| {
             let instance = module.pre.instantiate(&mut store)?;
             indices.load(&mut store, &instance)?.call_handle(&mut store, event)
@@ -247,6 +329,7 @@ impl Runtime {
         module: &Module,
         tx: SyncTx,
         tenant: &str,
+        maintained: &Arc<Indexes>,
         action: &GuestAction,
     ) -> Invoked<GuestVerdict> {
         let started = Instant::now();
@@ -255,7 +338,7 @@ impl Runtime {
             let result = Err(HandlerError::Trap("the handler has no actions export".into()));
             return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false };
         };
-        let mut store = self.store(module, Some(tx), tenant, false, deadline);
+        let mut store = self.store(module, Some(tx), tenant, false, deadline, maintained);
         let outcome = (|| {
             let instance = module.pre.instantiate(&mut store)?;
             let guest = indices.load(&mut store, &instance)?;
@@ -275,6 +358,7 @@ impl Runtime {
         tenant: &str,
         read_only: bool,
         deadline: Duration,
+        maintained: &Arc<Indexes>,
     ) -> Store<Invocation> {
         let log = Arc::new(Mutex::new(LogBuffer::new(MAX_LOG_LINES, MAX_LOG_BYTES)));
         let wasi = WasiCtx::builder()
@@ -284,7 +368,8 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let host = host::HostState::new(tx, tenant, module.indexes.clone(), &self.limits, read_only, log.clone());
+        let indexes = host::CallIndexes { findable: module.indexes.clone(), maintained: maintained.clone() };
+        let host = host::HostState::new(tx, tenant, indexes, &self.limits, read_only, log.clone());
         let invocation = Invocation {
             deadline_at: Instant::now() + deadline,
             wasi,

@@ -97,6 +97,10 @@ impl Indexes {
         Ok(Indexes(map))
     }
 
+    pub fn contains(&self, table: &str, field: &str) -> bool {
+        self.fields(table).iter().any(|f| f == field)
+    }
+
     fn fields(&self, table: &str) -> &[String] {
         self.0.get(table).map_or(&[], Vec::as_slice)
     }

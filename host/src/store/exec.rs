@@ -30,6 +30,8 @@ pub enum Value {
     Text(String),
     /// Bound as a boolean on Postgres and as 0/1 on SQLite; read back as `Int`.
     Bool(bool),
+    /// A BLOB on SQLite, BYTEA on Postgres.
+    Bytes(Vec<u8>),
 }
 
 impl Value {
@@ -42,6 +44,12 @@ impl Value {
     pub fn into_string(self) -> Option<String> {
         match self {
             Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Value::Bytes(b) => Some(b),
             _ => None,
         }
     }
@@ -229,9 +237,8 @@ impl SyncTx {
                             ValueRef::Null => Value::Null,
                             ValueRef::Integer(n) => Value::Int(n),
                             ValueRef::Real(f) => Value::Text(f.to_string()),
-                            ValueRef::Text(t) | ValueRef::Blob(t) => {
-                                Value::Text(String::from_utf8_lossy(t).into_owned())
-                            }
+                            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                            ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
                         });
                     }
                     out.push(values);
@@ -332,6 +339,7 @@ fn bind_sqlite(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Value]) -> Re
             Value::Int(n) => stmt.raw_bind_parameter(index, n)?,
             Value::Bool(b) => stmt.raw_bind_parameter(index, i64::from(*b))?,
             Value::Text(s) => stmt.raw_bind_parameter(index, s.as_str())?,
+            Value::Bytes(b) => stmt.raw_bind_parameter(index, b.as_slice())?,
         }
     }
     Ok(())
@@ -347,6 +355,7 @@ fn bind_pg<'q>(
             Value::Int(n) => query.bind(*n),
             Value::Bool(b) => query.bind(*b),
             Value::Text(s) => query.bind(s.as_str()),
+            Value::Bytes(b) => query.bind(b.as_slice()),
         };
     }
     query
@@ -363,6 +372,7 @@ fn pg_row(row: &PgRow) -> Result<Row> {
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
                 row.try_get::<Option<String>, _>(i)?.map_or(Value::Null, Value::Text)
             }
+            "BYTEA" => row.try_get::<Option<Vec<u8>>, _>(i)?.map_or(Value::Null, Value::Bytes),
             other => {
                 return Err(StoreError::Database(sqlx::Error::ColumnDecode {
                     index: i.to_string(),

@@ -17,6 +17,7 @@ pub mod directory;
 pub mod documents;
 pub mod exec;
 pub mod inbox;
+pub mod modules;
 pub mod sqlite_writer;
 
 use std::str::FromStr;

@@ -139,15 +139,16 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     };
 
     // The host's path: a sandboxed invocation with a transaction lent to it.
-    let runtime = Runtime::new(InvocationLimits::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let runtime = Runtime::new(InvocationLimits::default(), None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let module = runtime.load(&bytes)?;
+    let maintained = module.indexes.clone();
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("invoke.db").display());
     let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
     let db = store.sync_db(rt.handle().clone())?;
     let mut tx = Some(db.begin()?);
     let mut host_once = || -> anyhow::Result<()> {
-        let invoked = runtime.handle_event(&module, tx.take().unwrap(), "default", &event);
+        let invoked = runtime.handle_event(&module, tx.take().unwrap(), "default", &maintained, &event);
         tx = invoked.tx;
         invoked.result.map_err(anyhow::Error::from)
     };
@@ -195,7 +196,7 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             raw: "{}".into(),
         }));
     let mut decide = || -> anyhow::Result<()> {
-        let invoked = runtime.handle_action(&example, tx.take().unwrap(), "default", &action);
+        let invoked = runtime.handle_action(&example, tx.take().unwrap(), "default", &example.indexes, &action);
         tx = invoked.tx;
         invoked.result.map(drop).map_err(anyhow::Error::from)
     };

@@ -7,6 +7,10 @@
 //!
 //! Each misbehaviour first writes a `seen` document, so a test can tell that
 //! the write was rolled back with the rest of the failed call.
+//!
+//! Hot-swap tests make distinct versions of this component by patching the
+//! digits of [`VERSION`] in the built file; `test.version` events and `Version`
+//! actions report the number.
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -20,6 +24,15 @@ use exports::authkit::handler::schema::{Guest as Schema, Index};
 use serde_json::json;
 
 struct Hostile;
+
+/// The version stamp; the digits are patched in the built component.
+static VERSION: [u8; 24] = *b"authkit-test-version:000";
+
+fn version() -> u32 {
+    // A volatile read keeps the bytes in the data segment, where the patch finds them.
+    let stamp = unsafe { core::ptr::read_volatile(&VERSION) };
+    stamp[21..].iter().fold(0, |n, d| n * 10 + u32::from(d.wrapping_sub(b'0')))
+}
 
 impl Guest for Hostile {
     fn handle(event: Event) -> Result<(), String> {
@@ -73,6 +86,15 @@ impl Guest for Hostile {
                 Ok(())
             }
             "test.peek" => peek(),
+            "test.version" => {
+                // Two writes: a call that ran on two versions would show it.
+                let v = version();
+                for part in [1, 2] {
+                    let stamp = json!({ "event": event.id, "version": v, "part": part }).to_string();
+                    db::insert("stamps", &stamp).map_err(|e| format!("{e:?}"))?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -191,6 +213,9 @@ impl Actions for Hostile {
 }
 
 fn misbehave(name: &str, action_id: &str) -> Verdict {
+    if name == "Version" {
+        return Verdict::Deny(format!("version {}", version()));
+    }
     // Written before misbehaving: a test checks it is rolled back.
     let record = json!({ "action": action_id, "name": name }).to_string();
     if db::insert("decisions", &record).is_err() {

@@ -1,7 +1,11 @@
 //! The `authkit-host` command line.
 //!
 //! Owns: flag parsing and the text each command prints. Must not: hold logic the
-//! library lacks; every command calls [`crate::run`] or the [`crate::store`].
+//! library lacks; every command calls [`crate::run`], the [`crate::store`], or a
+//! running host's admin API ([`remote`]).
+
+mod dev;
+mod remote;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +49,23 @@ enum Command {
     /// Inspect the Actions decisions sent to WorkOS.
     #[command(subcommand)]
     Actions(ActionsCommand),
+    /// Upload a handler component to a running host, and make it live.
+    Deploy(remote::DeployArgs),
+    /// Manage a running host's handler versions.
+    #[command(subcommand)]
+    Modules(remote::ModulesCommand),
+    /// Run the server and deploy a handler file each time it changes.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// The handler component (.wasm) your build writes.
+    #[arg(long, value_name = "FILE")]
+    watch: PathBuf,
+    /// Address to listen on (also AUTHKIT_LISTEN; default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +140,7 @@ pub fn main() -> ExitCode {
         database_url: cli.database_url.clone(),
         listen: match &cli.command {
             Command::Serve(args) => args.listen.clone(),
+            Command::Dev(args) => args.listen.clone(),
             _ => None,
         },
         no_worker: matches!(&cli.command, Command::Serve(ServeArgs { no_worker: true, .. })),
@@ -134,7 +156,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let is_serve = matches!(cli.command, Command::Serve(_));
+    let is_serve = matches!(cli.command, Command::Serve(_) | Command::Dev(_));
     let filter = if is_serve { settings.log.as_str() } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
@@ -163,7 +185,22 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Users(cmd) => users(cmd, &connect(&settings).await?).await,
         Command::Events(cmd) => events(cmd, &connect(&settings).await?).await,
         Command::Actions(cmd) => actions(cmd, &connect(&settings).await?).await,
+        Command::Deploy(args) => remote::deploy(args).await,
+        Command::Modules(cmd) => remote::modules(cmd).await,
+        Command::Dev(args) => run_dev(settings, args.watch).await,
     }
+}
+
+async fn run_dev(settings: Settings, file: PathBuf) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(settings.listen).await.with_context(|| format!("failed to listen on {}", settings.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let stop = shutdown.clone();
+    crate::server::run_with(settings, listener, shutdown, move |deployment| {
+        tokio::spawn(dev::watch(deployment, file, stop));
+    })
+    .await
 }
 
 async fn actions(cmd: ActionsCommand, store: &Store) -> anyhow::Result<()> {

@@ -1,0 +1,365 @@
+//! A tenant's handler versions and the one that is live.
+//!
+//! Owns: upload (size cap, validation by loading the component, storing it,
+//! building the indexes it declares), activation and roll back (the live swap),
+//! deletion, adopting a version another host process activated, and the set of
+//! indexes the tenant's writes maintain. Must not: speak HTTP (see
+//! [`crate::http::admin`]), hold SQL (see [`crate::store::modules`]) or run a
+//! handler (see [`crate::runtime`]). Every method blocks: call it from a
+//! blocking thread.
+//!
+//! The swap: the live module is an `Arc` behind a lock. A call clones it when it
+//! starts and runs on that version to its end, however long it takes; the
+//! activation replaces it once the new version is loaded (compiled, or taken
+//! from the cache) and its activation is committed, so every call that starts
+//! after `activate` returns runs the new version and none fails because of it.
+//!
+//! Indexes: writes maintain the union of the indexes every stored version
+//! declares, so activating or rolling back changes no index and is instant; a
+//! version's new indexes are built when it is uploaded, and indexes no stored
+//! version declares are dropped when a version is deleted. A call that may
+//! write holds [`Deployment::writing`] (a read lock) while its transaction is
+//! open; a change to the union takes the write lock, so no transaction commits
+//! entries computed from an older set after the backfill read the documents.
+
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::clock;
+use crate::runtime::{CacheStats, LoadError, Module, Runtime, WIT_VERSION};
+use crate::store::StoreError;
+use crate::store::documents::{DocError, Documents, Indexes};
+use crate::store::exec::{SyncDb, SyncTx};
+use crate::store::modules::{self, ModuleInfo, NewModule};
+
+/// How many recently live versions stay loaded.
+const KEEP_LOADED: usize = 4;
+
+/// The version calls run on.
+#[derive(Clone)]
+pub struct Live {
+    pub version: i64,
+    pub module: Arc<Module>,
+}
+
+/// Why a change was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("the component is {size} bytes, over the limit of {limit} bytes (modules.max_bytes)")]
+    TooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    #[error("there is no version {0}")]
+    NotFound(i64),
+    #[error("version {0} is active: activate another version before deleting it")]
+    Active(i64),
+    #[error("there is no earlier version to roll back to")]
+    NothingToRollBack,
+    #[error("version {version} is stored but cannot be loaded by this host: {reason}")]
+    Unloadable { version: i64, reason: String },
+    #[error("failed to build the version's indexes: {0}")]
+    Indexes(DocError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of an upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    #[serde(flatten)]
+    pub info: ModuleInfo,
+    /// `false` when a stored version already had these exact bytes.
+    pub created: bool,
+}
+
+/// What the admin API reports about the runtime.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub active_version: Option<i64>,
+    pub wit_version: &'static str,
+    pub cache: CacheStats,
+}
+
+pub struct Deployment {
+    tenant: String,
+    runtime: Arc<Runtime>,
+    db: SyncDb,
+    live: RwLock<Option<Live>>,
+    maintained: RwLock<Arc<Indexes>>,
+    /// The pairs behind `maintained`, to tell whether a change changes them.
+    maintained_pairs: Mutex<Vec<(String, String)>>,
+    /// One change at a time in this process (processes serialize in the database).
+    changes: Mutex<()>,
+    /// The last few versions that were live, kept loaded so that switching
+    /// back and forth (or rolling back) needs no load from the cache.
+    recent: Mutex<Vec<(i64, Arc<Module>)>>,
+    max_bytes: usize,
+}
+
+impl Deployment {
+    /// Brings the stored state back: the indexes of every stored version, and
+    /// the active version, loaded (from the compiled-code cache when it can).
+    pub fn open(tenant: &str, runtime: Arc<Runtime>, db: SyncDb, max_bytes: usize) -> Result<Deployment, DeployError> {
+        let deployment = Deployment {
+            tenant: tenant.to_string(),
+            runtime,
+            db,
+            live: RwLock::new(None),
+            maintained: RwLock::new(Arc::default()),
+            maintained_pairs: Mutex::new(Vec::new()),
+            changes: Mutex::new(()),
+            recent: Mutex::new(Vec::new()),
+            max_bytes,
+        };
+        let mut maintained = write(&deployment.maintained);
+        let mut tx = deployment.db.begin()?;
+        let pairs = modules::declared_indexes(&mut tx, tenant)?;
+        deployment.set_indexes(&mut tx, pairs, &mut maintained)?;
+        drop(maintained);
+        let active = modules::active(&mut tx, tenant)?;
+        tx.commit()?;
+        if let Some(version) = active {
+            let module = deployment.load_version(version)?;
+            info!(version, sha256 = %module.hash, "active handler version loaded");
+            *write(&deployment.live) = Some(Live { version, module });
+        }
+        Ok(deployment)
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The version a call starting now runs on.
+    pub fn current(&self) -> Option<Live> {
+        read(&self.live).clone()
+    }
+
+    /// Held by a call that may write, for as long as its transaction is open:
+    /// the indexes its writes maintain.
+    pub fn writing(&self) -> RwLockReadGuard<'_, Arc<Indexes>> {
+        read(&self.maintained)
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            active_version: self.current().map(|l| l.version),
+            wit_version: WIT_VERSION,
+            cache: self.runtime.cache_stats(),
+        }
+    }
+
+    /// Validates and stores a component as a new version (or finds the stored
+    /// version with the same bytes), and activates it if asked.
+    pub fn upload(&self, bytes: &[u8], activate: bool) -> Result<Uploaded, DeployError> {
+        if bytes.len() > self.max_bytes {
+            return Err(DeployError::TooLarge { size: bytes.len(), limit: self.max_bytes });
+        }
+        let _change = lock(&self.changes);
+        let module = self.runtime.load(bytes)?;
+        let now = clock::now_ms();
+        // Lock order: the indexes' lock before the database's write gate.
+        let known = lock(&self.maintained_pairs).clone();
+        let adds_indexes = !module.declared.iter().all(|p| known.contains(p));
+        let mut maintained = adds_indexes.then(|| write(&self.maintained));
+        let mut tx = self.db.begin()?;
+        modules::lock_tenant(&mut tx, &self.tenant)?;
+        let (version, created) = match modules::find_by_hash(&mut tx, &self.tenant, &module.hash)? {
+            Some(existing) => (existing.version, false),
+            None => {
+                let new = NewModule {
+                    tenant: &self.tenant,
+                    hash: &module.hash,
+                    exports: &module.exports,
+                    wit_version: WIT_VERSION,
+                    indexes: &module.declared,
+                    bytes,
+                    now,
+                };
+                (modules::insert(&mut tx, &new)?, true)
+            }
+        };
+        if let Some(maintained) = maintained.as_mut() {
+            let pairs = modules::declared_indexes(&mut tx, &self.tenant)?;
+            self.set_indexes(&mut tx, pairs, maintained)?;
+        }
+        if activate && modules::active(&mut tx, &self.tenant)? != Some(version) {
+            modules::push_activation(&mut tx, &self.tenant, version, now)?;
+        }
+        let info = modules::get(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?;
+        tx.commit()?;
+        drop(maintained);
+        if activate {
+            self.go_live(version, module);
+        }
+        info!(version, created, activate, sha256 = %info.hash, "handler version uploaded");
+        Ok(Uploaded { info, created })
+    }
+
+    /// Makes a stored version the live one.
+    pub fn activate(&self, version: i64) -> Result<ModuleInfo, DeployError> {
+        let _change = lock(&self.changes);
+        let module = self.load_version(version)?;
+        let mut tx = self.db.begin()?;
+        modules::lock_tenant(&mut tx, &self.tenant)?;
+        if modules::get(&mut tx, &self.tenant, version)?.is_none() {
+            return Err(DeployError::NotFound(version));
+        }
+        if modules::active(&mut tx, &self.tenant)? != Some(version) {
+            modules::push_activation(&mut tx, &self.tenant, version, clock::now_ms())?;
+        }
+        let info = modules::get(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?;
+        tx.commit()?;
+        self.go_live(version, module);
+        Ok(info)
+    }
+
+    /// Activates the version that was active before the current one.
+    pub fn rollback(&self) -> Result<ModuleInfo, DeployError> {
+        let _change = lock(&self.changes);
+        // Find the target without changing anything, load it, then commit the roll back.
+        let planned = {
+            let mut tx = self.db.begin_read_mostly()?;
+            modules::plan_rollback(&mut tx, &self.tenant)?
+        };
+        let (target, _) = planned.ok_or(DeployError::NothingToRollBack)?;
+        let module = self.load_version(target)?;
+        let mut tx = self.db.begin()?;
+        modules::lock_tenant(&mut tx, &self.tenant)?;
+        let Some((again, seqs)) = modules::plan_rollback(&mut tx, &self.tenant)? else {
+            return Err(DeployError::NothingToRollBack);
+        };
+        if again != target {
+            return Err(DeployError::Store(StoreError::Corrupt(
+                "the versions changed during the roll back; try again".into(),
+            )));
+        }
+        modules::pop_activations(&mut tx, &seqs, clock::now_ms())?;
+        let info = modules::get(&mut tx, &self.tenant, target)?.ok_or(DeployError::NotFound(target))?;
+        tx.commit()?;
+        self.go_live(target, module);
+        Ok(info)
+    }
+
+    /// Deletes an inactive version, and the indexes only it declared.
+    pub fn delete(&self, version: i64) -> Result<(), DeployError> {
+        let _change = lock(&self.changes);
+        let mut maintained = write(&self.maintained);
+        let mut tx = self.db.begin()?;
+        modules::lock_tenant(&mut tx, &self.tenant)?;
+        if modules::active(&mut tx, &self.tenant)? == Some(version) {
+            return Err(DeployError::Active(version));
+        }
+        if !modules::delete(&mut tx, &self.tenant, version, clock::now_ms())? {
+            return Err(DeployError::NotFound(version));
+        }
+        let pairs = modules::declared_indexes(&mut tx, &self.tenant)?;
+        self.set_indexes(&mut tx, pairs, &mut maintained)?;
+        tx.commit()?;
+        info!(version, "handler version deleted");
+        Ok(())
+    }
+
+    pub fn list(&self) -> Result<Vec<ModuleInfo>, DeployError> {
+        let mut tx = self.db.begin_read_mostly()?;
+        Ok(modules::list(&mut tx, &self.tenant)?)
+    }
+
+    /// Adopts the active version and the indexes another host process
+    /// committed. Called periodically; cheap when nothing changed.
+    pub fn refresh(&self) -> Result<(), DeployError> {
+        let _change = lock(&self.changes);
+        let (active, pairs) = {
+            let mut tx = self.db.begin_read_mostly()?;
+            (modules::active(&mut tx, &self.tenant)?, modules::declared_indexes(&mut tx, &self.tenant)?)
+        };
+        if !same_pairs(&pairs, &lock(&self.maintained_pairs)) {
+            let indexes = Indexes::new(pairs.iter().cloned())
+                .map_err(|e| StoreError::Corrupt(format!("stored index declarations: {e}")))?;
+            *write(&self.maintained) = Arc::new(indexes);
+            *lock(&self.maintained_pairs) = pairs;
+        }
+        let current = self.current().map(|l| l.version);
+        match active {
+            Some(version) if current != Some(version) => {
+                let module = self.load_version(version)?;
+                info!(version, "adopting the handler version activated by another host process");
+                self.go_live(version, module);
+            }
+            None if current.is_some() => {
+                warn!("no handler version is active in the database any more; stopping the handler");
+                *write(&self.live) = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn go_live(&self, version: i64, module: Arc<Module>) {
+        {
+            let mut recent = lock(&self.recent);
+            recent.retain(|(v, _)| *v != version);
+            recent.push((version, module.clone()));
+            if recent.len() > KEEP_LOADED {
+                recent.remove(0);
+            }
+        }
+        let previous = write(&self.live).replace(Live { version, module });
+        info!(version, previous = previous.map(|p| p.version), "handler version live");
+    }
+
+    fn load_version(&self, version: i64) -> Result<Arc<Module>, DeployError> {
+        if let Some((_, module)) = lock(&self.recent).iter().find(|(v, _)| *v == version) {
+            return Ok(module.clone());
+        }
+        let bytes = {
+            let mut tx = self.db.begin_read_mostly()?;
+            modules::bytes(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?
+        };
+        self.runtime.load(&bytes).map_err(|e| DeployError::Unloadable { version, reason: e.to_string() })
+    }
+
+    /// Makes the tenant's maintained indexes exactly `pairs`: builds the new
+    /// ones from the stored documents and drops the rest, inside `tx`. The
+    /// caller holds the write lock (`maintained`), taken before `tx` began, so
+    /// no writer works from the old set meanwhile.
+    fn set_indexes(
+        &self,
+        tx: &mut SyncTx,
+        pairs: Vec<(String, String)>,
+        maintained: &mut RwLockWriteGuard<'_, Arc<Indexes>>,
+    ) -> Result<(), DeployError> {
+        let indexes = Indexes::new(pairs.iter().cloned())
+            .map_err(|e| StoreError::Corrupt(format!("stored index declarations: {e}")))?;
+        Documents { tx, tenant: &self.tenant, indexes: &indexes, limits: self.runtime.limits().documents }
+            .sync_indexes()
+            .map_err(DeployError::Indexes)?;
+        // Published before the caller commits: if the commit fails, writes keep
+        // a superset (harmless) or the next `refresh` corrects the set.
+        **maintained = Arc::new(indexes);
+        *lock(&self.maintained_pairs) = pairs;
+        Ok(())
+    }
+}
+
+fn same_pairs(a: &[(String, String)], b: &[(String, String)]) -> bool {
+    a.len() == b.len() && a.iter().all(|p| b.contains(p))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}

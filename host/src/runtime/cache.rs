@@ -1,0 +1,152 @@
+//! Compiled components on disk, so a restart or a re-activation does not compile again.
+//!
+//! Owns: the cache directory's files, named by the component's content hash and
+//! the engine's fingerprint, their integrity check, and the hit/compile/discard
+//! counters the admin API shows. Must not: decide what is valid to run (the
+//! runtime validates the component itself) or fail a load: any cache problem
+//! (unreadable, corrupt, written by another engine or version) means compiling
+//! again, with a warning.
+//!
+//! A file is `MAGIC`, the SHA-256 of the payload, then the payload (wasmtime's
+//! serialized component). Wasmtime checks that a payload suits this engine, but
+//! not that its bytes are intact; the digest does, before the bytes are trusted.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+const MAGIC: &[u8; 8] = b"AKCC\x01\0\0\0";
+const HEADER: usize = MAGIC.len() + 32;
+
+/// What the cache did since the process started.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Components loaded from a cached file, without compiling.
+    pub hits: u64,
+    /// Components compiled (nothing cached, or the cache was off or unusable).
+    pub compiled: u64,
+    /// Cached files found corrupt or foreign, deleted and rebuilt.
+    pub discarded: u64,
+}
+
+pub struct CodeCache {
+    /// `None`: compile every time.
+    dir: Option<PathBuf>,
+    /// Identifies the engine's code format: its settings, wasmtime's version and this host's.
+    fingerprint: String,
+    hits: AtomicU64,
+    compiled: AtomicU64,
+    discarded: AtomicU64,
+}
+
+impl CodeCache {
+    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> CodeCache {
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        if let Some(dir) = &dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            warn!(dir = %dir.display(), error = %e, "cannot create the compiled-code cache; components will be compiled on every load");
+        }
+        CodeCache {
+            dir,
+            fingerprint: format!("{:016x}", hasher.finish()),
+            hits: AtomicU64::new(0),
+            compiled: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            compiled: self.compiled.load(Ordering::Relaxed),
+            discarded: self.discarded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The file holding the compiled form of the component with this content hash.
+    pub fn path(&self, hash: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{hash}-{}.cwasm", self.fingerprint)))
+    }
+
+    /// The compiled component: from the cache when a sound entry exists, else
+    /// compiled with `compile` and stored.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        hash: &str,
+        compile: impl FnOnce() -> wasmtime::Result<Component>,
+    ) -> wasmtime::Result<Component> {
+        let Some(path) = self.path(hash) else {
+            self.compiled.fetch_add(1, Ordering::Relaxed);
+            return compile();
+        };
+        match read_entry(engine, &path) {
+            Ok(Some(component)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                debug!(path = %path.display(), "compiled component loaded from the cache");
+                return Ok(component);
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                self.discarded.fetch_add(1, Ordering::Relaxed);
+                warn!(path = %path.display(), %reason, "discarding a compiled-code cache entry; compiling again");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let component = compile()?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = component.serialize().map_err(|e| e.to_string()).and_then(|c| write_entry(&path, &c)) {
+            warn!(path = %path.display(), error = %e, "cannot write to the compiled-code cache");
+        }
+        Ok(component)
+    }
+}
+
+/// `Ok(None)`: no entry. `Err`: an entry that must not be used, and why.
+fn read_entry(engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("unreadable: {e}")),
+    };
+    if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a cache entry of this host".into());
+    }
+    let (digest, payload) = bytes[MAGIC.len()..].split_at(32);
+    if Sha256::digest(payload).as_slice() != digest {
+        return Err("its contents do not match their digest (corrupt)".into());
+    }
+    // SAFETY: wasmtime requires that the bytes come from `Component::serialize`
+    // of a compatible engine and are intact. This host wrote them (the magic),
+    // they are exactly what it wrote (the digest), and the file name carries
+    // this engine's fingerprint; wasmtime itself checks the engine settings too.
+    let component = unsafe { Component::deserialize(engine, payload) }.map_err(|e| format!("{e:#}"))?;
+    Ok(Some(component))
+}
+
+/// Writes a temporary file and renames it over the entry, so a reader never sees half a file.
+fn write_entry(path: &Path, payload: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(MAGIC)?;
+        file.write_all(&Sha256::digest(payload))?;
+        file.write_all(payload)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| e.to_string())
+}
