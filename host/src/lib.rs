@@ -7,12 +7,15 @@
 //! - [`store`]: SQLite and Postgres: migrations, inbox, directory tables, handlers'
 //!   documents, Actions decisions; async reads through sqlx, synchronous
 //!   transactions for the worker and handlers.
-//! - [`runtime`]: wasmtime: the sandbox, handler components, the WIT imports.
+//! - [`runtime`]: wasmtime: the sandbox, handler components (validated, compiled
+//!   code cached on disk), the WIT imports.
+//! - [`deploy`]: a tenant's handler versions: upload, activate, roll back, the live swap.
 //! - [`pipeline`]: group-commit ingest, the worker that applies events and runs the
 //!   handler, retries; the Actions decider.
-//! - [`http`]: axum routes, the verified-request extractors, the JSON error shape.
+//! - [`http`]: axum routes, the verified-request extractors, the admin API, the JSON error shape.
 //! - [`server`]: wires the parts together and shuts them down in order.
-//! - [`cli`]: the `authkit-host` commands (`serve`, `users`, `events`, `actions`).
+//! - [`cli`]: the `authkit-host` commands (`serve`, `dev`, `users`, `events`,
+//!   `actions`, and `deploy`/`modules` over the admin API).
 //! - [`clock`]: unix-millisecond time and RFC 3339 conversion.
 //!
 //! The data's path: `POST /workos/webhook` → [`http::webhook`] verifies the raw

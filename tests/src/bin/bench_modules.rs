@@ -1,0 +1,395 @@
+//! Handler version benchmarks. Prints figures; asserts nothing.
+//!
+//! Phases, all in this run on this machine, against the host running in this
+//! process on loopback with SQLite:
+//! 1. upload: time from `POST /admin/modules?activate=true` to its answer (the
+//!    version is live when it returns) for the User data example and for the
+//!    same example padded to about 10 MB with a custom section, cold (empty
+//!    compiled-code cache) and warm (a fresh database, the same cache).
+//! 2. startup: time from start to the first answered request with 100 stored
+//!    versions (the active one from the cache), beside an empty database.
+//! 3. swap: latency of signed Actions requests (200/s) and webhooks (100/s) for
+//!    10 s, without swaps and with a version activated every 100 ms.
+//!
+//! Usage: `cargo run --release -p authkit-tests --bin bench-modules -- [--only upload,startup,swap]
+//! [--rounds 3] [--versions 100] [--seconds 10]`. The guests must be built
+//! (tests/run.sh or the README's bench command does it).
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use authkit_host::settings::{Overrides, Settings};
+use authkit_tests::guests::rust_guest;
+use authkit_tests::workos::now_ms;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "bench-admin-token";
+const ACTION_SECRET: &str = "sk_bench_modules";
+const WEBHOOK_SECRET: &str = "whsec_bench_modules";
+/// Part of the default fallback verdict's message.
+const FALLBACK: &str = "temporarily unavailable";
+
+struct Args {
+    only: Option<Vec<String>>,
+    rounds: usize,
+    versions: u32,
+    seconds: u64,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args { only: None, rounds: 3, versions: 100, seconds: 10 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--only" => args.only = Some(value()?.split(',').map(str::to_string).collect()),
+            "--rounds" => args.rounds = value()?.parse()?,
+            "--versions" => args.versions = value()?.parse()?,
+            "--seconds" => args.seconds = value()?.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runs = |phase: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|p| p == phase));
+    rt.block_on(async {
+        if runs("upload") {
+            upload_phase(&args).await?;
+        }
+        if runs("startup") {
+            startup_phase(&args).await?;
+        }
+        if runs("swap") {
+            swap_phase(&args).await?;
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// A host running in this process.
+struct Host {
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    client: reqwest::Client,
+}
+
+impl Host {
+    /// Starts on `db` with `cache`; returns once it answers, and how long that took.
+    async fn start(db: &Path, cache: &Path) -> anyhow::Result<(Host, Duration)> {
+        let overrides = Overrides { database_url: Some(format!("sqlite://{}", db.display())), ..Default::default() };
+        let cache = cache.display().to_string();
+        let settings = Settings::load_with(&overrides, |k| match k {
+            "AUTHKIT_ADMIN_TOKEN" => Some(TOKEN.to_string()),
+            "WORKOS_ACTION_SECRET" => Some(ACTION_SECRET.to_string()),
+            "WORKOS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_string()),
+            "AUTHKIT_CACHE_DIR" => Some(cache.clone()),
+            "AUTHKIT_LOG" => Some("warn".to_string()),
+            _ => None,
+        })?;
+        let started = Instant::now();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { authkit_host::run(settings, listener, stop).await }
+        });
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if task.is_finished() {
+                bail!("the host stopped during start-up: {:?}", task.await);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok((Host { addr, stop, task, client }, started.elapsed()))
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Uploads `bytes`; returns how long until the answer, which must be a success.
+    async fn upload(&self, bytes: Vec<u8>, activate: bool) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let resp = self
+            .client
+            .post(self.url(&format!("/admin/modules?activate={activate}")))
+            .bearer_auth(TOKEN)
+            .body(bytes)
+            .send()
+            .await?;
+        let elapsed = started.elapsed();
+        if !resp.status().is_success() {
+            bail!("upload refused: {}", resp.text().await?);
+        }
+        Ok(elapsed)
+    }
+}
+
+/// Appends a custom section of `pad` bytes: a bigger component with the same code.
+fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
+    let name = b"bench-padding";
+    let mut payload = leb128(name.len() as u64);
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + pad, 0x5a);
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.extend(leb128(payload.len() as u64));
+    out.extend(payload);
+    out
+}
+
+fn leb128(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The hostile fixture stamped with version `n` (see its `VERSION`).
+fn stamped(bytes: &[u8], n: u32) -> Vec<u8> {
+    let from = b"authkit-test-version:000";
+    let to = format!("authkit-test-version:{:03}", n % 1000);
+    let at = bytes.windows(from.len()).position(|w| w == from).expect("the version stamp");
+    let mut out = bytes.to_vec();
+    out[at..at + from.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn upload_phase(args: &Args) -> anyhow::Result<()> {
+    let example = std::fs::read(rust_guest("user_data"))?;
+    let large = padded(&example, 10 * 1024 * 1024 - example.len());
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..args.rounds {
+        let dir = tempfile::tempdir()?;
+        let cache = dir.path().join("cache");
+        let (host, _) = Host::start(&dir.path().join("cold.db"), &cache).await?;
+        times[0].push(host.upload(example.clone(), true).await?);
+        times[1].push(host.upload(large.clone(), true).await?);
+        host.stop().await?;
+        let (host, _) = Host::start(&dir.path().join("warm.db"), &cache).await?;
+        times[2].push(host.upload(example.clone(), true).await?);
+        times[3].push(host.upload(large.clone(), true).await?);
+        host.stop().await?;
+    }
+    println!("\nupload to live (POST /admin/modules?activate=true until it answers; median of {} rounds)", args.rounds);
+    println!("  {:<62} {:>10} {:>10}", "component", "cold ms", "warm ms");
+    println!(
+        "  {:<62} {:>10.1} {:>10.1}",
+        format!("User data example ({} KB)", example.len() / 1024),
+        ms(median(times[0].clone())),
+        ms(median(times[2].clone()))
+    );
+    println!(
+        "  {:<62} {:>10.1} {:>10.1}",
+        format!("the same padded to {:.1} MB (a custom section; same code)", large.len() as f64 / 1048576.0),
+        ms(median(times[1].clone())),
+        ms(median(times[3].clone()))
+    );
+    println!("  cold: compiled (empty cache); warm: a fresh database, the compiled code from the cache");
+    Ok(())
+}
+
+async fn startup_phase(args: &Args) -> anyhow::Result<()> {
+    let hostile = std::fs::read(rust_guest("hostile"))?;
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let full = dir.path().join("versions.db");
+    let (host, _) = Host::start(&full, &cache).await?;
+    let filled = Instant::now();
+    for n in 1..=args.versions {
+        host.upload(stamped(&hostile, n), n == args.versions).await?;
+    }
+    let fill = filled.elapsed();
+    host.stop().await?;
+    let (mut empty_times, mut full_times) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let (host, took) = Host::start(&dir.path().join(format!("empty{round}.db")), &cache).await?;
+        empty_times.push(took);
+        host.stop().await?;
+        let (host, took) = Host::start(&full, &cache).await?;
+        full_times.push(took);
+        host.stop().await?;
+    }
+    println!("\nstart-up until the first answered request (median of {} rounds)", args.rounds);
+    println!("  empty database (baseline)                                  {:>10.1} ms", ms(median(empty_times)));
+    println!(
+        "  {} stored versions ({} KB each), the active one from the cache {:>7.1} ms",
+        args.versions,
+        hostile.len() / 1024,
+        ms(median(full_times))
+    );
+    println!(
+        "  (storing the {} versions took {:.1} s: {:.0} ms each, compile included)",
+        args.versions,
+        fill.as_secs_f64(),
+        ms(fill) / f64::from(args.versions)
+    );
+    Ok(())
+}
+
+struct Latencies(Vec<f64>, u64);
+
+impl Latencies {
+    fn print(&self, name: &str) {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        let pct =
+            |p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0.0);
+        println!(
+            "  {name:<40} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+            v.len(),
+            pct(0.5),
+            pct(0.99),
+            v.last().copied().unwrap_or(0.0),
+            self.1
+        );
+    }
+}
+
+async fn swap_phase(args: &Args) -> anyhow::Result<()> {
+    let hostile = std::fs::read(rust_guest("hostile"))?;
+    println!("\nswap storm: Actions at 200/s and webhooks at 100/s for {} s (open loop), latency in ms", args.seconds);
+    println!("  {:<40} {:>7} {:>8} {:>8} {:>8} {:>7}", "run", "count", "p50", "p99", "max", "errors");
+    for swaps in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let (host, _) = Host::start(&dir.path().join("swap.db"), &dir.path().join("cache")).await?;
+        for n in 1..=3 {
+            host.upload(stamped(&hostile, n), n == 1).await?;
+        }
+        let host = Arc::new(host);
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = tokio::spawn({
+            let (host, stop) = (host.clone(), stop.clone());
+            async move {
+                let (mut n, mut failed) = (0u32, 0u64);
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                while swaps && !stop.load(Ordering::Relaxed) {
+                    every.tick().await;
+                    let resp = host
+                        .client
+                        .post(host.url(&format!("/admin/modules/{}/activate", n % 3 + 1)))
+                        .bearer_auth(TOKEN)
+                        .send()
+                        .await;
+                    failed += u64::from(!resp.is_ok_and(|r| r.status().is_success()));
+                    n += 1;
+                }
+                (n, failed)
+            }
+        });
+        let actions = open_loop(host.clone(), 200, args.seconds, |i| {
+            let body = serde_json::to_vec(&json!({
+                "object": "authentication_action_context", "id": format!("act_{i}"),
+                "user": {"object": "user", "id": format!("user_{}", i % 100), "email": "u@example.com", "first_name": "Version"},
+                "ip_address": "127.0.0.1", "user_agent": "bench",
+            }))
+            .unwrap();
+            ("/workos/action", ACTION_SECRET, body)
+        });
+        let webhooks = open_loop(host.clone(), 100, args.seconds, |i| {
+            let body = serde_json::to_vec(&json!({
+                "id": format!("event_{i}"), "event": "test.version", "created_at": "2025-01-01T00:00:01.000Z",
+                "data": {"object": "test", "id": format!("x_{}", i % 10)},
+            }))
+            .unwrap();
+            ("/workos/webhook", WEBHOOK_SECRET, body)
+        });
+        let (actions, webhooks) = (actions.await??, webhooks.await??);
+        stop.store(true, Ordering::Relaxed);
+        let (activations, failed) = swapper.await?;
+        let label = if swaps {
+            format!("with swaps ({activations} activations, {failed} failed)")
+        } else {
+            "without swaps".into()
+        };
+        actions.print(&format!("actions, {}", if swaps { "with swaps" } else { "without swaps" }));
+        webhooks.print(&format!("webhooks, {}", if swaps { "with swaps" } else { "without swaps" }));
+        if swaps {
+            println!("  {label}");
+        }
+        Arc::try_unwrap(host).ok().context("the host is still shared")?.stop().await?;
+    }
+    Ok(())
+}
+
+/// Sends `rate` signed requests a second for `seconds`, each on its own task, after a one-second warm-up.
+fn open_loop(
+    host: Arc<Host>,
+    rate: u64,
+    seconds: u64,
+    make: impl Fn(u64) -> (&'static str, &'static str, Vec<u8>) + Send + 'static,
+) -> JoinHandle<anyhow::Result<Latencies>> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let warmup = rate;
+        let mut tasks = Vec::new();
+        for i in 0..(rate * seconds + warmup) {
+            tick.tick().await;
+            let (path, secret, body) = make(i);
+            let signature = authkit_tests::Emulator::new(secret).signature(now_ms(), &body);
+            let request = host.client.post(host.url(path)).header("WorkOS-Signature", signature).body(body);
+            tasks.push(tokio::spawn(async move {
+                let started = Instant::now();
+                // A fallback verdict is a 200 too, but a failure here.
+                let ok = match request.send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        resp.bytes().await.is_ok_and(|b| !b.windows(FALLBACK.len()).any(|w| w == FALLBACK.as_bytes()))
+                    }
+                    _ => false,
+                };
+                (i >= warmup, ok, started.elapsed())
+            }));
+        }
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        for task in tasks {
+            let (measured, ok, elapsed) = task.await?;
+            if !ok {
+                errors += 1;
+            } else if measured {
+                latencies.push(ms(elapsed));
+            }
+        }
+        Ok(Latencies(latencies, errors))
+    })
+}
