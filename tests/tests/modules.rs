@@ -24,6 +24,7 @@ on_both_backends!(
     versions_swap_under_load_without_a_failed_request,
     the_cli_deploys_lists_activates_and_rolls_back,
     dev_watch_deploys_each_good_build_and_refuses_bad_ones,
+    another_process_on_the_same_database_adopts_an_activation,
 );
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -453,4 +454,34 @@ async fn dev_watch_deploys_each_good_build_and_refuses_bad_ones(db: TestDb) {
     std::fs::write(&file, stamped(2)).unwrap();
     wait_for("[dev] version 2 live".into()).await;
     assert_eq!(act(&server, "act_3", "Version").await.unwrap()["error_message"], "version 2");
+}
+
+/// Two host processes on one database: a version activated through one goes
+/// live in the other within its poll interval.
+async fn another_process_on_the_same_database_adopts_an_activation(db: TestDb) {
+    let config = "[modules]\npoll_interval_ms = 200\n";
+    let a = TestServer::start_with(&db, options(&db, config)).await;
+    let b = TestServer::start_with(&db, options(&db, config).arg("--no-worker")).await;
+    assert_eq!(upload(&a, stamped(1), true).await.status, 201);
+    assert_eq!(upload(&a, stamped(2), false).await.status, 201);
+    serves(&b, 1).await;
+    let activated = a.admin("POST", "/admin/modules/2/activate", Some(TOKEN), None).await;
+    assert_eq!(activated.status, 200, "{activated:?}");
+    serves(&b, 2).await;
+    let back = b.admin("POST", "/admin/modules/rollback", Some(TOKEN), None).await;
+    assert_eq!((back.status, &back.body["version"]), (200, &json!(1)), "{back:?}");
+    serves(&a, 1).await;
+    assert!(b.log().contains("adopting the handler version activated by another host process"), "{}", b.log());
+}
+
+/// Waits until `server` answers Actions with `version`'s verdict.
+async fn serves(server: &TestServer, version: u32) {
+    let expected = format!("version {version}");
+    let mut i = 0;
+    eventually(&format!("{expected} to be live"), Duration::from_secs(10), || {
+        i += 1;
+        let (id, expected) = (format!("act_{version}_{i}"), expected.clone());
+        async move { (act(server, &id, "Version").await.ok()?["error_message"] == expected.as_str()).then_some(()) }
+    })
+    .await
 }
