@@ -88,8 +88,6 @@ pub struct Deployment {
     db: SyncDb,
     live: RwLock<Option<Live>>,
     maintained: RwLock<Arc<Indexes>>,
-    /// The pairs behind `maintained`, to tell whether a change changes them.
-    maintained_pairs: Mutex<Vec<(String, String)>>,
     /// One change at a time in this process (processes serialize in the database).
     changes: Mutex<()>,
     /// The last few versions that were live, kept loaded so that switching
@@ -108,7 +106,6 @@ impl Deployment {
             db,
             live: RwLock::new(None),
             maintained: RwLock::new(Arc::default()),
-            maintained_pairs: Mutex::new(Vec::new()),
             changes: Mutex::new(()),
             recent: Mutex::new(Vec::new()),
             max_bytes,
@@ -165,20 +162,21 @@ impl Deployment {
         let module = self.runtime.load(bytes)?;
         let now = clock::now_ms();
         // Lock order: the indexes' lock before the database's write gate.
-        let known = lock(&self.maintained_pairs).clone();
-        let adds_indexes = !module.declared.iter().all(|p| known.contains(p));
+        let adds_indexes = !self.writing().covers(&module.indexes);
         let mut maintained = adds_indexes.then(|| write(&self.maintained));
         let mut tx = self.db.begin()?;
         modules::lock_tenant(&mut tx, &self.tenant)?;
         let (version, created) = match modules::find_by_hash(&mut tx, &self.tenant, &module.hash)? {
             Some(existing) => (existing.version, false),
             None => {
+                let declared: Vec<(String, String)> =
+                    module.indexes.pairs().map(|(t, f)| (t.to_string(), f.to_string())).collect();
                 let new = NewModule {
                     tenant: &self.tenant,
                     hash: &module.hash,
                     exports: &module.exports,
                     wit_version: WIT_VERSION,
-                    indexes: &module.declared,
+                    indexes: &declared,
                     bytes,
                     now,
                 };
@@ -208,13 +206,11 @@ impl Deployment {
         let module = self.load_version(version)?;
         let mut tx = self.db.begin()?;
         modules::lock_tenant(&mut tx, &self.tenant)?;
-        if modules::get(&mut tx, &self.tenant, version)?.is_none() {
-            return Err(DeployError::NotFound(version));
-        }
-        if modules::active(&mut tx, &self.tenant)? != Some(version) {
+        let mut info = modules::get(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?;
+        if !info.active {
             modules::push_activation(&mut tx, &self.tenant, version, clock::now_ms())?;
+            info.active = true;
         }
-        let info = modules::get(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?;
         tx.commit()?;
         self.go_live(version, module);
         Ok(info)
@@ -279,11 +275,9 @@ impl Deployment {
             let mut tx = self.db.begin_read_mostly()?;
             (modules::active(&mut tx, &self.tenant)?, modules::declared_indexes(&mut tx, &self.tenant)?)
         };
-        if !same_pairs(&pairs, &lock(&self.maintained_pairs)) {
-            let indexes = Indexes::new(pairs.iter().cloned())
-                .map_err(|e| StoreError::Corrupt(format!("stored index declarations: {e}")))?;
+        let indexes = stored_indexes(pairs)?;
+        if !self.writing().same_as(&indexes) {
             *write(&self.maintained) = Arc::new(indexes);
-            *lock(&self.maintained_pairs) = pairs;
         }
         let current = self.current().map(|l| l.version);
         match active {
@@ -335,21 +329,20 @@ impl Deployment {
         pairs: Vec<(String, String)>,
         maintained: &mut RwLockWriteGuard<'_, Arc<Indexes>>,
     ) -> Result<(), DeployError> {
-        let indexes = Indexes::new(pairs.iter().cloned())
-            .map_err(|e| StoreError::Corrupt(format!("stored index declarations: {e}")))?;
+        let indexes = stored_indexes(pairs)?;
         Documents { tx, tenant: &self.tenant, indexes: &indexes, limits: self.runtime.limits().documents }
             .sync_indexes()
             .map_err(DeployError::Indexes)?;
         // Published before the caller commits: if the commit fails, writes keep
         // a superset (harmless) or the next `refresh` corrects the set.
         **maintained = Arc::new(indexes);
-        *lock(&self.maintained_pairs) = pairs;
         Ok(())
     }
 }
 
-fn same_pairs(a: &[(String, String)], b: &[(String, String)]) -> bool {
-    a.len() == b.len() && a.iter().all(|p| b.contains(p))
+/// The index declarations read back from the `modules` table.
+fn stored_indexes(pairs: Vec<(String, String)>) -> Result<Indexes, StoreError> {
+    Indexes::new(pairs).map_err(|e| StoreError::Corrupt(format!("stored index declarations: {e}")))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

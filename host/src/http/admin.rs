@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +30,7 @@ use tracing::error;
 
 use super::AppState;
 use super::error::ApiError;
-use super::webhook::read_limited;
+use super::webhook::read_body;
 use crate::deploy::{DeployError, Deployment};
 use crate::settings::env;
 
@@ -152,11 +152,8 @@ async fn upload(
         }
     };
     let limit = state.settings.modules.max_bytes;
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(DeployError::TooLarge { size: declared.unwrap_or_default() as usize, limit }.into());
-    }
-    let bytes = read_limited(req.into_body(), limit).await.map_err(|e| {
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(&parts.headers, body, limit).await.map_err(|e| {
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(e.status, "module_too_large", format!("the component is over the limit of {limit} bytes"))
         } else {

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_LENGTH;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
@@ -59,18 +60,20 @@ pub async fn read_signed(
     tolerance: std::time::Duration,
 ) -> Result<(Bytes, i64), ApiError> {
     let (parts, body) = req.into_parts();
-    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    let body = read_limited(body, limit).await?;
+    let body = read_body(&parts.headers, body, limit).await?;
     let received_at = clock::now_ms();
     let header = parts.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     signature::verify(secret, header, &body, received_at, tolerance)?;
     Ok((body, received_at))
 }
 
-pub(super) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// A request body of at most `limit` bytes: a larger declared length is refused
+/// before reading, a body that turns out larger while being read too (413).
+pub(super) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),

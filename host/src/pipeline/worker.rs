@@ -167,13 +167,10 @@ impl Worker {
             Err(e) => return (Some(tx), Err((e.into(), None))),
         };
         let deployment = self.deployment.as_ref().filter(|d| d.tenant() == claimed.tenant_id);
-        let live = deployment.and_then(|d| Some((d, d.current()?)));
+        let live = deployment.and_then(|d| Some((d, d.current()?))).filter(|(_, l)| l.module.handles_events());
         let (Some((deployment, live)), Some(maintained)) = (live, maintained) else {
             return (Some(tx), Ok((synced, None)));
         };
-        if !live.module.handles_events() {
-            return (Some(tx), Ok((synced, None)));
-        }
         let guest_event = guest_event(&event, action, claimed);
         let invoked = deployment.runtime().handle_event(&live.module, tx, &claimed.tenant_id, maintained, &guest_event);
         let logs = Some(serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into()));

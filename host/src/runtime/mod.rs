@@ -117,8 +117,6 @@ pub struct Module {
     /// The indexes the handler declared (empty without a `schema` export);
     /// shared with every invocation, not copied. Its `find` calls may use these.
     pub indexes: Arc<Indexes>,
-    /// The same, as `(table, field)` pairs.
-    pub declared: Vec<(String, String)>,
     /// Which handler interfaces it exports: `events`, `actions`, `schema`.
     pub exports: Vec<&'static str>,
 }
@@ -237,7 +235,6 @@ impl Runtime {
             events,
             actions,
             indexes: Arc::default(),
-            declared: Vec::new(),
             exports: [("events", EVENTS_EXPORT), ("actions", ACTIONS_EXPORT), ("schema", SCHEMA_EXPORT)]
                 .into_iter()
                 .filter(|(_, name)| exports.iter().any(|e| e == name))
@@ -245,8 +242,7 @@ impl Runtime {
                 .collect(),
         };
         if let Some(schema) = schema {
-            module.declared = self.declared_indexes(&module, &schema)?;
-            module.indexes = Arc::new(Indexes::new(module.declared.iter().cloned()).map_err(LoadError::Schema)?);
+            module.indexes = Arc::new(self.declared_indexes(&module, &schema)?);
         }
         let module = Arc::new(module);
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
@@ -271,25 +267,14 @@ impl Runtime {
         Ok(names)
     }
 
-    fn declared_indexes(
-        &self,
-        module: &Module,
-        schema: &schema::GuestIndices,
-    ) -> Result<Vec<(String, String)>, LoadError> {
+    fn declared_indexes(&self, module: &Module, schema: &schema::GuestIndices) -> Result<Indexes, LoadError> {
         let mut store = self.store(module, None, "", true, self.limits.event_deadline, &module.indexes);
         let declared = (|| {
             let instance = module.pre.instantiate(&mut store)?;
             schema.load(&mut store, &instance)?.call_indexes(&mut store)
         })()
         .map_err(|e| LoadError::Schema(classify(e, &store, &self.limits, self.limits.event_deadline).to_string()))?;
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        for index in declared {
-            let pair = (index.table, index.field);
-            if !pairs.contains(&pair) {
-                pairs.push(pair);
-            }
-        }
-        Ok(pairs)
+        Indexes::new(declared.into_iter().map(|i| (i.table, i.field))).map_err(LoadError::Schema)
     }
 
     /// Calls the module's `events.handle` with `tx` as its database. The

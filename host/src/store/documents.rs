@@ -105,8 +105,19 @@ impl Indexes {
         self.0.get(table).map_or(&[], Vec::as_slice)
     }
 
-    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Every `(table, field)` pair.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().flat_map(|(t, fs)| fs.iter().map(move |f| (t.as_str(), f.as_str())))
+    }
+
+    /// Whether every index of `other` is one of these.
+    pub fn covers(&self, other: &Indexes) -> bool {
+        other.pairs().all(|(t, f)| self.contains(t, f))
+    }
+
+    /// The same set of indexes, whatever the order they were declared in.
+    pub fn same_as(&self, other: &Indexes) -> bool {
+        self.covers(other) && other.covers(self)
     }
 }
 
