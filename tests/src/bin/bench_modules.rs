@@ -3,9 +3,11 @@
 //! Phases, all in this run on this machine, against the host running in this
 //! process on loopback with SQLite:
 //! 1. upload: time from `POST /admin/modules?activate=true` to its answer (the
-//!    version is live when it returns) for the User data example and for the
-//!    same example padded to about 10 MB with a custom section, cold (empty
-//!    compiled-code cache) and warm (a fresh database, the same cache).
+//!    version is live when it returns) for the User data example, for the
+//!    same example padded to about 10 MB with a custom section (size without
+//!    code), and for the example plus about 10 MB of generated code in a core
+//!    module (size that is code), cold (empty compiled-code cache) and warm (a
+//!    fresh database, the same cache).
 //! 2. startup: time from start to the first answered request with 100 stored
 //!    versions (the active one from the cache), beside an empty database.
 //! 3. swap: latency of signed Actions requests (200/s) and webhooks (100/s) for
@@ -163,6 +165,58 @@ fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
     out
 }
 
+/// Appends a core module of generated code (functions of integer arithmetic)
+/// so the component is about `size` bytes, most of it code wasmtime compiles:
+/// a stand-in for a large guest such as an interpreter. The module is never
+/// instantiated; wasmtime compiles every module a component contains.
+fn with_code(bytes: &[u8], size: usize) -> Vec<u8> {
+    const BODY_OPS: usize = 90;
+    let mut body = vec![0]; // no locals
+    body.extend([0x20, 0]); // local.get 0
+    for i in 0..BODY_OPS as i64 {
+        for (op, c) in [(0x6a, i * 7919 + 1), (0x6c, i | 3), (0x73, i * 104_729)] {
+            body.push(0x41); // i32.const
+            body.extend(sleb128(c));
+            body.push(op); // i32.add / i32.mul / i32.xor
+        }
+    }
+    body.push(0x0b); // end
+    let functions = size.saturating_sub(bytes.len()) / (body.len() + 3);
+    let mut code = leb128(functions as u64);
+    for _ in 0..functions {
+        code.extend(leb128(body.len() as u64));
+        code.extend(&body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(&mut module, 1, &[1, 0x60, 1, 0x7f, 1, 0x7f]); // one type: (i32) -> i32
+    let mut funcs = leb128(functions as u64);
+    funcs.extend(std::iter::repeat_n(0u8, functions));
+    section(&mut module, 3, &funcs);
+    section(&mut module, 10, &code);
+    let mut out = bytes.to_vec();
+    section(&mut out, 1, &module); // a component's core module section
+    out
+}
+
+fn section(out: &mut Vec<u8>, id: u8, payload: &[u8]) {
+    out.push(id);
+    out.extend(leb128(payload.len() as u64));
+    out.extend_from_slice(payload);
+}
+
+fn sleb128(mut n: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        let done = (n == 0 && byte & 0x40 == 0) || (n == -1 && byte & 0x40 != 0);
+        out.push(if done { byte } else { byte | 0x80 });
+        if done {
+            return out;
+        }
+    }
+}
+
 fn leb128(mut n: u64) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -198,17 +252,20 @@ fn ms(d: Duration) -> f64 {
 async fn upload_phase(args: &Args) -> anyhow::Result<()> {
     let example = std::fs::read(rust_guest("user_data"))?;
     let large = padded(&example, 10 * 1024 * 1024 - example.len());
-    let mut times: [Vec<Duration>; 4] = Default::default();
+    let code = with_code(&example, 10 * 1024 * 1024);
+    let mut times: [Vec<Duration>; 6] = Default::default();
     for _ in 0..args.rounds {
         let dir = tempfile::tempdir()?;
         let cache = dir.path().join("cache");
         let (host, _) = Host::start(&dir.path().join("cold.db"), &cache).await?;
         times[0].push(host.upload(example.clone(), true).await?);
         times[1].push(host.upload(large.clone(), true).await?);
+        times[4].push(host.upload(code.clone(), true).await?);
         host.stop().await?;
         let (host, _) = Host::start(&dir.path().join("warm.db"), &cache).await?;
         times[2].push(host.upload(example.clone(), true).await?);
         times[3].push(host.upload(large.clone(), true).await?);
+        times[5].push(host.upload(code.clone(), true).await?);
         host.stop().await?;
     }
     println!("\nupload to live (POST /admin/modules?activate=true until it answers; median of {} rounds)", args.rounds);
@@ -224,6 +281,15 @@ async fn upload_phase(args: &Args) -> anyhow::Result<()> {
         format!("the same padded to {:.1} MB (a custom section; same code)", large.len() as f64 / 1048576.0),
         ms(median(times[1].clone())),
         ms(median(times[3].clone()))
+    );
+    println!(
+        "  {:<62} {:>10.1} {:>10.1}",
+        format!(
+            "the same plus {:.1} MB of generated code in a core module",
+            (code.len() - example.len()) as f64 / 1048576.0
+        ),
+        ms(median(times[4].clone())),
+        ms(median(times[5].clone()))
     );
     println!("  cold: compiled (empty cache); warm: a fresh database, the compiled code from the cache");
     Ok(())
