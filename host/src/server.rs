@@ -5,7 +5,7 @@
 //!
 //! Shutdown, once `shutdown` is cancelled: stop accepting connections; let
 //! in-flight requests finish (each waits for its event's commit); let the ingest
-//! writer drain; let the worker finish its batch; close the pool. Anything
+//! writer and the action decision recorder drain; let the worker finish its batch; close the pool. Anything
 //! acknowledged is durable before its 2xx, so nothing acknowledged is lost even
 //! when the grace period runs out or the process is killed.
 
@@ -80,7 +80,8 @@ pub async fn run_with(
         info!("{} is not set: POST /workos/action answers 503 until it is", env::ACTION_SECRET);
     }
     let db = store.sync_db(Handle::current()).context("failed to open the actions' database connection")?;
-    let decider = Arc::new(Decider::new(store.clone(), db, Some(deployment.clone()), settings.actions.clone()));
+    let (decider, recorder) = Decider::new(store.clone(), db, Some(deployment.clone()), settings.actions.clone());
+    let decider = Arc::new(decider);
     let refresher = tokio::spawn(refresh_periodically(deployment.clone(), settings.modules.poll_interval));
 
     let grace = settings.shutdown_grace;
@@ -105,6 +106,10 @@ pub async fn run_with(
     match tokio::time::timeout(grace, ingest_task).await {
         Ok(joined) => joined.context("the ingest writer panicked")?,
         Err(_) => warn!("the ingest writer did not finish in time; unacknowledged events will be redelivered"),
+    }
+    // Likewise the decider: once it is gone the recorder writes what is queued and ends.
+    if tokio::time::timeout(grace, recorder).await.is_err() {
+        warn!("the action decision recorder did not finish in time; the latest decisions may not be recorded");
     }
     worker_stop.cancel();
     if let Some(task) = worker_task {

@@ -261,11 +261,12 @@ async fn a_restart_keeps_the_active_version_without_compiling_and_survives_a_cor
     assert_eq!(act(&server, "act_3", "Version").await.unwrap()["error_message"], "version 7");
 }
 
-/// Webhooks and Actions flow for 10 s while a new version is activated every
-/// 100 ms: every request succeeds, every verdict comes from a handler, and each
+/// Webhooks and Actions flow while another version is activated every 100 ms,
+/// 100 times (about 10 s, longer on a loaded machine): every request succeeds, every verdict comes from a handler, and each
 /// event's two stamps come from one version.
 async fn versions_swap_under_load_without_a_failed_request(db: TestDb) {
     const VERSIONS: u32 = 3;
+    const SWAPS: u32 = 100;
     let server = Arc::new(TestServer::start_with(&db, options(&db, "")).await);
     for n in 1..=VERSIONS {
         let reply = upload(&server, stamped(n), n == 1).await;
@@ -277,17 +278,15 @@ async fn versions_swap_under_load_without_a_failed_request(db: TestDb) {
     let swapper = {
         let (server, stop) = (server.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut swaps = 0u32;
             let mut every = tokio::time::interval(Duration::from_millis(100));
-            while !stop.load(Ordering::Relaxed) {
+            for swap in 0..SWAPS {
                 every.tick().await;
-                let version = swaps % VERSIONS + 1;
+                let version = swap % VERSIONS + 1;
                 let reply =
                     server.admin("POST", &format!("/admin/modules/{version}/activate"), Some(TOKEN), None).await;
-                assert_eq!(reply.status, 200, "activation {swaps}: {reply:?}");
-                swaps += 1;
+                assert_eq!(reply.status, 200, "activation {swap}: {reply:?}");
             }
-            swaps
+            stop.store(true, Ordering::Relaxed);
         })
     };
     let mut senders = Vec::new();
@@ -325,9 +324,10 @@ async fn versions_swap_under_load_without_a_failed_request(db: TestDb) {
             seen
         }));
     }
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Bounded: a stalled activation fails the test instead of hanging it.
+    let swapped = tokio::time::timeout(Duration::from_secs(120), swapper).await;
     stop.store(true, Ordering::Relaxed);
-    let swaps = swapper.await.unwrap();
+    swapped.expect("100 activations within 120 s").unwrap();
     let mut sent = Vec::new();
     for s in senders {
         sent.extend(s.await.unwrap());
@@ -339,13 +339,11 @@ async fn versions_swap_under_load_without_a_failed_request(db: TestDb) {
         }
     }
     println!(
-        "{} swaps, {} webhooks, {} actions in {:?}; verdicts {verdicts:?}",
-        swaps,
+        "{SWAPS} swaps, {} webhooks, {} actions in {:?}; verdicts {verdicts:?}",
         sent.len(),
         verdicts.values().sum::<u32>(),
         started.elapsed()
     );
-    assert!(swaps >= 50, "only {swaps} activations in 10 s");
     let expected: HashSet<String> = (1..=VERSIONS).map(|n| format!("version {n}")).collect();
     assert!(verdicts.keys().all(|k| expected.contains(k)), "every verdict from a handler version: {verdicts:?}");
     assert!(verdicts.len() >= 2, "the Actions saw the versions change: {verdicts:?}");

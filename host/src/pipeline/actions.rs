@@ -6,6 +6,11 @@
 //! the verdict that was sent, and the decision record. Must not: sign or
 //! serialize the response (see [`crate::workos::action`]), or parse HTTP.
 //!
+//! Decisions are recorded by one background task in batches, one transaction
+//! per batch: a recorder that committed each decision on its own needed one
+//! fsync per action, and on SQLite its queue at the write gate starved webhook
+//! acknowledgements and the worker when the disk was slow.
+//!
 //! The handler runs on a blocking thread inside a transaction. The request waits
 //! for it at most the actions deadline; past it, the fallback is sent at once and
 //! the call (which its own epoch deadline stops soon after) is rolled back. One
@@ -16,6 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
 use crate::clock;
@@ -63,16 +70,32 @@ const PENDING: u8 = 0;
 const HANDLER_WON: u8 = 1;
 const ABANDONED: u8 = 2;
 
+/// At most this many decisions are recorded in one transaction.
+const RECORD_BATCH: usize = 256;
+/// A batch the database refused is tried this many times in all.
+const RECORD_ATTEMPTS: u32 = 3;
+
 pub struct Decider {
-    store: Store,
     db: Arc<SyncDb>,
     deployment: Option<Arc<Deployment>>,
     settings: ActionSettings,
+    /// To the recorder. Unbounded so a decision never waits for the disk; the
+    /// recorder drains it a batch per commit, far faster than requests fill it.
+    records: mpsc::UnboundedSender<NewDecision>,
 }
 
 impl Decider {
-    pub fn new(store: Store, db: SyncDb, deployment: Option<Arc<Deployment>>, settings: ActionSettings) -> Decider {
-        Decider { store, db: Arc::new(db), deployment, settings }
+    /// Also starts the recorder, which ends (after writing what is queued) once
+    /// the decider is dropped.
+    pub fn new(
+        store: Store,
+        db: SyncDb,
+        deployment: Option<Arc<Deployment>>,
+        settings: ActionSettings,
+    ) -> (Decider, JoinHandle<()>) {
+        let (records, queue) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_batches(store, queue));
+        (Decider { db: Arc::new(db), deployment, settings, records }, recorder)
     }
 
     /// Decides `request` for `tenant` and records the decision (in the background).
@@ -180,12 +203,34 @@ impl Decider {
             logs: d.logs.clone(),
             decided_at: clock::now_ms(),
         };
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.record_decision(&record).await {
-                error!(error = %e, action_id = %record.action_id, "could not record an action decision");
+        if let Err(lost) = self.records.send(record) {
+            error!(action_id = %lost.0.action_id, "could not record an action decision: the recorder has stopped");
+        }
+    }
+}
+
+/// The recorder: writes queued decisions a batch per transaction until the
+/// decider is gone and the queue is empty.
+async fn record_batches(store: Store, mut queue: mpsc::UnboundedReceiver<NewDecision>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while queue.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut attempt = 1;
+        loop {
+            match store.record_decisions(&batch).await {
+                Ok(()) => break,
+                Err(e) if attempt < RECORD_ATTEMPTS => {
+                    warn!(error = %e, decisions = batch.len(), attempt, "could not record action decisions; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let ids: Vec<&str> = batch.iter().map(|d| d.action_id.as_str()).collect();
+                    error!(error = %e, action_ids = ?ids, "could not record action decisions; giving up on them");
+                    break;
+                }
             }
-        });
+        }
+        batch.clear();
     }
 }
 

@@ -47,30 +47,36 @@ impl Decision {
 }
 
 impl Store {
-    /// Records a decision. On SQLite it waits its turn at the write gate, like
-    /// every other writer in the process.
-    pub async fn record_decision(&self, d: &NewDecision) -> Result<()> {
+    /// Records decisions in one transaction (one commit, one fsync on SQLite).
+    /// On SQLite it waits its turn at the write gate, like every other writer in
+    /// the process.
+    pub async fn record_decisions(&self, decisions: &[NewDecision]) -> Result<()> {
         let _turn = match self {
             Store::Sqlite(_, gate) => Some(gate.clone().lock_owned().await),
             Store::Postgres(_) => None,
         };
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO action_decisions (tenant_id, action_id, kind, verdict, message, source, latency_us, error, \
-             logs, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(d.tenant_id.clone())
-        .bind(d.action_id.clone())
-        .bind(d.kind)
-        .bind(d.verdict)
-        .bind(d.message.clone())
-        .bind(d.source)
-        .bind(d.latency_us)
-        .bind(d.error.clone())
-        .bind(d.logs.clone())
-        .bind(d.decided_at)
-        .execute(pool)
-        .await
-        .map(drop)?);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for d in decisions {
+                sqlx::query(
+                    "INSERT INTO action_decisions (tenant_id, action_id, kind, verdict, message, source, latency_us, \
+                     error, logs, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(d.tenant_id.clone())
+                .bind(d.action_id.clone())
+                .bind(d.kind)
+                .bind(d.verdict)
+                .bind(d.message.clone())
+                .bind(d.source)
+                .bind(d.latency_us)
+                .bind(d.error.clone())
+                .bind(d.logs.clone())
+                .bind(d.decided_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
