@@ -85,7 +85,7 @@ pub struct Status {
 pub struct Deployment {
     tenant: String,
     runtime: Arc<Runtime>,
-    db: SyncDb,
+    db: Arc<SyncDb>,
     live: RwLock<Option<Live>>,
     maintained: RwLock<Arc<Indexes>>,
     /// One change at a time in this process (processes serialize in the database).
@@ -99,7 +99,12 @@ pub struct Deployment {
 impl Deployment {
     /// Brings the stored state back: the indexes of every stored version, and
     /// the active version, loaded (from the compiled-code cache when it can).
-    pub fn open(tenant: &str, runtime: Arc<Runtime>, db: SyncDb, max_bytes: usize) -> Result<Deployment, DeployError> {
+    pub fn open(
+        tenant: &str,
+        runtime: Arc<Runtime>,
+        db: Arc<SyncDb>,
+        max_bytes: usize,
+    ) -> Result<Deployment, DeployError> {
         let deployment = Deployment {
             tenant: tenant.to_string(),
             runtime,

@@ -9,6 +9,8 @@
 //!   transactions for the worker and handlers.
 //! - [`runtime`]: wasmtime: the sandbox, handler components (validated, compiled
 //!   code cached on disk), the WIT imports.
+//! - [`tenants`]: the tenants one host serves: their secrets, limits, verdicts,
+//!   and handler versions, opened on first use.
 //! - [`deploy`]: a tenant's handler versions: upload, activate, roll back, the live swap.
 //! - [`pipeline`]: group-commit ingest, the worker that applies events and runs the
 //!   handler, retries; the Actions decider.
@@ -34,6 +36,7 @@ pub mod runtime;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tenants;
 pub mod workos;
 
 pub use server::run;

@@ -27,7 +27,8 @@ use crate::runtime::{InvocationLimits, Runtime};
 use crate::settings::{Settings, env};
 use crate::store::Store;
 use crate::store::documents::Limits;
-use crate::store::inbox::{DEFAULT_TENANT, InboxWriter};
+use crate::store::inbox::InboxWriter;
+use crate::tenants::{DEFAULT_TENANT, Tenants};
 
 /// Runs the host on `listener` until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -53,7 +54,9 @@ pub async fn run_with(
         );
     }
 
-    let deployment = open_deployment(&settings, &store).await?;
+    let settings = Arc::new(settings);
+    let tenants = open_tenants(&settings, &store).await?;
+    let deployment = open_default(&tenants).await?;
     if let Some(path) = &settings.handler.path {
         deploy_at_start(&deployment, path).await?;
     }
@@ -67,7 +70,7 @@ pub async fn run_with(
     let (ingest, ingest_task) = Ingest::start(writer, stored.clone());
     let worker_stop = CancellationToken::new();
     let worker_task = if settings.worker.enabled {
-        let worker = Worker::new(&store, settings.worker.clone(), Some(deployment.clone()), stored, Handle::current())
+        let worker = Worker::new(&store, settings.worker.clone(), tenants.clone(), stored, Handle::current())
             .context("failed to open the worker's database connection")?;
         let stop = worker_stop.clone();
         Some(tokio::task::spawn_blocking(move || worker.run(stop)))
@@ -80,12 +83,12 @@ pub async fn run_with(
         info!("{} is not set: POST /workos/action answers 503 until it is", env::ACTION_SECRET);
     }
     let db = store.sync_db(Handle::current()).context("failed to open the actions' database connection")?;
-    let (decider, recorder) = Decider::new(store.clone(), db, Some(deployment.clone()), settings.actions.clone());
+    let (decider, recorder) = Decider::new(store.clone(), Arc::new(db), tenants.clone());
     let decider = Arc::new(decider);
-    let refresher = tokio::spawn(refresh_periodically(deployment.clone(), settings.modules.poll_interval));
+    let refresher = tokio::spawn(refresh_periodically(tenants.clone(), settings.modules.poll_interval));
 
     let grace = settings.shutdown_grace;
-    let state = AppState { settings: Arc::new(settings), ingest, decider, deployment };
+    let state = AppState { settings, ingest, decider, tenants };
     let app = http::router(state);
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");
@@ -121,9 +124,8 @@ pub async fn run_with(
     serve_result
 }
 
-/// Starts the runtime and brings back the stored handler versions: their
-/// indexes and the active one (from the compiled-code cache when it can).
-async fn open_deployment(settings: &Settings, store: &Store) -> anyhow::Result<Arc<Deployment>> {
+/// Starts the runtime and loads the tenants.
+async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result<Arc<Tenants>> {
     let h = &settings.handler;
     let limits = InvocationLimits {
         event_deadline: h.event_deadline,
@@ -133,16 +135,28 @@ async fn open_deployment(settings: &Settings, store: &Store) -> anyhow::Result<A
         documents: Limits { max_document_bytes: h.max_document_bytes, ..Limits::default() },
     };
     let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handlers")?;
-    let (cache_dir, max_bytes) = (settings.modules.cache_dir.clone(), settings.modules.max_bytes);
+    let cache_dir = settings.modules.cache_dir.clone();
+    let runtime = tokio::task::spawn_blocking(move || Runtime::new(limits, cache_dir))
+        .await
+        .context("the runtime start panicked")?
+        .map_err(|e| anyhow::anyhow!("failed to start the WebAssembly runtime: {e:#}"))?;
+    let tenants = Tenants::load(store.clone(), Arc::new(db), Arc::new(runtime), settings.clone())
+        .await
+        .context("failed to load the tenants")?;
+    info!(tenants = tenants.all().len(), "tenants loaded");
+    Ok(Arc::new(tenants))
+}
+
+/// Brings back the default tenant's handler versions: their indexes and the
+/// active one (from the compiled-code cache when it can). Other tenants' are
+/// opened on their first use.
+async fn open_default(tenants: &Arc<Tenants>) -> anyhow::Result<Arc<Deployment>> {
     let started = std::time::Instant::now();
-    let deployment = tokio::task::spawn_blocking(move || -> anyhow::Result<Deployment> {
-        let runtime = Runtime::new(limits, cache_dir)
-            .map_err(|e| anyhow::anyhow!("failed to start the WebAssembly runtime: {e:#}"))?;
-        Deployment::open(DEFAULT_TENANT, Arc::new(runtime), db, max_bytes)
-            .context("failed to load the stored handler versions")
-    })
-    .await
-    .context("the handler loader panicked")??;
+    let t = tenants.clone();
+    let deployment = tokio::task::spawn_blocking(move || t.deployment(DEFAULT_TENANT))
+        .await
+        .context("the handler loader panicked")?
+        .context("failed to load the stored handler versions")?;
     let status = deployment.status();
     info!(
         active_version = ?status.active_version,
@@ -151,7 +165,7 @@ async fn open_deployment(settings: &Settings, store: &Store) -> anyhow::Result<A
         elapsed_ms = started.elapsed().as_millis() as u64,
         "handler versions ready"
     );
-    Ok(Arc::new(deployment))
+    Ok(deployment)
 }
 
 /// `--handler FILE`: deploys and activates the file (a stored version with the
@@ -167,18 +181,26 @@ async fn deploy_at_start(deployment: &Arc<Deployment>, path: &std::path::Path) -
     Ok(())
 }
 
-/// Adopts versions other host processes activate (they share the database).
-async fn refresh_periodically(deployment: Arc<Deployment>, every: std::time::Duration) {
+/// Adopts tenants and versions other host processes change (they share the database).
+async fn refresh_periodically(tenants: Arc<Tenants>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let d = deployment.clone();
-        match tokio::task::spawn_blocking(move || d.refresh()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "could not check the database for handler version changes"),
-            Err(e) => warn!(error = %e, "the handler version check panicked"),
+        if let Err(e) = tenants.reload().await {
+            warn!(error = %e, "could not check the database for tenant changes");
+        }
+        let open = tenants.open_deployments();
+        let checked = tokio::task::spawn_blocking(move || {
+            for d in open {
+                if let Err(e) = d.refresh() {
+                    warn!(tenant = %d.tenant(), error = %e, "could not check the database for handler version changes");
+                }
+            }
+        });
+        if let Err(e) = checked.await {
+            warn!(error = %e, "the handler version check panicked");
         }
     }
 }

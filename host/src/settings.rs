@@ -40,6 +40,8 @@ pub mod env {
     pub const CACHE_DIR: &str = "AUTHKIT_CACHE_DIR";
     /// The CLI's admin commands: where the server is.
     pub const URL: &str = "AUTHKIT_URL";
+    /// The CLI's tenant for admin commands (default: `default`).
+    pub const TENANT: &str = "AUTHKIT_TENANT";
 }
 
 /// Everything the host needs to run, validated.

@@ -12,10 +12,21 @@ pub async fn with_documents<T: Send + 'static>(
     indexes: Indexes,
     f: impl FnOnce(&mut Documents) -> T + Send + 'static,
 ) -> T {
+    with_tenant_documents(store, "default", indexes, f).await
+}
+
+/// Like [`with_documents`], on `tenant`'s documents.
+pub async fn with_tenant_documents<T: Send + 'static>(
+    store: &Store,
+    tenant: &str,
+    indexes: Indexes,
+    f: impl FnOnce(&mut Documents) -> T + Send + 'static,
+) -> T {
     let sync = store.sync_db(tokio::runtime::Handle::current()).expect("a synchronous connection");
+    let tenant = tenant.to_string();
     tokio::task::spawn_blocking(move || {
         let mut tx = sync.begin().expect("begin");
-        let out = f(&mut Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() });
+        let out = f(&mut Documents { tx: &mut tx, tenant: &tenant, indexes: &indexes, limits: Limits::default() });
         tx.commit().expect("commit");
         out
     })
@@ -25,8 +36,13 @@ pub async fn with_documents<T: Send + 'static>(
 
 /// Every document of `table`, in id order: (id, body).
 pub async fn documents(store: &Store, table: &str) -> Vec<(String, Value)> {
+    tenant_documents(store, "default", table).await
+}
+
+/// Every document of `tenant`'s `table`, in id order: (id, body).
+pub async fn tenant_documents(store: &Store, tenant: &str, table: &str) -> Vec<(String, Value)> {
     let table = table.to_string();
-    with_documents(store, Indexes::default(), move |docs| {
+    with_tenant_documents(store, tenant, Indexes::default(), move |docs| {
         let (mut out, mut cursor) = (Vec::new(), None);
         loop {
             let page = docs.list(&table, 100, cursor.as_deref()).expect("list");

@@ -54,6 +54,9 @@ enum Command {
     /// Manage a running host's handler versions.
     #[command(subcommand)]
     Modules(remote::ModulesCommand),
+    /// Manage a running host's tenants (root admin token).
+    #[command(subcommand)]
+    Tenants(Box<remote::TenantsCommand>),
     /// Run the server and deploy a handler file each time it changes.
     Dev(DevArgs),
 }
@@ -187,6 +190,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Actions(cmd) => actions(cmd, &connect(&settings).await?).await,
         Command::Deploy(args) => remote::deploy(args).await,
         Command::Modules(cmd) => remote::modules(cmd).await,
+        Command::Tenants(cmd) => remote::tenants(*cmd).await,
         Command::Dev(args) => run_dev(settings, args.watch).await,
     }
 }

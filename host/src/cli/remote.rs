@@ -1,5 +1,5 @@
-//! The commands that manage a running host through its admin API: `deploy`
-//! and `modules`.
+//! The commands that manage a running host through its admin API: `deploy`,
+//! `modules` and `tenants`.
 //!
 //! Owns: the HTTP calls to `/admin/...`, and what they print (a line or a table
 //! for people, JSON with `--json`). Must not: open the database: a deployment
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::clock;
 use crate::settings::env;
@@ -27,6 +27,126 @@ pub struct Remote {
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// The tenant whose versions to manage (also AUTHKIT_TENANT; default: `default`).
+    #[arg(long, value_name = "SLUG")]
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant. Its routes are /t/SLUG/workos/webhook and /t/SLUG/workos/action.
+    Create {
+        slug: String,
+        #[command(flatten)]
+        settings: TenantArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the tenants.
+    List(Remote),
+    /// Show a tenant's settings (never its secrets).
+    Show {
+        slug: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Change a tenant's settings; what is not given stays as it is.
+    Update {
+        slug: String,
+        #[command(flatten)]
+        settings: TenantArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a tenant and all of its data.
+    Delete {
+        slug: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create an admin token that manages only this tenant; it is shown once.
+    Token {
+        slug: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke one of the tenant's admin tokens.
+    RevokeToken {
+        slug: String,
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// A tenant's settings as flags.
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    /// The webhook signing secret from the WorkOS dashboard.
+    #[arg(long, value_name = "SECRET")]
+    webhook_secret: Option<String>,
+    /// The Actions signing secret from the WorkOS dashboard.
+    #[arg(long, value_name = "SECRET")]
+    action_secret: Option<String>,
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+    #[arg(long, value_name = "MS")]
+    event_deadline_ms: Option<u64>,
+    #[arg(long, value_name = "MS")]
+    action_deadline_ms: Option<u64>,
+    #[arg(long, value_name = "MIB")]
+    memory_limit_mib: Option<usize>,
+    #[arg(long, value_name = "N")]
+    max_calls: Option<u32>,
+    /// The verdict when the handler fails: allow or deny.
+    #[arg(long, value_name = "VERDICT")]
+    fallback: Option<String>,
+    #[arg(long, value_name = "TEXT")]
+    fallback_message: Option<String>,
+    /// The verdict when no action handler is deployed: allow or deny.
+    #[arg(long, value_name = "VERDICT")]
+    no_handler: Option<String>,
+    #[arg(long, value_name = "TEXT")]
+    no_handler_message: Option<String>,
+}
+
+impl TenantArgs {
+    /// The fields to send, and `options` merged over `current` (the API replaces options as a whole).
+    fn body(&self, current: &Value) -> Value {
+        let mut body = serde_json::Map::new();
+        for (key, value) in [
+            ("webhook_secret", &self.webhook_secret),
+            ("action_secret", &self.action_secret),
+            ("client_id", &self.client_id),
+        ] {
+            if let Some(v) = value {
+                body.insert(key.into(), json!(v));
+            }
+        }
+        let mut options = current.as_object().cloned().unwrap_or_default();
+        let mut set = |key: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                options.insert(key.into(), v);
+            }
+        };
+        set("event_deadline_ms", self.event_deadline_ms.map(|v| json!(v)));
+        set("action_deadline_ms", self.action_deadline_ms.map(|v| json!(v)));
+        set("memory_limit_bytes", self.memory_limit_mib.map(|v| json!(v.saturating_mul(1024 * 1024))));
+        set("max_calls", self.max_calls.map(|v| json!(v)));
+        set("fallback", verdict(&self.fallback, &self.fallback_message));
+        set("no_handler", verdict(&self.no_handler, &self.no_handler_message));
+        body.insert("options".into(), Value::Object(options));
+        Value::Object(body)
+    }
+}
+
+fn verdict(kind: &Option<String>, message: &Option<String>) -> Option<Value> {
+    let kind = kind.clone().or_else(|| message.as_ref().map(|_| "deny".to_string()))?;
+    let mut v = json!({ "verdict": kind });
+    if let Some(m) = message {
+        v["message"] = json!(m);
+    }
+    Some(v)
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +185,8 @@ struct Client {
     base: String,
     token: String,
     json: bool,
+    /// `/t/{slug}`, or empty for the default tenant.
+    prefix: String,
 }
 
 impl Client {
@@ -74,11 +196,13 @@ impl Client {
         let token = remote.token.or_else(|| std::env::var(env::ADMIN_TOKEN).ok()).with_context(|| {
             format!("no admin token: pass --token or set {} (the server's admin token)", env::ADMIN_TOKEN)
         })?;
+        let tenant = remote.tenant.or_else(|| std::env::var(env::TENANT).ok()).filter(|t| t != "default");
         Ok(Client {
             http: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_string(),
             token,
             json: remote.json,
+            prefix: tenant.map(|t| format!("/t/{t}")).unwrap_or_default(),
         })
     }
 
@@ -103,6 +227,11 @@ impl Client {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// A route of the chosen tenant (`--tenant`).
+    fn tenant_url(&self, path: &str) -> String {
+        format!("{}{}{path}", self.base, self.prefix)
+    }
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
@@ -111,7 +240,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let activate = !args.no_activate;
     let request = client
         .http
-        .post(client.url(&format!("/admin/modules?activate={activate}")))
+        .post(client.tenant_url(&format!("/admin/modules?activate={activate}")))
         .header("content-type", "application/wasm")
         .body(bytes);
     let uploaded = client.send(request).await?;
@@ -134,7 +263,7 @@ pub async fn modules(cmd: ModulesCommand) -> anyhow::Result<()> {
     match cmd {
         ModulesCommand::List(remote) => {
             let client = Client::new(remote)?;
-            let listed = client.send(client.http.get(client.url("/admin/modules"))).await?;
+            let listed = client.send(client.http.get(client.tenant_url("/admin/modules"))).await?;
             let versions = listed["versions"].as_array().cloned().unwrap_or_default();
             let mut out = std::io::stdout().lock();
             if client.json {
@@ -164,17 +293,18 @@ pub async fn modules(cmd: ModulesCommand) -> anyhow::Result<()> {
         }
         ModulesCommand::Activate { version, remote } => {
             let client = Client::new(remote)?;
-            let info = client.send(client.http.post(client.url(&format!("/admin/modules/{version}/activate")))).await?;
+            let info =
+                client.send(client.http.post(client.tenant_url(&format!("/admin/modules/{version}/activate")))).await?;
             print_live(&client, &info);
         }
         ModulesCommand::Rollback(remote) => {
             let client = Client::new(remote)?;
-            let info = client.send(client.http.post(client.url("/admin/modules/rollback"))).await?;
+            let info = client.send(client.http.post(client.tenant_url("/admin/modules/rollback"))).await?;
             print_live(&client, &info);
         }
         ModulesCommand::Delete { version, remote } => {
             let client = Client::new(remote)?;
-            client.send(client.http.delete(client.url(&format!("/admin/modules/{version}")))).await?;
+            client.send(client.http.delete(client.tenant_url(&format!("/admin/modules/{version}")))).await?;
             if client.json {
                 println!("{}", serde_json::json!({ "deleted": version }));
             } else {
@@ -183,6 +313,101 @@ pub async fn modules(cmd: ModulesCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub async fn tenants(cmd: TenantsCommand) -> anyhow::Result<()> {
+    match cmd {
+        TenantsCommand::Create { slug, settings, remote } => {
+            let client = Client::new(remote)?;
+            let mut body = settings.body(&json!({}));
+            body["slug"] = json!(slug);
+            let created = client.send(client.http.post(client.url("/admin/tenants")).json(&body)).await?;
+            print_tenant(&client, &created, "created");
+        }
+        TenantsCommand::List(remote) => {
+            let client = Client::new(remote)?;
+            let listed = client.send(client.http.get(client.url("/admin/tenants"))).await?;
+            let tenants = listed["tenants"].as_array().cloned().unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            if client.json {
+                for t in tenants {
+                    writeln!(out, "{t}")?;
+                }
+                return Ok(());
+            }
+            writeln!(out, "{:<24} {:<8} {:<8} {:<24} WEBHOOK ROUTE", "SLUG", "WEBHOOK", "ACTION", "CLIENT ID")?;
+            for t in tenants {
+                let set = |k: &str| if t[k].as_bool() == Some(true) { "set" } else { "-" };
+                writeln!(
+                    out,
+                    "{:<24} {:<8} {:<8} {:<24} {}",
+                    t["slug"].as_str().unwrap_or(""),
+                    set("webhook_secret_set"),
+                    set("action_secret_set"),
+                    t["client_id"].as_str().unwrap_or("-"),
+                    t["routes"]["webhook"].as_str().unwrap_or(""),
+                )?;
+            }
+        }
+        TenantsCommand::Show { slug, remote } => {
+            let client = Client::new(remote)?;
+            let shown = client.send(client.http.get(client.url(&format!("/admin/tenants/{slug}")))).await?;
+            println!("{}", if client.json { shown.to_string() } else { serde_json::to_string_pretty(&shown)? });
+        }
+        TenantsCommand::Update { slug, settings, remote } => {
+            let client = Client::new(remote)?;
+            let url = client.url(&format!("/admin/tenants/{slug}"));
+            let current = client.send(client.http.get(&url)).await?;
+            let body = settings.body(&current["options"]);
+            let updated = client.send(client.http.patch(&url).json(&body)).await?;
+            print_tenant(&client, &updated, "updated");
+        }
+        TenantsCommand::Delete { slug, remote } => {
+            let client = Client::new(remote)?;
+            client.send(client.http.delete(client.url(&format!("/admin/tenants/{slug}")))).await?;
+            if client.json {
+                println!("{}", json!({ "deleted": slug }));
+            } else {
+                println!("tenant {slug} deleted with all of its data");
+            }
+        }
+        TenantsCommand::Token { slug, remote } => {
+            let client = Client::new(remote)?;
+            let created = client.send(client.http.post(client.url(&format!("/admin/tenants/{slug}/tokens")))).await?;
+            if client.json {
+                println!("{created}");
+            } else {
+                println!(
+                    "token {} for tenant {slug} (shown only now; keep it safe):",
+                    created["id"].as_str().unwrap_or("")
+                );
+                println!("{}", created["token"].as_str().unwrap_or(""));
+            }
+        }
+        TenantsCommand::RevokeToken { slug, id, remote } => {
+            let client = Client::new(remote)?;
+            client.send(client.http.delete(client.url(&format!("/admin/tenants/{slug}/tokens/{id}")))).await?;
+            if client.json {
+                println!("{}", json!({ "revoked": id }));
+            } else {
+                println!("token {id} of tenant {slug} revoked");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_tenant(client: &Client, tenant: &Value, what: &str) {
+    if client.json {
+        println!("{tenant}");
+    } else {
+        println!(
+            "tenant {} {what}: webhook {}, action {}",
+            tenant["slug"].as_str().unwrap_or(""),
+            tenant["routes"]["webhook"].as_str().unwrap_or(""),
+            tenant["routes"]["action"].as_str().unwrap_or("")
+        );
+    }
 }
 
 fn print_live(client: &Client, info: &Value) {

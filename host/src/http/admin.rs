@@ -1,22 +1,35 @@
-//! `/admin/...`: the operator's API for handler versions.
+//! `/admin/...`: the operator's API for tenants and their handler versions.
 //!
-//! Owns: the [`Admin`] extractor (the API is off with 503 until a token is
-//! configured; a missing or wrong bearer token is 401, compared in constant
-//! time), the routes, and the mapping of [`DeployError`] to statuses and codes.
-//! Must not: validate or swap modules itself (see [`crate::deploy`]), or echo
-//! a token.
+//! Owns: the admin extractors ([`TenantAdmin`]: the root token, or a token of
+//! the tenant the path names; [`RootAdmin`]: the root token only), the routes,
+//! and the mapping of [`DeployError`] and [`TenantError`] to statuses and
+//! codes. Must not: validate or swap modules or tenants itself (see
+//! [`crate::deploy`] and [`crate::tenants`]), or echo a token or a secret.
 //!
-//! Routes:
+//! Tokens: the API is off (503) until the root token is configured. A missing
+//! or unknown bearer token is 401 (compared in constant time). A tenant token
+//! reaches only its own tenant's routes; anything else answers 404, exactly as
+//! an unknown tenant does, never 403.
+//!
+//! Routes of one tenant, unprefixed for `default` or under `/t/{tenant}`:
 //! - `GET /admin/modules`: every version, oldest first.
 //! - `POST /admin/modules[?activate=true]`: the body is a component's raw bytes → 201 (200 when
 //!   the same bytes were already stored).
 //! - `POST /admin/modules/{version}/activate`, `POST /admin/modules/rollback`.
 //! - `DELETE /admin/modules/{version}` → 204; the active version is 409.
 //! - `GET /admin/status`: the active version and the compiled-code cache's counters.
+//! - `GET /admin/tenant`, `PATCH /admin/tenant`: the tenant's own settings.
+//!
+//! Root only:
+//! - `GET /admin/tenants`, `POST /admin/tenants` → 201.
+//! - `GET|PATCH|DELETE /admin/tenants/{slug}`: deleting removes all of its data → 204.
+//! - `GET|POST /admin/tenants/{slug}/tokens`: a new token is shown once → 201;
+//!   `DELETE /admin/tenants/{slug}/tokens/{id}` revokes one → 204.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
@@ -24,55 +37,117 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tracing::error;
+use tracing::{error, info};
 
-use super::AppState;
 use super::error::ApiError;
 use super::webhook::read_body;
+use super::{AppState, TENANT_PREFIX, tenant_of, unknown_tenant};
+use crate::clock;
 use crate::deploy::{DeployError, Deployment};
 use crate::settings::env;
+use crate::tenants::{NewTenant, Tenant, TenantChange, TenantError};
 
 pub fn routes() -> Router<AppState> {
+    let scoped = || {
+        Router::new()
+            .route("/admin/modules", get(list).post(upload))
+            .route("/admin/modules/rollback", post(rollback))
+            .route("/admin/modules/{version}/activate", post(activate))
+            .route("/admin/modules/{version}", delete(remove))
+            .route("/admin/status", get(status))
+            .route("/admin/tenant", get(show_own).patch(update_own))
+    };
     Router::new()
-        .route("/admin/modules", get(list).post(upload))
-        .route("/admin/modules/rollback", post(rollback))
-        .route("/admin/modules/{version}/activate", post(activate))
-        .route("/admin/modules/{version}", delete(remove))
-        .route("/admin/status", get(status))
+        .merge(scoped())
+        .nest(TENANT_PREFIX, scoped())
+        .route("/admin/tenants", get(list_tenants).post(create_tenant))
+        .route("/admin/tenants/{slug}", get(show_tenant).patch(update_tenant).delete(delete_tenant))
+        .route("/admin/tenants/{slug}/tokens", get(list_tokens).post(create_token))
+        .route("/admin/tenants/{slug}/tokens/{id}", delete(revoke_token))
 }
 
-/// A request that carries the admin token.
-pub struct Admin;
+/// Who is calling.
+enum Caller {
+    Root,
+    /// A token of this tenant.
+    Tenant(String),
+}
 
-impl FromRequestParts<AppState> for Admin {
+/// Checks the bearer token: the root token, or a live tenant token.
+async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Response> {
+    let Some(root) = state.settings.admin_token.as_ref() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin_api_disabled",
+            format!("the admin API is off: set {} to a long random token and restart", env::ADMIN_TOKEN),
+        )
+        .into_response());
+    };
+    let given = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    let (code, message) = match given {
+        None => ("admin_token_missing", "send the admin token as `Authorization: Bearer <token>`"),
+        Some(given) if same_token(given, root.expose()) => return Ok(Caller::Root),
+        Some(given) => match state.tenants.store().token_tenant(&token_hash(given)).await {
+            Ok(Some(slug)) => return Ok(Caller::Tenant(slug)),
+            Ok(None) => ("admin_token_invalid", "the admin token is not valid"),
+            Err(e) => {
+                error!(error = %e, "could not look up an admin token");
+                return Err(storage_unavailable().into_response());
+            }
+        },
+    };
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, code, message).into_response();
+    response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"authkit-host admin\""));
+    Err(response)
+}
+
+/// A request allowed to manage the tenant its path names (`default` when unprefixed).
+pub struct TenantAdmin(pub Arc<Tenant>);
+
+impl FromRequestParts<AppState> for TenantAdmin {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, Response> {
-        let Some(token) = state.settings.admin_token.as_ref() else {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "admin_api_disabled",
-                format!("the admin API is off: set {} to a long random token and restart", env::ADMIN_TOKEN),
-            )
-            .into_response());
-        };
-        let given = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-        let (code, message) = match given {
-            None => ("admin_token_missing", "send the admin token as `Authorization: Bearer <token>`"),
-            Some(given) if same_token(given, token.expose()) => return Ok(Admin),
-            Some(_) => ("admin_token_invalid", "the admin token is not valid"),
-        };
-        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, code, message).into_response();
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"authkit-host admin\""));
-        Err(response)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<TenantAdmin, Response> {
+        let caller = caller(parts, state).await?;
+        let tenant = tenant_of(parts, state).await.map_err(IntoResponse::into_response)?;
+        match caller {
+            Caller::Tenant(own) if own != tenant.slug => Err(unknown_tenant(&tenant.slug).into_response()),
+            _ => Ok(TenantAdmin(tenant)),
+        }
     }
+}
+
+/// A request with the root token.
+pub struct RootAdmin;
+
+impl FromRequestParts<AppState> for RootAdmin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<RootAdmin, Response> {
+        match caller(parts, state).await? {
+            Caller::Root => Ok(RootAdmin),
+            Caller::Tenant(_) => Err(ApiError::not_found().into_response()),
+        }
+    }
+}
+
+/// How tenant tokens are kept: SHA-256, hex.
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn storage_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the change could not be stored; nothing changed, try again",
+    )
 }
 
 /// Compares digests, so neither the time taken nor an early exit depends on
@@ -93,24 +168,37 @@ impl From<DeployError> for ApiError {
             DeployError::Unloadable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "module_unloadable"),
             DeployError::Indexes(_) | DeployError::Store(_) => {
                 error!(error = %e, "a handler version change failed");
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    "the change could not be stored; nothing changed, try again",
-                );
+                return storage_unavailable();
             }
         };
         ApiError::new(status, code, e.to_string())
     }
 }
 
-/// Runs a blocking deployment call off the async workers.
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> ApiError {
+        let (status, code) = match &e {
+            TenantError::NotFound(slug) => return unknown_tenant(slug),
+            TenantError::Exists(_) => (StatusCode::CONFLICT, "tenant_exists"),
+            TenantError::DefaultIsFixed => (StatusCode::CONFLICT, "default_tenant_fixed"),
+            TenantError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_tenant"),
+            TenantError::Store(_) => {
+                error!(error = %e, "a tenant change failed");
+                return storage_unavailable();
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Runs a blocking call on the tenant's deployment off the async workers.
 async fn blocking<T: Send + 'static>(
     state: &AppState,
+    tenant: &Tenant,
     f: impl FnOnce(&Deployment) -> Result<T, DeployError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let deployment: Arc<Deployment> = state.deployment.clone();
-    match tokio::task::spawn_blocking(move || f(&deployment)).await {
+    let (tenants, slug) = (state.tenants.clone(), tenant.slug.clone());
+    match tokio::task::spawn_blocking(move || f(&*tenants.deployment(&slug)?)).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(e) => {
             error!(error = %e, "a handler version change panicked");
@@ -119,13 +207,14 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let versions = blocking(&state, |d| d.list()).await?;
+async fn list(TenantAdmin(tenant): TenantAdmin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let versions = blocking(&state, &tenant, |d| d.list()).await?;
     Ok(Json(json!({ "versions": versions })))
 }
 
 /// A version number from the path; anything else is a 400 in the usual shape.
-fn version(text: &str) -> Result<i64, ApiError> {
+fn version(params: &HashMap<String, String>) -> Result<i64, ApiError> {
+    let text = params.get("version").map(String::as_str).unwrap_or_default();
     text.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_version", format!("{text:?} is not a version number"))
     })
@@ -135,7 +224,7 @@ fn version(text: &str) -> Result<i64, ApiError> {
 /// client sending a large upload with a bad token gets the 401, not a reset
 /// connection.
 async fn upload(
-    admin: Result<Admin, Response>,
+    admin: Result<TenantAdmin, Response>,
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
     req: Request,
@@ -160,9 +249,10 @@ async fn upload(
             e
         }
     })?;
-    if let Err(refused) = admin {
-        return Ok(refused);
-    }
+    let tenant = match admin {
+        Ok(TenantAdmin(tenant)) => tenant,
+        Err(refused) => return Ok(refused),
+    };
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -170,28 +260,151 @@ async fn upload(
             "send the component's bytes as the request body",
         ));
     }
-    let uploaded = blocking(&state, move |d| d.upload(&bytes, activate)).await?;
+    let uploaded = blocking(&state, &tenant, move |d| d.upload(&bytes, activate)).await?;
     let status = if uploaded.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(uploaded)).into_response())
 }
 
-async fn activate(_: Admin, State(state): State<AppState>, Path(v): Path<String>) -> Result<Json<Value>, ApiError> {
-    let version = version(&v)?;
-    let info = blocking(&state, move |d| d.activate(version)).await?;
+async fn activate(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let version = version(&params)?;
+    let info = blocking(&state, &tenant, move |d| d.activate(version)).await?;
     Ok(Json(json!(info)))
 }
 
-async fn rollback(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let info = blocking(&state, |d| d.rollback()).await?;
+async fn rollback(TenantAdmin(tenant): TenantAdmin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let info = blocking(&state, &tenant, |d| d.rollback()).await?;
     Ok(Json(json!(info)))
 }
 
-async fn remove(_: Admin, State(state): State<AppState>, Path(v): Path<String>) -> Result<StatusCode, ApiError> {
-    let version = version(&v)?;
-    blocking(&state, move |d| d.delete(version)).await?;
+async fn remove(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    let version = version(&params)?;
+    blocking(&state, &tenant, move |d| d.delete(version)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn status(_: Admin, State(state): State<AppState>) -> Json<Value> {
-    Json(json!(state.deployment.status()))
+async fn status(TenantAdmin(tenant): TenantAdmin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let status = blocking(&state, &tenant, |d| Ok(d.status())).await?;
+    Ok(Json(json!(status)))
+}
+
+/// A JSON body; anything else is a 400 in the usual shape.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid here: {e}")))
+}
+
+async fn show_own(TenantAdmin(tenant): TenantAdmin) -> Json<Value> {
+    Json(tenant.describe())
+}
+
+async fn update_own(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let change: TenantChange = parse(&body)?;
+    Ok(Json(state.tenants.update(&tenant.slug, change).await?.describe()))
+}
+
+async fn list_tenants(_: RootAdmin, State(state): State<AppState>) -> Json<Value> {
+    let all: Vec<Value> = state.tenants.all().iter().map(|t| t.describe()).collect();
+    Json(json!({ "tenants": all }))
+}
+
+async fn create_tenant(_: RootAdmin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let new: NewTenant = parse(&body)?;
+    let tenant = state.tenants.create(new).await?;
+    Ok((StatusCode::CREATED, Json(tenant.describe())).into_response())
+}
+
+fn known(state: &AppState, slug: &str) -> Result<Arc<Tenant>, ApiError> {
+    state.tenants.get(slug).ok_or_else(|| unknown_tenant(slug))
+}
+
+async fn show_tenant(
+    _: RootAdmin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(known(&state, &slug)?.describe()))
+}
+
+async fn update_tenant(
+    _: RootAdmin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let change: TenantChange = parse(&body)?;
+    Ok(Json(state.tenants.update(&slug, change).await?.describe()))
+}
+
+async fn delete_tenant(
+    _: RootAdmin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.tenants.delete(&slug).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_tokens(
+    _: RootAdmin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = known(&state, &slug)?;
+    let tokens = state.tenants.store().list_tokens(&tenant.slug).await.map_err(|e| {
+        error!(error = %e, "could not list tenant tokens");
+        storage_unavailable()
+    })?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// A new token for the tenant, shown in this response only; only its hash is kept.
+async fn create_token(
+    _: RootAdmin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = known(&state, &slug)?;
+    let id = format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()));
+    let token = format!("akt_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let now = clock::now_ms();
+    state.tenants.store().insert_token(&id, &tenant.slug, &token_hash(&token), now).await.map_err(|e| {
+        error!(error = %e, "could not store a tenant token");
+        storage_unavailable()
+    })?;
+    info!(tenant = %tenant.slug, token_id = %id, "tenant admin token created");
+    let body = json!({ "id": id, "tenant": tenant.slug, "token": token, "created_at": now });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn revoke_token(
+    _: RootAdmin,
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = known(&state, &slug)?;
+    let revoked = state.tenants.store().revoke_token(&tenant.slug, &id, clock::now_ms()).await.map_err(|e| {
+        error!(error = %e, "could not revoke a tenant token");
+        storage_unavailable()
+    })?;
+    if !revoked {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "token_not_found",
+            format!("tenant {slug:?} has no live token {id:?}"),
+        ));
+    }
+    info!(tenant = %tenant.slug, token_id = %id, "tenant admin token revoked");
+    Ok(StatusCode::NO_CONTENT)
 }

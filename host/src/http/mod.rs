@@ -1,7 +1,9 @@
 //! The HTTP edge: routes, extractors and error mapping.
 //!
-//! Owns: the axum router and the state every route shares. Must not: hold
-//! business rules or SQL; routes call the pipeline and the store.
+//! Owns: the axum router, the state every route shares, and which tenant a
+//! request is for: `/t/{tenant}/...` names it, an unprefixed route serves
+//! `default`, and an unknown tenant is a 404 before any other work. Must not:
+//! hold business rules or SQL; routes call the pipeline and the store.
 
 pub mod action;
 pub mod admin;
@@ -10,14 +12,17 @@ pub mod webhook;
 
 use std::sync::Arc;
 
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::deploy::Deployment;
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::settings::Settings;
+use crate::tenants::{Tenant, Tenants};
 use error::ApiError;
 
 /// What every route can reach.
@@ -26,17 +31,39 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub ingest: Ingest,
     pub decider: Arc<Decider>,
-    pub deployment: Arc<Deployment>,
+    pub tenants: Arc<Tenants>,
 }
 
+/// The prefix of a route that serves a named tenant.
+pub const TENANT_PREFIX: &str = "/t/{tenant}";
+
 pub fn router(state: AppState) -> Router {
+    let workos = || {
+        Router::new()
+            .route("/workos/webhook", post(webhook::receive).fallback(method_not_allowed))
+            .route("/workos/action", post(action::decide).fallback(method_not_allowed))
+    };
     Router::new()
-        .route("/workos/webhook", post(webhook::receive).fallback(method_not_allowed))
-        .route("/workos/action", post(action::decide).fallback(method_not_allowed))
+        .merge(workos())
+        .nest(TENANT_PREFIX, workos())
         .route("/healthz", get(health))
         .merge(admin::routes())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The tenant a request is for: the `{tenant}` of `/t/{tenant}/...`, or
+/// `default` on an unprefixed route. Unknown: 404 `tenant_not_found`.
+pub async fn tenant_of(parts: &mut Parts, state: &AppState) -> Result<Arc<Tenant>, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found())?;
+    match params.iter().find(|(name, _)| *name == "tenant") {
+        None => Ok(state.tenants.default_tenant()),
+        Some((_, slug)) => state.tenants.get(slug).ok_or_else(|| unknown_tenant(slug)),
+    }
+}
+
+pub fn unknown_tenant(slug: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "tenant_not_found", format!("there is no tenant {slug:?} on this host"))
 }
 
 async fn health() -> Json<Value> {

@@ -1,9 +1,11 @@
 //! `POST /workos/webhook`: verify, store durably, acknowledge.
 //!
-//! Owns: the [`VerifiedWebhook`] extractor (secret configured → size limit →
+//! Owns: the [`VerifiedWebhook`] extractor (known tenant → its secret configured → size limit →
 //! signature over the raw bytes → envelope parse, in that order) and the route.
 //! Must not: write anything for a request that fails any check, or acknowledge
 //! before the event is committed.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
@@ -15,17 +17,19 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, tenant_of};
 use crate::clock;
 use crate::pipeline::ingest::Accepted;
 use crate::settings::env;
-use crate::store::inbox::{DEFAULT_TENANT, NewEvent};
+use crate::store::inbox::NewEvent;
+use crate::tenants::Tenant;
 use crate::workos::event::Event;
 use crate::workos::signature::{self, SIGNATURE_HEADER, Secret};
 
 /// A webhook whose signature verified and whose body is an event.
 pub struct VerifiedWebhook {
+    pub tenant: Arc<Tenant>,
     pub event: Event,
     /// The body exactly as received (valid UTF-8: it parsed as JSON).
     pub body: String,
@@ -36,16 +40,50 @@ impl FromRequest<AppState> for VerifiedWebhook {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let secret = state.settings.workos.webhook_secret.as_ref().ok_or_else(|| {
-            ApiError::not_configured("webhook_secret_not_configured", env::WEBHOOK_SECRET, "the webhook signing secret")
-        })?;
+        let (mut parts, body) = req.into_parts();
+        let tenant = tenant_of(&mut parts, state).await?;
+        let secret = tenant.webhook_secret.as_ref().ok_or_else(|| not_configured(&tenant, Secrets::Webhook))?;
         let limit = state.settings.webhook.max_body_bytes;
+        let req = Request::from_parts(parts, body);
         let (body, received_at) = read_signed(req, secret, limit, state.settings.webhook.tolerance).await?;
         let event = Event::parse(&body)?;
         // `Vec::from(Bytes)` takes the buffer over without copying when it is not shared.
         let body = String::from_utf8(Vec::from(body))
             .map_err(|_| ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
-        Ok(VerifiedWebhook { event, body, received_at })
+        Ok(VerifiedWebhook { tenant, event, body, received_at })
+    }
+}
+
+/// Which of a tenant's secrets.
+#[derive(Clone, Copy)]
+pub enum Secrets {
+    Webhook,
+    Action,
+}
+
+/// 503: the tenant has no such secret yet; says where to set it.
+pub fn not_configured(tenant: &Tenant, which: Secrets) -> ApiError {
+    let (code, variable, field, what) = match which {
+        Secrets::Webhook => {
+            ("webhook_secret_not_configured", env::WEBHOOK_SECRET, "webhook_secret", "the webhook signing secret")
+        }
+        Secrets::Action => {
+            ("action_secret_not_configured", env::ACTION_SECRET, "action_secret", "the Actions signing secret")
+        }
+    };
+    if tenant.is_default() {
+        ApiError::not_configured(code, variable, what)
+    } else {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            format!(
+                "{what} of tenant {:?} is not configured: set its `{field}` (authkit-host tenants update {} --{})",
+                tenant.slug,
+                tenant.slug,
+                field.replace('_', "-")
+            ),
+        )
     }
 }
 
@@ -87,9 +125,9 @@ pub(super) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
 
 pub async fn receive(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<Value>, ApiError> {
     let event = &webhook.event;
-    let span = info_span!("webhook", event_id = %event.id, event_type = %event.event);
+    let span = info_span!("webhook", tenant = %webhook.tenant.slug, event_id = %event.id, event_type = %event.event);
     let new_event = NewEvent {
-        tenant_id: DEFAULT_TENANT.to_string(),
+        tenant_id: webhook.tenant.slug.clone(),
         event_id: event.id.clone(),
         event_type: event.event.clone(),
         subject: event.subject(),

@@ -31,10 +31,11 @@ use crate::runtime::{
     GuestAction, GuestAuthentication, GuestClient, GuestMembership, GuestOrganization, GuestRegistration,
     GuestUserData, GuestVerdict,
 };
-use crate::settings::{ActionSettings, ConfiguredVerdict};
+use crate::settings::ConfiguredVerdict;
 use crate::store::Store;
 use crate::store::actions::NewDecision;
 use crate::store::exec::SyncDb;
+use crate::tenants::{Tenant, Tenants};
 use crate::workos::action::{ActionRequest, Client, Verdict};
 
 /// Who decided.
@@ -77,8 +78,7 @@ const RECORD_ATTEMPTS: u32 = 3;
 
 pub struct Decider {
     db: Arc<SyncDb>,
-    deployment: Option<Arc<Deployment>>,
-    settings: ActionSettings,
+    tenants: Arc<Tenants>,
     /// To the recorder. Unbounded so a decision never waits for the disk; the
     /// recorder drains it a batch per commit, far faster than requests fill it.
     records: mpsc::UnboundedSender<NewDecision>,
@@ -87,34 +87,48 @@ pub struct Decider {
 impl Decider {
     /// Also starts the recorder, which ends (after writing what is queued) once
     /// the decider is dropped.
-    pub fn new(
-        store: Store,
-        db: SyncDb,
-        deployment: Option<Arc<Deployment>>,
-        settings: ActionSettings,
-    ) -> (Decider, JoinHandle<()>) {
+    pub fn new(store: Store, db: Arc<SyncDb>, tenants: Arc<Tenants>) -> (Decider, JoinHandle<()>) {
         let (records, queue) = mpsc::unbounded_channel();
         let recorder = tokio::spawn(record_batches(store, queue));
-        (Decider { db: Arc::new(db), deployment, settings, records }, recorder)
+        (Decider { db, tenants, records }, recorder)
     }
 
-    /// Decides `request` for `tenant` and records the decision (in the background).
-    pub async fn decide(&self, tenant: &str, request: &ActionRequest) -> Decision {
+    /// Decides `request` for `tenant` under its settings, and records the
+    /// decision (in the background).
+    pub async fn decide(&self, tenant: &Arc<Tenant>, request: &ActionRequest) -> Decision {
         let started = Instant::now();
-        let live = self.deployment.as_ref().filter(|d| d.tenant() == tenant).and_then(|d| Some((d, d.current()?)));
-        let decision = match live.filter(|(_, live)| live.module.handles_actions()) {
-            None => Decision {
-                verdict: configured(&self.settings.no_handler),
-                source: Source::NoHandler,
-                error: None,
-                logs: None,
-                latency: Duration::ZERO,
+        let decision = match self.deployment(tenant).await {
+            Err(reason) => self.fallback(tenant, reason, None),
+            Ok(deployment) => match deployment.current().filter(|live| live.module.handles_actions()) {
+                None => Decision {
+                    verdict: configured(&tenant.actions.no_handler),
+                    source: Source::NoHandler,
+                    error: None,
+                    logs: None,
+                    latency: Duration::ZERO,
+                },
+                Some(live) => self.run_handler(deployment, live, tenant, request, started).await,
             },
-            Some((deployment, live)) => self.run_handler(deployment.clone(), live, tenant, request).await,
         };
         let decision = Decision { latency: started.elapsed(), ..decision };
-        self.record(tenant, request, &decision);
+        self.record(&tenant.slug, request, &decision);
         decision
+    }
+
+    /// The tenant's deployment; its first use opens it (a load from the
+    /// compiled-code cache), within the actions deadline.
+    async fn deployment(&self, tenant: &Tenant) -> Result<Arc<Deployment>, String> {
+        if let Some(open) = self.tenants.open_deployment(&tenant.slug) {
+            return Ok(open);
+        }
+        let (tenants, slug) = (self.tenants.clone(), tenant.slug.clone());
+        let opening = tokio::task::spawn_blocking(move || tenants.deployment(&slug));
+        match tokio::time::timeout(tenant.actions.deadline, opening).await {
+            Ok(Ok(Ok(deployment))) => Ok(deployment),
+            Ok(Ok(Err(e))) => Err(format!("the tenant's handler versions could not be loaded: {e}")),
+            Ok(Err(e)) => Err(format!("loading the tenant's handler versions failed: {e}")),
+            Err(_) => Err("loading the tenant's handler versions took longer than the actions deadline".into()),
+        }
     }
 
     /// Runs `live` (the version live when the request arrived) to its end, even
@@ -123,12 +137,13 @@ impl Decider {
         &self,
         deployment: Arc<Deployment>,
         live: Live,
-        tenant: &str,
+        tenant: &Arc<Tenant>,
         request: &ActionRequest,
+        started: Instant,
     ) -> Decision {
         let claim = Arc::new(AtomicU8::new(PENDING));
-        let (db, tenant_id, guest, task_claim) =
-            (self.db.clone(), tenant.to_string(), guest_action(request), claim.clone());
+        let (db, task_tenant, guest, task_claim) =
+            (self.db.clone(), tenant.clone(), guest_action(request), claim.clone());
         let mut task =
             tokio::task::spawn_blocking(move || -> Result<(GuestVerdict, String), (String, Option<String>)> {
                 // Held until the commit, taken before the write gate (see `deploy`).
@@ -136,7 +151,8 @@ impl Decider {
                 let tx = db
                     .begin_read_mostly()
                     .map_err(|e| (format!("the host could not open a transaction: {e}"), None))?;
-                let invoked = deployment.runtime().handle_action(&live.module, tx, &tenant_id, &maintained, &guest);
+                let (slug, limits) = (&task_tenant.slug, &task_tenant.limits);
+                let invoked = deployment.runtime().handle_action(&live.module, tx, slug, limits, &maintained, &guest);
                 let logs = serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into());
                 let verdict = invoked.result.map_err(|e| (e.to_string(), Some(logs.clone())))?;
                 // Only the side that claims first acts: the handler's writes commit
@@ -153,11 +169,13 @@ impl Decider {
                 }
                 Ok((verdict, logs))
             });
-        let joined = match tokio::time::timeout(self.settings.deadline, &mut task).await {
+        // The deadline counts from the request's arrival (opening the tenant's versions included).
+        let deadline = tenant.actions.deadline;
+        let joined = match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), &mut task).await {
             Ok(joined) => joined,
             Err(_) => {
                 if claim.compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    return self.fallback(format!("no verdict within {} ms", self.settings.deadline.as_millis()), None);
+                    return self.fallback(tenant, format!("no verdict within {} ms", deadline.as_millis()), None);
                 }
                 // The handler claimed the decision a moment ago; its commit is under way.
                 task.await
@@ -174,15 +192,15 @@ impl Decider {
                 logs: Some(logs),
                 latency: Duration::ZERO,
             },
-            Ok(Err((reason, logs))) => self.fallback(reason, logs),
-            Err(e) => self.fallback(format!("the handler task failed: {e}"), None),
+            Ok(Err((reason, logs))) => self.fallback(tenant, reason, logs),
+            Err(e) => self.fallback(tenant, format!("the handler task failed: {e}"), None),
         }
     }
 
-    fn fallback(&self, reason: String, logs: Option<String>) -> Decision {
-        warn!(reason = %reason, "action decided by the fallback verdict");
+    fn fallback(&self, tenant: &Tenant, reason: String, logs: Option<String>) -> Decision {
+        warn!(tenant = %tenant.slug, reason = %reason, "action decided by the fallback verdict");
         Decision {
-            verdict: configured(&self.settings.fallback),
+            verdict: configured(&tenant.actions.fallback),
             source: Source::Fallback,
             error: Some(reason),
             logs,

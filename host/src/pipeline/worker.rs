@@ -12,12 +12,21 @@
 //! savepoint and recorded as failed, and the rest of the batch still commits.
 //! Once an event fails, later events of the same subject wait for it.
 //!
+//! Fairness across tenants: the worker works in rounds. A round is the list of
+//! tenants with due events; each gets one turn (one batch of its own events,
+//! under its own limits) before any gets a second, and the next round starts
+//! after the tenant that had the last turn. A turn stops taking new events
+//! once it has run for [`TURN_BUDGET`]; the rest wait for the next round. So
+//! an event waits at most one turn of every other tenant with due events, and
+//! a turn lasts at most the budget plus one event (at most that tenant's event
+//! deadline), however large a tenant's backlog or however slow its handler.
+//!
 //! It runs on a blocking thread: handlers run synchronously in wasmtime and
 //! reach the batch's transaction while they run.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -32,12 +41,16 @@ use crate::settings::WorkerSettings;
 use crate::store::documents::Indexes;
 use crate::store::exec::{SyncDb, SyncTx};
 use crate::store::inbox::{self, ClaimedEvent, Status};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, tenants as stored_tenants};
+use crate::tenants::{Tenant, Tenants};
 use crate::workos::event::{Event, Record, RecordKind, SyncAction, User};
 
 /// Backoff after the worker itself fails (for example, the database is down).
 const LOOP_RETRY_BASE: Duration = Duration::from_millis(100);
 const LOOP_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A tenant's turn takes no new event after running this long.
+pub const TURN_BUDGET: Duration = Duration::from_millis(500);
 
 /// Stored error messages are cut to this many characters (an error must not bloat the inbox).
 const MAX_ERROR_LEN: usize = 2000;
@@ -45,8 +58,15 @@ const MAX_ERROR_LEN: usize = 2000;
 pub struct Worker {
     db: SyncDb,
     settings: WorkerSettings,
-    /// The tenant's handler versions; each event runs on the version live when it starts.
-    deployment: Option<Arc<Deployment>>,
+    /// Every tenant's settings and handler versions; each event runs on its
+    /// tenant's version live when it starts.
+    tenants: Arc<Tenants>,
+    /// Tenants still to have their turn in this round.
+    round: VecDeque<String>,
+    /// Events claimed so far in this round.
+    round_claimed: usize,
+    /// The tenant that had the last turn: the next round starts after it.
+    last_turn: Option<String>,
     /// Notified by ingest after each commit, so new events are picked up at once.
     wake: Arc<Notify>,
     handle: Handle,
@@ -71,11 +91,12 @@ impl Worker {
     pub fn new(
         store: &Store,
         settings: WorkerSettings,
-        deployment: Option<Arc<Deployment>>,
+        tenants: Arc<Tenants>,
         wake: Arc<Notify>,
         handle: Handle,
     ) -> Result<Worker, StoreError> {
-        Ok(Worker { db: store.sync_db(handle.clone())?, settings, deployment, wake, handle })
+        let db = store.sync_db(handle.clone())?;
+        Ok(Worker { db, settings, tenants, round: VecDeque::new(), round_claimed: 0, last_turn: None, wake, handle })
     }
 
     /// Runs until `shutdown` is cancelled; a batch in progress is finished first.
@@ -83,12 +104,12 @@ impl Worker {
     pub fn run(mut self, shutdown: CancellationToken) {
         let mut loop_failures = 0u32;
         while !shutdown.is_cancelled() {
-            let wait = match self.run_batch() {
-                Ok(n) if n >= self.settings.batch_size => {
+            let wait = match self.run_turn() {
+                Ok(true) => {
                     loop_failures = 0;
                     continue; // more may be waiting
                 }
-                Ok(_) => {
+                Ok(false) => {
                     loop_failures = 0;
                     self.settings.poll_interval
                 }
@@ -111,25 +132,65 @@ impl Worker {
         info!("worker stopped");
     }
 
-    /// Claims and processes one batch; returns how many events it claimed.
-    pub fn run_batch(&mut self) -> Result<usize, StoreError> {
+    /// Gives the next tenant of the round its turn, starting a new round when
+    /// the last one is over. Returns whether more work may be waiting: `false`
+    /// once a whole round claimed nothing.
+    pub fn run_turn(&mut self) -> Result<bool, StoreError> {
+        if self.round.is_empty() {
+            let due = {
+                let mut tx = self.db.begin_read_mostly()?;
+                inbox::due_tenants(&mut tx, clock::now_ms())?
+            };
+            if due.is_empty() {
+                return Ok(false);
+            }
+            self.round = next_round(due, self.last_turn.as_deref());
+            self.round_claimed = 0;
+        }
+        let Some(slug) = self.round.pop_front() else { return Ok(false) };
+        self.round_claimed += self.run_batch(&slug)?;
+        self.last_turn = Some(slug);
+        Ok(!self.round.is_empty() || self.round_claimed > 0)
+    }
+
+    /// Claims and processes one batch of `slug`'s events; returns how many it
+    /// processed.
+    pub fn run_batch(&mut self, slug: &str) -> Result<usize, StoreError> {
+        // A tenant another process created is served here after the next reload.
+        let Some(tenant) = self.tenants.get(slug) else { return Ok(0) };
+        let deployment = match self.tenants.deployment(slug) {
+            Ok(deployment) => deployment,
+            Err(e) => {
+                // Its events wait: applying them without its handler would skip the handler's effects.
+                warn!(tenant = %slug, error = %e, "the tenant's handler versions could not be opened; its events wait");
+                return Ok(0);
+            }
+        };
         let now = clock::now_ms();
         // Held until the batch commits: the indexes this batch's writes maintain
         // cannot change under it (see `deploy`). Taken before the write gate.
-        let deployment = self.deployment.clone();
-        let maintained = deployment.as_ref().map(|d| d.writing());
+        let maintained = deployment.writing();
         let mut tx = self.db.begin()?;
-        let events = inbox::claim_due(&mut tx, now, self.settings.batch_size as i64)?;
+        if !stored_tenants::hold(&mut tx, slug)? {
+            return Ok(0); // deleted meanwhile
+        }
+        let events = inbox::claim_due(&mut tx, slug, now, self.settings.batch_size as i64)?;
         if events.is_empty() {
             return Ok(0); // dropping the transaction rolls it back
         }
+        let started = Instant::now();
+        let mut processed = 0;
         let mut blocked: HashSet<&str> = HashSet::new();
         for event in &events {
+            if started.elapsed() >= TURN_BUDGET {
+                break; // the rest stay due, for this tenant's next turn
+            }
+            processed += 1;
             if blocked.contains(event.subject.as_str()) {
                 continue; // an older event of this subject failed: keep the order
             }
             tx.savepoint("event")?;
-            let (back, result) = self.process(tx, event, maintained.as_deref(), now);
+            let (back, result) = self.process(tx, event, &tenant, &deployment, &maintained, now);
             tx = back.ok_or_else(|| StoreError::Corrupt("a handler call lost its transaction".into()))?;
             match result {
                 Ok((outcome, logs)) => {
@@ -144,7 +205,7 @@ impl Worker {
             }
         }
         tx.commit()?;
-        Ok(events.len())
+        Ok(processed)
     }
 
     /// Syncs the host's tables and runs the handler for one event, inside `tx`.
@@ -154,7 +215,9 @@ impl Worker {
         &self,
         mut tx: SyncTx,
         claimed: &ClaimedEvent,
-        maintained: Option<&Arc<Indexes>>,
+        tenant: &Tenant,
+        deployment: &Deployment,
+        maintained: &Arc<Indexes>,
         now: i64,
     ) -> (Option<SyncTx>, Result<(&'static str, Option<String>), (Failure, Option<String>)>) {
         let parsed = Event::parse(claimed.payload.as_bytes()).and_then(|event| Ok((event.sync_action()?, event)));
@@ -166,13 +229,12 @@ impl Worker {
             Ok(outcome) => outcome,
             Err(e) => return (Some(tx), Err((e.into(), None))),
         };
-        let deployment = self.deployment.as_ref().filter(|d| d.tenant() == claimed.tenant_id);
-        let live = deployment.and_then(|d| Some((d, d.current()?))).filter(|(_, l)| l.module.handles_events());
-        let (Some((deployment, live)), Some(maintained)) = (live, maintained) else {
+        let Some(live) = deployment.current().filter(|l| l.module.handles_events()) else {
             return (Some(tx), Ok((synced, None)));
         };
         let guest_event = guest_event(&event, action, claimed);
-        let invoked = deployment.runtime().handle_event(&live.module, tx, &claimed.tenant_id, maintained, &guest_event);
+        let invoked =
+            deployment.runtime().handle_event(&live.module, tx, &tenant.slug, &tenant.limits, maintained, &guest_event);
         let logs = Some(serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into()));
         let result = match invoked.result {
             Ok(()) => Ok((if synced == outcome::RECORDED { outcome::HANDLED } else { synced }, logs)),
@@ -201,6 +263,15 @@ impl Worker {
             inbox::mark_failed(tx, event.seq, Status::Failed, next, &message, logs)
         }
     }
+}
+
+/// The due tenants (sorted by slug) in the order of their turns: those after
+/// `last` first, so a tenant whose events arrived during a round is not passed
+/// over again by the tenant that just had its turn.
+fn next_round(mut due: Vec<String>, last: Option<&str>) -> VecDeque<String> {
+    let split = last.map_or(0, |last| due.partition_point(|slug| slug.as_str() <= last));
+    due.rotate_left(split);
+    due.into()
 }
 
 /// The event as the WIT `events.event` record.
@@ -256,6 +327,15 @@ mod tests {
         assert!(backoff(base, max, 1000) <= max);
         let samples: HashSet<Duration> = (0..20).map(|_| backoff(base, max, 5)).collect();
         assert!(samples.len() > 1, "no jitter");
+    }
+
+    #[test]
+    fn a_round_starts_after_the_tenant_that_had_the_last_turn() {
+        let due = || vec!["acme".to_string(), "globex".to_string(), "noisy".to_string(), "quiet".to_string()];
+        assert_eq!(next_round(due(), None), ["acme", "globex", "noisy", "quiet"]);
+        assert_eq!(next_round(due(), Some("noisy")), ["quiet", "acme", "globex", "noisy"]);
+        assert_eq!(next_round(due(), Some("quiet")), ["acme", "globex", "noisy", "quiet"]);
+        assert_eq!(next_round(due(), Some("hooli")), ["noisy", "quiet", "acme", "globex"], "a tenant gone since");
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl Runtime {
     }
 
     fn declared_indexes(&self, module: &Module, schema: &schema::GuestIndices) -> Result<Indexes, LoadError> {
-        let mut store = self.store(module, None, "", true, self.limits.event_deadline, &module.indexes);
+        let mut store = self.store(module, None, "", &self.limits, true, self.limits.event_deadline, &module.indexes);
         let declared = (|| {
             let instance = module.pre.instantiate(&mut store)?;
             schema.load(&mut store, &instance)?.call_indexes(&mut store)
@@ -281,11 +281,13 @@ impl Runtime {
     /// transaction comes back in [`Invoked`] whatever happened; the caller rolls
     /// back (to its savepoint) unless the result is `Ok`. `maintained`: the
     /// indexes the tenant's writes keep up to date (see [`crate::deploy`]).
+    /// `limits`: the tenant's; its memory limit is at most the host's.
     pub fn handle_event(
         &self,
         module: &Module,
         tx: SyncTx,
         tenant: &str,
+        limits: &InvocationLimits,
         maintained: &Arc<Indexes>,
         event: &GuestEvent,
     ) -> Invoked {
@@ -293,8 +295,8 @@ impl Runtime {
         let Some(indices) = &module.events else {
             return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), wrote: false };
         };
-        let deadline = self.limits.event_deadline;
-        let mut store = self.store(module, Some(tx), tenant, false, deadline, maintained);
+        let deadline = limits.event_deadline;
+        let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
         let outcome = (|| {
             let instance = module.pre.instantiate(&mut store)?;
             indices.load(&mut store, &instance)?.call_handle(&mut store, event)
@@ -302,7 +304,7 @@ impl Runtime {
         let outcome = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(HandlerError::Returned(message)),
-            Err(e) => Err(classify(e, &store, &self.limits, deadline)),
+            Err(e) => Err(classify(e, &store, limits, deadline)),
         };
         finish(store, outcome, started, deadline)
     }
@@ -314,16 +316,17 @@ impl Runtime {
         module: &Module,
         tx: SyncTx,
         tenant: &str,
+        limits: &InvocationLimits,
         maintained: &Arc<Indexes>,
         action: &GuestAction,
     ) -> Invoked<GuestVerdict> {
         let started = Instant::now();
-        let deadline = self.limits.action_deadline;
+        let deadline = limits.action_deadline;
         let Some(indices) = &module.actions else {
             let result = Err(HandlerError::Trap("the handler has no actions export".into()));
             return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false };
         };
-        let mut store = self.store(module, Some(tx), tenant, false, deadline, maintained);
+        let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
         let outcome = (|| {
             let instance = module.pre.instantiate(&mut store)?;
             let guest = indices.load(&mut store, &instance)?;
@@ -332,15 +335,17 @@ impl Runtime {
                 GuestAction::Register(ctx) => guest.call_register_user(&mut store, ctx),
             }
         })();
-        let outcome = outcome.map_err(|e| classify(e, &store, &self.limits, deadline));
+        let outcome = outcome.map_err(|e| classify(e, &store, limits, deadline));
         finish(store, outcome, started, deadline)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn store(
         &self,
         module: &Module,
         tx: Option<SyncTx>,
         tenant: &str,
+        limits: &InvocationLimits,
         read_only: bool,
         deadline: Duration,
         maintained: &Arc<Indexes>,
@@ -354,12 +359,12 @@ impl Runtime {
             .allow_ip_name_lookup(false)
             .build();
         let indexes = host::CallIndexes { findable: module.indexes.clone(), maintained: maintained.clone() };
-        let host = host::HostState::new(tx, tenant, indexes, &self.limits, read_only, log.clone());
+        let host = host::HostState::new(tx, tenant, indexes, limits, read_only, log.clone());
         let invocation = Invocation {
             deadline_at: Instant::now() + deadline,
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter { memory_limit: self.limits.memory_limit, memory_denied: false },
+            limiter: Limiter { memory_limit: limits.memory_limit, memory_denied: false },
             host,
             log,
         };

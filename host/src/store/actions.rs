@@ -51,10 +51,7 @@ impl Store {
     /// On SQLite it waits its turn at the write gate, like every other writer in
     /// the process.
     pub async fn record_decisions(&self, decisions: &[NewDecision]) -> Result<()> {
-        let _turn = match self {
-            Store::Sqlite(_, gate) => Some(gate.clone().lock_owned().await),
-            Store::Postgres(_) => None,
-        };
+        let _turn = self.write_turn().await;
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for d in decisions {

@@ -156,7 +156,7 @@ macro_rules! claim_sql {
             "AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject AND ",
             $blocking,
             " AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) ",
-            "ORDER BY e.occurred_at, e.event_id LIMIT $2",
+            "AND e.tenant_id = $3 ORDER BY e.occurred_at, e.event_id LIMIT $2",
             $suffix
         )
     };
@@ -270,12 +270,40 @@ impl Store {
         );
         Ok(n)
     }
+
+    /// `tenant`'s events not yet done or dead.
+    pub async fn count_unfinished_of(&self, tenant: &str) -> Result<i64> {
+        let n = on_pool!(self, pool =>
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE tenant_id = $1 AND status IN ('pending', 'failed')")
+                .bind(tenant.to_string())
+                .fetch_one(pool)
+                .await?
+        );
+        Ok(n)
+    }
 }
 
-/// Claims up to `limit` due events (see `CLAIM_SQL`) for this transaction.
-pub fn claim_due(tx: &mut SyncTx, now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
+/// The tenants that have events due now, by slug.
+pub fn due_tenants(tx: &mut SyncTx, now: i64) -> Result<Vec<String>> {
+    let rows = tx.query(
+        "SELECT DISTINCT tenant_id FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
+         ORDER BY tenant_id",
+        &[now.into()],
+    )?;
+    rows.into_iter()
+        .map(|row| {
+            row.into_iter()
+                .next()
+                .and_then(Value::into_string)
+                .ok_or_else(|| StoreError::Corrupt("an inbox row has unexpected types".into()))
+        })
+        .collect()
+}
+
+/// Claims up to `limit` of `tenant`'s due events (see `CLAIM_SQL`) for this transaction.
+pub fn claim_due(tx: &mut SyncTx, tenant: &str, now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
     let sql = if tx.is_postgres() { CLAIM_SQL_POSTGRES } else { CLAIM_SQL };
-    let rows = tx.query(sql, &[now.into(), limit.into()])?;
+    let rows = tx.query(sql, &[now.into(), limit.into(), tenant.into()])?;
     rows.into_iter()
         .map(|row| {
             let mut cols = row.into_iter();

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod inbox;
 pub mod modules;
 pub mod sqlite_writer;
+pub mod tenants;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -112,6 +113,15 @@ impl Store {
             }
         };
         Ok(store)
+    }
+
+    /// On SQLite, this process's turn at the write gate (hold it until the
+    /// commit); on Postgres, nothing to wait for.
+    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self {
+            Store::Sqlite(_, gate) => Some(gate.clone().lock_owned().await),
+            Store::Postgres(_) => None,
+        }
     }
 
     pub fn backend(&self) -> &'static str {

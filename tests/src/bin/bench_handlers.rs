@@ -148,7 +148,8 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let db = store.sync_db(rt.handle().clone())?;
     let mut tx = Some(db.begin()?);
     let mut host_once = || -> anyhow::Result<()> {
-        let invoked = runtime.handle_event(&module, tx.take().unwrap(), "default", &maintained, &event);
+        let invoked =
+            runtime.handle_event(&module, tx.take().unwrap(), "default", runtime.limits(), &maintained, &event);
         tx = invoked.tx;
         invoked.result.map_err(anyhow::Error::from)
     };
@@ -196,7 +197,8 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             raw: "{}".into(),
         }));
     let mut decide = || -> anyhow::Result<()> {
-        let invoked = runtime.handle_action(&example, tx.take().unwrap(), "default", &example.indexes, &action);
+        let invoked =
+            runtime.handle_action(&example, tx.take().unwrap(), "default", runtime.limits(), &example.indexes, &action);
         tx = invoked.tx;
         invoked.result.map(drop).map_err(anyhow::Error::from)
     };

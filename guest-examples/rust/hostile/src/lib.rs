@@ -88,6 +88,7 @@ impl Guest for Hostile {
                 Ok(())
             }
             "test.peek" => peek(),
+            "test.census" => census(),
             "test.version" => {
                 // Two writes: a call that ran on two versions would show it.
                 let v = version();
@@ -154,6 +155,18 @@ fn big() -> Result<(), String> {
     if refused.is_none() {
         return Err("the call budget was never enforced".into());
     }
+    Ok(())
+}
+
+/// Counts what this tenant's tables hold as the handler sees them (another
+/// tenant's documents in tables of the same names must not show).
+fn census() -> Result<(), String> {
+    let mut counts = serde_json::Map::new();
+    for table in ["seen", "stamps", "census"] {
+        let n = db::list(table, 1000, None).map(|p| p.documents.len()).map_err(|e| format!("{e:?}"))?;
+        counts.insert(table.to_string(), json!(n));
+    }
+    db::insert("census", &serde_json::Value::Object(counts).to_string()).map_err(|e| format!("{e:?}"))?;
     Ok(())
 }
 

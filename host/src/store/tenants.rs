@@ -1,0 +1,200 @@
+//! Stored tenants and their scoped admin tokens.
+//!
+//! Owns: the `tenants` and `tenant_tokens` tables, and deleting everything a
+//! tenant has in every table. Must not: validate settings or decide who may
+//! do what (see [`crate::tenants`] and [`crate::http::admin`]).
+
+use super::exec::SyncTx;
+use super::inbox::DEFAULT_TENANT;
+use super::{Result, Store, on_pool};
+
+/// A tenant as stored. `options` is JSON (see `crate::tenants::TenantOptions`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub slug: String,
+    pub webhook_secret: Option<String>,
+    pub action_secret: Option<String>,
+    pub client_id: Option<String>,
+    pub options: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A scoped token as listed (never the token itself).
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct TokenInfo {
+    pub id: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Every table that keys rows by tenant, in the order a deletion empties them.
+const TENANT_TABLES: [&str; 12] = [
+    "document_index_entries",
+    "document_indexes",
+    "documents",
+    "organization_memberships",
+    "organizations",
+    "users",
+    "tombstones",
+    "inbox",
+    "action_decisions",
+    "module_activations",
+    "modules",
+    "tenant_tokens",
+];
+
+const COLUMNS: &str = "slug, webhook_secret, action_secret, client_id, options, created_at, updated_at";
+
+impl Store {
+    pub async fn list_tenants(&self) -> Result<Vec<TenantRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM tenants ORDER BY slug");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?))
+    }
+
+    pub async fn get_tenant(&self, slug: &str) -> Result<Option<TenantRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM tenants WHERE slug = $1");
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(slug.to_string()).fetch_optional(pool).await?),
+        )
+    }
+
+    /// Stores a new tenant; `false` if the slug is taken.
+    pub async fn insert_tenant(&self, t: &TenantRow) -> Result<bool> {
+        let _turn = self.write_turn().await;
+        let n = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO tenants (slug, webhook_secret, action_secret, client_id, options, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) DO NOTHING",
+        )
+        .bind(t.slug.clone())
+        .bind(t.webhook_secret.clone())
+        .bind(t.action_secret.clone())
+        .bind(t.client_id.clone())
+        .bind(t.options.clone())
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Replaces a tenant's settings; `false` if there is no such tenant.
+    pub async fn update_tenant(&self, t: &TenantRow) -> Result<bool> {
+        let _turn = self.write_turn().await;
+        let n = on_pool!(self, pool => sqlx::query(
+            "UPDATE tenants SET webhook_secret = $2, action_secret = $3, client_id = $4, options = $5, updated_at = $6 \
+             WHERE slug = $1",
+        )
+        .bind(t.slug.clone())
+        .bind(t.webhook_secret.clone())
+        .bind(t.action_secret.clone())
+        .bind(t.client_id.clone())
+        .bind(t.options.clone())
+        .bind(t.updated_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Deletes a tenant and every row it has in every table, in one
+    /// transaction; `false` if there was no such tenant (nothing changed).
+    pub async fn delete_tenant(&self, slug: &str) -> Result<bool> {
+        let _turn = self.write_turn().await;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let gone = sqlx::query("DELETE FROM tenants WHERE slug = $1")
+                .bind(slug.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if gone == 0 {
+                return Ok(false);
+            }
+            for table in TENANT_TABLES {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE tenant_id = $1")))
+                    .bind(slug.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// Rows a tenant has in each table (for checking that a deletion left nothing).
+    pub async fn count_tenant_rows(&self, slug: &str) -> Result<Vec<(&'static str, i64)>> {
+        let mut counts = Vec::with_capacity(TENANT_TABLES.len());
+        for table in TENANT_TABLES {
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE tenant_id = $1");
+            let n: i64 = on_pool!(self, pool => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(slug.to_string()).fetch_one(pool).await?);
+            counts.push((table, n));
+        }
+        Ok(counts)
+    }
+
+    pub async fn insert_token(&self, id: &str, tenant: &str, hash: &str, now: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO tenant_tokens (id, tenant_id, hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id.to_string())
+        .bind(tenant.to_string())
+        .bind(hash.to_string())
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    /// Revokes a tenant's token; `false` if it has no such live token.
+    pub async fn revoke_token(&self, tenant: &str, id: &str, now: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
+        let n = on_pool!(self, pool => sqlx::query(
+            "UPDATE tenant_tokens SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(tenant.to_string())
+        .bind(id.to_string())
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
+    }
+
+    pub async fn list_tokens(&self, tenant: &str) -> Result<Vec<TokenInfo>> {
+        Ok(on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, created_at, revoked_at FROM tenant_tokens WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The tenant a live token (by its SHA-256, hex) belongs to.
+    pub async fn token_tenant(&self, hash: &str) -> Result<Option<String>> {
+        Ok(on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT tenant_id FROM tenant_tokens WHERE hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(hash.to_string())
+        .fetch_optional(pool)
+        .await?))
+    }
+}
+
+/// Inside the worker's transaction: whether `slug` still exists, holding it
+/// so a concurrent deletion waits for this transaction (Postgres; on SQLite
+/// the write gate already serializes the two). `default` always exists.
+pub fn hold(tx: &mut SyncTx, slug: &str) -> Result<bool> {
+    if slug == DEFAULT_TENANT {
+        return Ok(true);
+    }
+    let sql = if tx.is_postgres() {
+        "SELECT 1 FROM tenants WHERE slug = $1 FOR SHARE"
+    } else {
+        "SELECT 1 FROM tenants WHERE slug = $1"
+    };
+    Ok(tx.query_one(sql, &[slug.into()])?.is_some())
+}

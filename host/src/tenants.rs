@@ -1,0 +1,535 @@
+//! The tenants this host serves, each with its own secrets, limits, verdicts,
+//! handler versions and data.
+//!
+//! Owns: the registry (slug → the tenant's settings as of now, and its
+//! [`Deployment`], opened on first use), validation of a tenant's settings,
+//! and creating, changing, reloading and deleting tenants. Must not: speak
+//! HTTP (see [`crate::http`]) or hold SQL (see [`crate::store::tenants`]).
+//!
+//! `default` is always there: the host's own settings (file and environment)
+//! configure it, and the unprefixed routes serve it, so a single-tenant setup
+//! needs none of this. Every other tenant is a row in `tenants`, created
+//! through the admin API. A tenant's settings are an immutable snapshot: a
+//! change swaps in a new one, so a request sees one consistent set.
+//!
+//! Host processes sharing a database pick up each other's tenant changes on
+//! their next poll (`modules.poll_interval_ms`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::clock;
+use crate::deploy::{DeployError, Deployment};
+use crate::runtime::{InvocationLimits, Runtime};
+use crate::settings::{ActionSettings, ConfiguredVerdict, DEFAULT_FALLBACK_MESSAGE, Settings};
+use crate::store::exec::SyncDb;
+use crate::store::tenants::TenantRow;
+use crate::store::{Store, StoreError};
+use crate::workos::signature::Secret;
+
+/// The tenant the unprefixed routes serve, configured by the host's settings.
+pub const DEFAULT_TENANT: &str = crate::store::inbox::DEFAULT_TENANT;
+
+/// Longest slug, so a slug fits in a DNS label and a log line.
+const MAX_SLUG_LEN: usize = 63;
+
+/// What a tenant sets differently from the host's defaults. Absent: the
+/// host's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_deadline_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_deadline_ms: Option<u64>,
+    /// Largest linear memory of the tenant's guests; at most the host's `handler.memory_limit_mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<VerdictOption>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_handler: Option<VerdictOption>,
+}
+
+/// A verdict as the API spells it: `{"verdict": "deny", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictOption {
+    pub verdict: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl VerdictOption {
+    fn of(v: &ConfiguredVerdict) -> VerdictOption {
+        match v {
+            ConfiguredVerdict::Allow => VerdictOption { verdict: "allow".into(), message: None },
+            ConfiguredVerdict::Deny(m) => VerdictOption { verdict: "deny".into(), message: Some(m.clone()) },
+        }
+    }
+
+    fn configured(&self, key: &str) -> Result<ConfiguredVerdict, TenantError> {
+        match (self.verdict.as_str(), &self.message) {
+            ("allow", None) => Ok(ConfiguredVerdict::Allow),
+            ("allow", Some(_)) => Err(TenantError::invalid(key, "an allow verdict has no message")),
+            ("deny", m) => Ok(ConfiguredVerdict::Deny(m.clone().unwrap_or_else(|| DEFAULT_FALLBACK_MESSAGE.into()))),
+            (other, _) => Err(TenantError::invalid(key, format!("{other:?} is neither \"allow\" nor \"deny\""))),
+        }
+    }
+}
+
+/// Why a tenant change was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("there is no tenant {0:?}")]
+    NotFound(String),
+    #[error("a tenant {0:?} already exists")]
+    Exists(String),
+    #[error(
+        "the default tenant is configured by the host's settings (config file and environment), not through the API"
+    )]
+    DefaultIsFixed,
+    #[error("invalid `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TenantError {
+    fn invalid(key: &str, reason: impl Into<String>) -> TenantError {
+        TenantError::Invalid { key: key.to_string(), reason: reason.into() }
+    }
+}
+
+/// One tenant's settings as of now.
+#[derive(Debug)]
+pub struct Tenant {
+    pub slug: String,
+    pub webhook_secret: Option<Secret>,
+    pub action_secret: Option<Secret>,
+    pub client_id: Option<String>,
+    /// What it sets (the rest comes from the host's settings).
+    pub options: TenantOptions,
+    /// The limits its handlers run under.
+    pub limits: InvocationLimits,
+    /// How its Actions are decided.
+    pub actions: ActionSettings,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Tenant {
+    pub fn is_default(&self) -> bool {
+        self.slug == DEFAULT_TENANT
+    }
+
+    /// The route prefix: none for `default`, `/t/{slug}` for the others.
+    pub fn prefix(&self) -> String {
+        if self.is_default() { String::new() } else { format!("/t/{}", self.slug) }
+    }
+
+    /// What the admin API shows: never a secret, only whether it is set.
+    pub fn describe(&self) -> Value {
+        let prefix = self.prefix();
+        json!({
+            "slug": self.slug,
+            "client_id": self.client_id,
+            "webhook_secret_set": self.webhook_secret.is_some(),
+            "action_secret_set": self.action_secret.is_some(),
+            "options": self.options,
+            "effective": {
+                "event_deadline_ms": self.limits.event_deadline.as_millis() as u64,
+                "action_deadline_ms": self.actions.deadline.as_millis() as u64,
+                "memory_limit_bytes": self.limits.memory_limit,
+                "max_calls": self.limits.max_calls,
+                "fallback": VerdictOption::of(&self.actions.fallback),
+                "no_handler": VerdictOption::of(&self.actions.no_handler),
+            },
+            "routes": {
+                "webhook": format!("{prefix}/workos/webhook"),
+                "action": format!("{prefix}/workos/action"),
+            },
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// A new tenant as the API receives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub slug: String,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    #[serde(default)]
+    pub action_secret: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub options: TenantOptions,
+}
+
+/// A change: each field given replaces the stored one (`options` as a whole);
+/// `null` for a secret or the client id clears it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantChange {
+    #[serde(default, deserialize_with = "present")]
+    pub webhook_secret: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub action_secret: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub client_id: Option<Option<String>>,
+    #[serde(default)]
+    pub options: Option<TenantOptions>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one not given (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+/// The registry. Cheap to read on every request.
+pub struct Tenants {
+    store: Store,
+    db: Arc<SyncDb>,
+    runtime: Arc<Runtime>,
+    /// The host's settings: `default` itself, and every other tenant's defaults.
+    settings: Arc<Settings>,
+    /// Slug → settings. Replaced as a whole entry on every change.
+    by_slug: RwLock<HashMap<String, Arc<Tenant>>>,
+    /// Slug → handler versions, opened on the tenant's first use.
+    deployments: RwLock<HashMap<String, Arc<Deployment>>>,
+    /// One opening at a time, so two first requests do not both load.
+    opening: Mutex<()>,
+}
+
+impl Tenants {
+    /// Loads every stored tenant. A stored tenant whose settings no longer
+    /// validate (the host's limits were lowered since) is served with the
+    /// host's defaults where it differs, with a warning.
+    pub async fn load(
+        store: Store,
+        db: Arc<SyncDb>,
+        runtime: Arc<Runtime>,
+        settings: Arc<Settings>,
+    ) -> Result<Tenants, StoreError> {
+        let tenants = Tenants {
+            store,
+            db,
+            runtime,
+            settings,
+            by_slug: RwLock::default(),
+            deployments: RwLock::default(),
+            opening: Mutex::default(),
+        };
+        tenants.reload().await?;
+        Ok(tenants)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn get(&self, slug: &str) -> Option<Arc<Tenant>> {
+        read(&self.by_slug).get(slug).cloned()
+    }
+
+    pub fn default_tenant(&self) -> Arc<Tenant> {
+        self.get(DEFAULT_TENANT).expect("the default tenant is always registered")
+    }
+
+    /// Every tenant, `default` first, then by slug.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        let mut all: Vec<Arc<Tenant>> = read(&self.by_slug).values().cloned().collect();
+        all.sort_by(|a, b| (!a.is_default(), &a.slug).cmp(&(!b.is_default(), &b.slug)));
+        all
+    }
+
+    /// The tenant's deployment if it is open already (no blocking).
+    pub fn open_deployment(&self, slug: &str) -> Option<Arc<Deployment>> {
+        read(&self.deployments).get(slug).cloned()
+    }
+
+    /// Every deployment opened so far.
+    pub fn open_deployments(&self) -> Vec<Arc<Deployment>> {
+        read(&self.deployments).values().cloned().collect()
+    }
+
+    /// The tenant's handler versions, opened (its active version loaded) on
+    /// first use. Blocking: call it from a blocking thread.
+    pub fn deployment(&self, slug: &str) -> Result<Arc<Deployment>, DeployError> {
+        if let Some(open) = self.open_deployment(slug) {
+            return Ok(open);
+        }
+        let _one = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = self.open_deployment(slug) {
+            return Ok(open);
+        }
+        let deployment =
+            Arc::new(Deployment::open(slug, self.runtime.clone(), self.db.clone(), self.settings.modules.max_bytes)?);
+        write(&self.deployments).insert(slug.to_string(), deployment.clone());
+        Ok(deployment)
+    }
+
+    /// Reads the stored tenants again (another process may have changed them).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let rows = self.store.list_tenants().await?;
+        let mut next = HashMap::with_capacity(rows.len() + 1);
+        next.insert(DEFAULT_TENANT.to_string(), Arc::new(self.default_from_settings()));
+        for row in rows {
+            if row.slug == DEFAULT_TENANT {
+                warn!(
+                    "a stored tenant is named `default`; the host's settings configure that one, so the row is ignored"
+                );
+                continue;
+            }
+            let current = self.get(&row.slug).filter(|t| t.updated_at == row.updated_at);
+            let tenant = match current {
+                Some(unchanged) => unchanged,
+                None => Arc::new(self.tenant_of_row(row)),
+            };
+            next.insert(tenant.slug.clone(), tenant);
+        }
+        let gone: Vec<String> = read(&self.by_slug).keys().filter(|s| !next.contains_key(*s)).cloned().collect();
+        *write(&self.by_slug) = next;
+        if !gone.is_empty() {
+            let mut deployments = write(&self.deployments);
+            for slug in &gone {
+                deployments.remove(slug);
+            }
+            info!(tenants = ?gone, "tenants deleted by another host process are no longer served");
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, new: NewTenant) -> Result<Arc<Tenant>, TenantError> {
+        validate_slug(&new.slug)?;
+        if new.slug == DEFAULT_TENANT {
+            return Err(TenantError::Exists(new.slug));
+        }
+        let now = clock::now_ms();
+        let row = TenantRow {
+            slug: new.slug.clone(),
+            webhook_secret: non_empty("webhook_secret", new.webhook_secret)?,
+            action_secret: non_empty("action_secret", new.action_secret)?,
+            client_id: non_empty("client_id", new.client_id)?,
+            options: self.options_json(&new.options)?,
+            created_at: now,
+            updated_at: now,
+        };
+        if !self.store.insert_tenant(&row).await? {
+            return Err(TenantError::Exists(new.slug));
+        }
+        let tenant = Arc::new(self.tenant_of_row(row));
+        write(&self.by_slug).insert(tenant.slug.clone(), tenant.clone());
+        info!(tenant = %tenant.slug, "tenant created");
+        Ok(tenant)
+    }
+
+    pub async fn update(&self, slug: &str, change: TenantChange) -> Result<Arc<Tenant>, TenantError> {
+        if slug == DEFAULT_TENANT {
+            return Err(TenantError::DefaultIsFixed);
+        }
+        let mut row = self.store.get_tenant(slug).await?.ok_or_else(|| TenantError::NotFound(slug.to_string()))?;
+        if let Some(v) = change.webhook_secret {
+            row.webhook_secret = non_empty("webhook_secret", v)?;
+        }
+        if let Some(v) = change.action_secret {
+            row.action_secret = non_empty("action_secret", v)?;
+        }
+        if let Some(v) = change.client_id {
+            row.client_id = non_empty("client_id", v)?;
+        }
+        if let Some(options) = &change.options {
+            row.options = self.options_json(options)?;
+        }
+        // Strictly later, so a process that reloads sees that it changed.
+        row.updated_at = clock::now_ms().max(row.updated_at + 1);
+        if !self.store.update_tenant(&row).await? {
+            return Err(TenantError::NotFound(slug.to_string()));
+        }
+        let tenant = Arc::new(self.tenant_of_row(row));
+        write(&self.by_slug).insert(tenant.slug.clone(), tenant.clone());
+        info!(tenant = %slug, "tenant settings changed");
+        Ok(tenant)
+    }
+
+    /// Stops serving the tenant, then deletes everything it has.
+    pub async fn delete(&self, slug: &str) -> Result<(), TenantError> {
+        if slug == DEFAULT_TENANT {
+            return Err(TenantError::DefaultIsFixed);
+        }
+        let removed = write(&self.by_slug).remove(slug);
+        write(&self.deployments).remove(slug);
+        match self.store.delete_tenant(slug).await {
+            Ok(true) => {
+                info!(tenant = %slug, "tenant deleted with all its data");
+                Ok(())
+            }
+            Ok(false) => Err(TenantError::NotFound(slug.to_string())),
+            Err(e) => {
+                // Nothing was deleted: serve it again.
+                if let Some(tenant) = removed {
+                    write(&self.by_slug).insert(slug.to_string(), tenant);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn default_from_settings(&self) -> Tenant {
+        let s = &self.settings;
+        Tenant {
+            slug: DEFAULT_TENANT.to_string(),
+            webhook_secret: s.workos.webhook_secret.clone(),
+            action_secret: s.workos.action_secret.clone(),
+            client_id: s.workos.client_id.clone(),
+            options: TenantOptions::default(),
+            limits: self.runtime.limits().clone(),
+            actions: s.actions.clone(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn tenant_of_row(&self, row: TenantRow) -> Tenant {
+        let options = match serde_json::from_str::<TenantOptions>(&row.options) {
+            Ok(options) => options,
+            Err(e) => {
+                warn!(tenant = %row.slug, error = %e, "stored tenant options are unreadable; using the host's defaults");
+                TenantOptions::default()
+            }
+        };
+        let (limits, actions) = self.effective(&options).unwrap_or_else(|e| {
+            warn!(tenant = %row.slug, error = %e, "stored tenant options no longer fit this host; using the host's defaults");
+            (self.runtime.limits().clone(), self.settings.actions.clone())
+        });
+        Tenant {
+            slug: row.slug,
+            webhook_secret: row.webhook_secret.and_then(Secret::new),
+            action_secret: row.action_secret.and_then(Secret::new),
+            client_id: row.client_id,
+            options,
+            limits,
+            actions,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+
+    /// Validates `options` and returns them as stored.
+    fn options_json(&self, options: &TenantOptions) -> Result<String, TenantError> {
+        self.effective(options)?;
+        Ok(serde_json::to_string(options).expect("options serialize"))
+    }
+
+    /// The host's defaults with `options` applied, if they are valid here.
+    fn effective(&self, o: &TenantOptions) -> Result<(InvocationLimits, ActionSettings), TenantError> {
+        let mut limits = self.runtime.limits().clone();
+        let mut actions = self.settings.actions.clone();
+        if let Some(ms) = o.event_deadline_ms {
+            limits.event_deadline = within("options.event_deadline_ms", ms, 10, 300_000)?;
+        }
+        if let Some(ms) = o.action_deadline_ms {
+            actions.deadline = within("options.action_deadline_ms", ms, 10, 30_000)?;
+            limits.action_deadline = actions.deadline;
+        }
+        if let Some(bytes) = o.memory_limit_bytes {
+            let cap = self.runtime.limits().memory_limit;
+            if !(1024 * 1024..=cap).contains(&bytes) {
+                return Err(TenantError::invalid(
+                    "options.memory_limit_bytes",
+                    format!("must be between 1 MiB and the host's limit of {cap} bytes (handler.memory_limit_mib)"),
+                ));
+            }
+            limits.memory_limit = bytes;
+        }
+        if let Some(n) = o.max_calls {
+            if n == 0 {
+                return Err(TenantError::invalid("options.max_calls", "must be at least 1"));
+            }
+            limits.max_calls = n;
+        }
+        if let Some(v) = &o.fallback {
+            actions.fallback = v.configured("options.fallback")?;
+        }
+        if let Some(v) = &o.no_handler {
+            actions.no_handler = v.configured("options.no_handler")?;
+        }
+        Ok((limits, actions))
+    }
+}
+
+/// Lowercase letters, digits and `-`, starting with a letter or digit, at most 63 characters.
+pub fn validate_slug(slug: &str) -> Result<(), TenantError> {
+    let ok = !slug.is_empty()
+        && slug.len() <= MAX_SLUG_LEN
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TenantError::invalid(
+            "slug",
+            format!(
+                "{slug:?}: use 1 to {MAX_SLUG_LEN} lowercase letters, digits and '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn within(key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, TenantError> {
+    if (min..=max).contains(&ms) {
+        Ok(Duration::from_millis(ms))
+    } else {
+        Err(TenantError::invalid(key, format!("must be between {min} and {max}")))
+    }
+}
+
+/// An empty string is refused rather than stored as a secret nobody can sign with.
+fn non_empty(key: &str, value: Option<String>) -> Result<Option<String>, TenantError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(TenantError::invalid(key, "is empty: leave it out or give a value")),
+        other => Ok(other),
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_plain_lowercase_names() {
+        for ok in ["acme", "a", "acme-prod", "t1", &"a".repeat(63)] {
+            assert!(validate_slug(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Acme", "-acme", "a/b", "a b", "ünï", "a.b", &"a".repeat(64)] {
+            assert!(validate_slug(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_change_tells_null_from_absent() {
+        let c: TenantChange = serde_json::from_str(r#"{"client_id": null}"#).unwrap();
+        assert_eq!(c.client_id, Some(None));
+        assert_eq!(c.webhook_secret, None);
+        assert!(serde_json::from_str::<TenantChange>(r#"{"slug": "x"}"#).is_err(), "unknown fields are refused");
+    }
+}

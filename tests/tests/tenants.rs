@@ -1,0 +1,367 @@
+//! Many tenants in one host: routes, secrets, tokens and data kept apart,
+//! per-tenant handler versions and verdicts, deletion of everything a tenant
+//! has, and a noisy neighbour that does not hold up another tenant's events.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authkit_tests::documents::tenant_documents;
+use authkit_tests::guests::rust_guest;
+use authkit_tests::server::TEST_SECRET;
+use authkit_tests::workos::{Emulator, authentication_action, now_ms, user, verify_action_response};
+use authkit_tests::{ServerOptions, TestDb, TestServer, eventually, on_both_backends};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    tenants_are_kept_apart_in_routes_secrets_tokens_and_data,
+    deleting_a_tenant_removes_everything_it_has,
+    a_noisy_neighbour_does_not_hold_up_another_tenant,
+);
+
+const ROOT: &str = "root-admin-token-for-tenant-tests";
+
+/// `(slug, webhook secret, action secret)` of the tenants these tests create.
+const TENANTS: [(&str, &str, &str); 3] = [
+    ("acme", "whsec_acme_0001", "sk_action_acme"),
+    ("globex", "whsec_globex_002", "sk_action_globex"),
+    ("initech", "whsec_initech_03", "sk_action_initech"),
+];
+
+fn options(db: &TestDb) -> ServerOptions {
+    let path = db.dir.path().join("authkit.toml");
+    std::fs::write(
+        &path,
+        "[worker]\npoll_interval_ms = 50\nretry_base_ms = 50\nretry_max_ms = 200\nmax_attempts = 3\n",
+    )
+    .unwrap();
+    ServerOptions::default().env("AUTHKIT_ADMIN_TOKEN", ROOT).arg("--config").arg(path.to_str().unwrap())
+}
+
+fn body(value: Value) -> Option<Vec<u8>> {
+    Some(value.to_string().into_bytes())
+}
+
+/// The `hostile` fixture stamped with version `n` (see `modules.rs`).
+fn stamped(n: u32) -> Vec<u8> {
+    let bytes = std::fs::read(rust_guest("hostile")).unwrap();
+    let (from, to) = (b"authkit-test-version:000".as_slice(), format!("authkit-test-version:{n:03}"));
+    let at = bytes.windows(from.len()).position(|w| w == from).expect("the version stamp");
+    let mut out = bytes.clone();
+    out[at..at + from.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+async fn create(server: &TestServer, slug: &str, webhook: &str, action: &str, options: Value) {
+    let new = json!({ "slug": slug, "webhook_secret": webhook, "action_secret": action, "options": options });
+    let reply = server.admin("POST", "/admin/tenants", Some(ROOT), body(new)).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+}
+
+async fn deploy(server: &TestServer, slug: &str, bytes: Vec<u8>) {
+    let reply = server.admin("POST", &format!("/t/{slug}/admin/modules?activate=true"), Some(ROOT), Some(bytes)).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+}
+
+/// Sends an event to `path`'s tenant signed with `secret`; returns the event id and the status.
+async fn deliver(server: &TestServer, path: &str, secret: &str, event_type: &str, data: Value) -> (String, u16) {
+    let emulator = Emulator::new(secret);
+    let (id, event) = emulator.event(event_type, data, "2025-01-01T00:00:01.000Z");
+    let signature = emulator.signature(now_ms(), &event);
+    let (status, _, _) = server.post_raw(path, event, &[("WorkOS-Signature", signature)]).await;
+    (id, status)
+}
+
+fn webhook_path(slug: &str) -> String {
+    if slug == "default" { "/workos/webhook".into() } else { format!("/t/{slug}/workos/webhook") }
+}
+
+/// An authentication request for a user named `first_name`, signed with `secret`:
+/// the status, and the payload verified with `verify_with`.
+async fn act(
+    server: &TestServer,
+    slug: &str,
+    secret: &str,
+    first_name: &str,
+    verify_with: &str,
+) -> (u16, Result<Value, String>) {
+    let body = authentication_action(
+        &format!("act_{}", now_ms()),
+        user("user_1", "someone@example.com", first_name, "2025-01-01T00:00:01.000Z"),
+    );
+    let signature = Emulator::new(secret).signature(now_ms(), &body);
+    let path = format!("/t/{slug}/workos/action");
+    let (status, reply, _) = server.post_raw(&path, body, &[("WorkOS-Signature", signature)]).await;
+    (status, verify_action_response(verify_with, &reply, "authentication_action_response"))
+}
+
+async fn tenants_are_kept_apart_in_routes_secrets_tokens_and_data(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    for (slug, webhook, action) in TENANTS {
+        let options = if slug == "initech" {
+            json!({ "no_handler": { "verdict": "deny", "message": "initech is closed" } })
+        } else {
+            json!({})
+        };
+        create(&server, slug, webhook, action, options).await;
+    }
+    // Refusals change nothing.
+    let dup = server.admin("POST", "/admin/tenants", Some(ROOT), body(json!({ "slug": "acme" }))).await;
+    assert_eq!((dup.status, dup.code()), (409, "tenant_exists"), "{dup:?}");
+    let default = server.admin("POST", "/admin/tenants", Some(ROOT), body(json!({ "slug": "default" }))).await;
+    assert_eq!((default.status, default.code()), (409, "tenant_exists"), "{default:?}");
+    for bad in [json!({ "slug": "Not A Slug" }), json!({ "slug": "x", "options": { "max_calls": 0 } }), json!({})] {
+        let reply = server.admin("POST", "/admin/tenants", Some(ROOT), body(bad.clone())).await;
+        assert_eq!(reply.status, 400, "{bad}: {reply:?}");
+    }
+    let listed = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
+    let slugs: Vec<&str> =
+        listed.body["tenants"].as_array().unwrap().iter().map(|t| t["slug"].as_str().unwrap()).collect();
+    assert_eq!(slugs, ["default", "acme", "globex", "initech"]);
+    for (_, webhook, action) in TENANTS {
+        let text = listed.body.to_string();
+        assert!(!text.contains(webhook) && !text.contains(action), "no secret is ever returned: {text}");
+    }
+    assert_eq!(listed.body["tenants"][1]["webhook_secret_set"], true);
+
+    deploy(&server, "acme", stamped(1)).await;
+    deploy(&server, "globex", stamped(2)).await;
+
+    // Routes × secrets: a tenant's route accepts only its own secret.
+    let unknown = deliver(&server, "/t/nope/workos/webhook", TENANTS[0].1, "user.created", json!({})).await;
+    assert_eq!(unknown.1, 404, "an unknown tenant is a 404 before any verification");
+    let secrets: Vec<&str> = TENANTS.iter().map(|t| t.1).chain([TEST_SECRET]).collect();
+    for slug in ["default", "acme", "globex", "initech"] {
+        let own = if slug == "default" { TEST_SECRET } else { TENANTS.iter().find(|t| t.0 == slug).unwrap().1 };
+        for secret in &secrets {
+            let data = user(&format!("user_{slug}"), &format!("{slug}@example.com"), slug, "2025-01-01T00:00:01.000Z");
+            let (_, status) = deliver(&server, &webhook_path(slug), secret, "user.created", data).await;
+            let expected = if *secret == own { 200 } else { 401 };
+            assert_eq!(status, expected, "{slug}'s route with the secret {secret}");
+        }
+    }
+
+    // Actions: each tenant's own secret, its own handler version or verdicts.
+    for (slug, _, action) in TENANTS {
+        for (_, _, other) in TENANTS.iter().filter(|t| t.0 != slug) {
+            let (status, _) = act(&server, slug, other, "Version", action).await;
+            assert_eq!(status, 401, "{slug}'s Actions route with another tenant's secret");
+        }
+        let (status, payload) = act(&server, slug, action, "Version", action).await;
+        assert_eq!(status, 200, "{slug}");
+        let message = payload.unwrap()["error_message"].clone();
+        let expected = match slug {
+            "acme" => "version 1",
+            "globex" => "version 2",
+            _ => "initech is closed",
+        };
+        assert_eq!(message, expected, "{slug}'s verdict");
+    }
+    let no_secret = server.post_raw("/workos/action", b"{}".to_vec(), &[]).await;
+    assert_eq!(no_secret.0, 503, "the default tenant has no action secret in this test");
+
+    // Data: each tenant's users table holds only its own user.
+    let store = db.store().await;
+    eventually("every tenant's events applied", Duration::from_secs(60), || async {
+        (store.count_unfinished().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    for owner in ["default", "acme", "globex", "initech"] {
+        for slug in ["default", "acme", "globex", "initech"] {
+            let found = store.get_user(slug, &format!("user_{owner}")).await.unwrap().is_some();
+            assert_eq!(found, owner == slug, "user_{owner} in {slug}'s table");
+        }
+    }
+
+    // A handler sees only its own tenant's documents, whatever the table name.
+    for i in 0..3 {
+        let (_, status) =
+            deliver(&server, "/t/acme/workos/webhook", TENANTS[0].1, "test.other", json!({ "i": i })).await;
+        assert_eq!(status, 200);
+    }
+    let (census_id, status) =
+        deliver(&server, "/t/globex/workos/webhook", TENANTS[1].1, "test.census", json!({})).await;
+    assert_eq!(status, 200);
+    eventually("the census", Duration::from_secs(30), || async {
+        (store.count_unfinished().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    let acme_seen = tenant_documents(&store, "acme", "seen").await;
+    let globex_seen = tenant_documents(&store, "globex", "seen").await;
+    assert_eq!((acme_seen.len(), globex_seen.len()), (4, 2), "one `seen` per event each handler ran");
+    assert!(globex_seen.iter().any(|(_, d)| d["event"] == census_id.as_str()));
+    assert!(acme_seen.iter().all(|(_, d)| d["event"] != census_id.as_str()), "globex's event never reached acme");
+    let census = tenant_documents(&store, "globex", "census").await;
+    assert_eq!(
+        census[0].1,
+        json!({ "seen": 2, "stamps": 0, "census": 0 }),
+        "globex's handler saw only globex's documents"
+    );
+    assert!(tenant_documents(&store, "default", "seen").await.is_empty());
+
+    // Tokens: a tenant token manages its own tenant only; everything else is a 404.
+    let created = server.admin("POST", "/admin/tenants/acme/tokens", Some(ROOT), None).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let token = created.body["token"].as_str().unwrap().to_string();
+    let token_id = created.body["id"].as_str().unwrap().to_string();
+    let own = server.admin("GET", "/t/acme/admin/modules", Some(&token), None).await;
+    assert_eq!(own.status, 200, "{own:?}");
+    assert_eq!(own.body["versions"].as_array().unwrap().len(), 1);
+    for (method, path) in [
+        ("GET", "/t/globex/admin/modules"),
+        ("POST", "/t/globex/admin/modules/1/activate"),
+        ("GET", "/t/nope/admin/modules"),
+        ("GET", "/admin/modules"),
+        ("GET", "/admin/status"),
+        ("GET", "/admin/tenants"),
+        ("GET", "/admin/tenants/acme"),
+        ("POST", "/admin/tenants/acme/tokens"),
+        ("DELETE", "/admin/tenants/globex"),
+    ] {
+        let reply = server.admin(method, path, Some(&token), None).await;
+        assert_eq!(reply.status, 404, "{method} {path} with acme's token: {reply:?}");
+    }
+    let upload = server.admin("POST", "/t/globex/admin/modules", Some(&token), Some(stamped(9))).await;
+    assert_eq!(upload.status, 404, "{upload:?}");
+    let change = json!({ "options": { "fallback": { "verdict": "allow" } } });
+    let patched = server.admin("PATCH", "/t/acme/admin/tenant", Some(&token), body(change)).await;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    assert_eq!(patched.body["effective"]["fallback"], json!({ "verdict": "allow" }));
+    let listed = server.admin("GET", "/admin/tenants/acme/tokens", Some(ROOT), None).await;
+    assert!(!listed.body.to_string().contains(&token), "a token is shown once, at creation");
+    let revoked = server.admin("DELETE", &format!("/admin/tenants/acme/tokens/{token_id}"), Some(ROOT), None).await;
+    assert_eq!(revoked.status, 204, "{revoked:?}");
+    let after = server.admin("GET", "/t/acme/admin/modules", Some(&token), None).await;
+    assert_eq!((after.status, after.code()), (401, "admin_token_invalid"));
+
+    // Globex's version is untouched by everything acme did.
+    let globex = server.admin("GET", "/t/globex/admin/status", Some(ROOT), None).await;
+    assert_eq!(globex.body["active_version"], 1, "{globex:?}");
+
+    let log = server.log();
+    for (_, webhook, action) in TENANTS {
+        assert!(!log.contains(webhook) && !log.contains(action), "a secret reached the log");
+    }
+    assert!(!log.contains(&token) && !log.contains(ROOT), "a token reached the log");
+}
+
+async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let store = db.store().await;
+    for (slug, webhook, action) in &TENANTS[..2] {
+        create(&server, slug, webhook, action, json!({})).await;
+        deploy(&server, slug, stamped(1)).await;
+        let data = user(&format!("user_{slug}"), "x@example.com", "X", "2025-01-01T00:00:01.000Z");
+        assert_eq!(deliver(&server, &webhook_path(slug), webhook, "user.created", data).await.1, 200);
+        assert_eq!(
+            deliver(&server, &webhook_path(slug), webhook, "user.deleted", json!({ "id": "user_gone" })).await.1,
+            200
+        );
+        let (status, _) = act(&server, slug, action, "Someone", action).await;
+        assert_eq!(status, 200);
+    }
+    let token = server.admin("POST", "/admin/tenants/acme/tokens", Some(ROOT), None).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("the events applied and the decisions recorded", Duration::from_secs(60), || async {
+        let counts = store.count_tenant_rows("acme").await.unwrap();
+        let done = store.count_unfinished().await.unwrap() == 0;
+        (done && counts.iter().find(|(t, _)| *t == "action_decisions").unwrap().1 > 0).then_some(())
+    })
+    .await;
+    let before_globex = store.count_tenant_rows("globex").await.unwrap();
+    let before: Vec<&str> =
+        store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).map(|(t, _)| t).collect();
+    for table in ["inbox", "users", "tombstones", "documents", "modules", "module_activations", "action_decisions"] {
+        assert!(before.contains(&table), "acme has rows in {table} before: {before:?}");
+    }
+
+    let deleted = server.admin("DELETE", "/admin/tenants/acme", Some(ROOT), None).await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    let left: Vec<(&str, i64)> =
+        store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
+    assert!(left.is_empty(), "rows left after deletion: {left:?}");
+    assert!(store.get_tenant("acme").await.unwrap().is_none());
+    assert_eq!(store.count_tenant_rows("globex").await.unwrap(), before_globex, "another tenant keeps everything");
+
+    let (_, status) = deliver(&server, "/t/acme/workos/webhook", TENANTS[0].1, "user.created", json!({})).await;
+    assert_eq!(status, 404);
+    let stale = server.admin("GET", "/t/acme/admin/modules", Some(&token), None).await;
+    assert_eq!(stale.status, 401, "the tenant's tokens went with it: {stale:?}");
+    let again = server.admin("DELETE", "/admin/tenants/acme", Some(ROOT), None).await;
+    assert_eq!((again.status, again.code()), (404, "tenant_not_found"));
+    let fixed = server.admin("DELETE", "/admin/tenants/default", Some(ROOT), None).await;
+    assert_eq!((fixed.status, fixed.code()), (409, "default_tenant_fixed"));
+
+    // The slug can be used again, from nothing.
+    create(&server, "acme", "whsec_new", "sk_new", json!({})).await;
+    let versions = server.admin("GET", "/t/acme/admin/modules", Some(ROOT), None).await;
+    assert_eq!(versions.body["versions"], json!([]), "{versions:?}");
+    let (status, payload) = act(&server, "acme", "sk_new", "Version", "sk_new").await;
+    assert_eq!((status, payload.unwrap()["verdict"].clone()), (200, json!("Allow")), "no handler any more");
+
+    // Deletion survives a restart: nothing comes back.
+    drop(server);
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let listed = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
+    assert_eq!(listed.body["tenants"].as_array().unwrap().len(), 3, "default, acme (new), globex");
+    assert!(store.get_user("acme", "user_acme").await.unwrap().is_none());
+}
+
+/// Tenant `noisy` has a backlog of quick events and a handler that loops on
+/// some of them until its deadline; tenant `quiet`'s events are still applied
+/// within the stated bound: one turn of every other tenant with due events
+/// (the worker's 500 ms turn budget plus one event, here at most noisy's
+/// 200 ms deadline) plus quiet's own turn. The test allows 4 s for it on a
+/// loaded machine; served oldest-first across tenants, quiet would wait for
+/// noisy's whole backlog (well over 10 s here).
+async fn a_noisy_neighbour_does_not_hold_up_another_tenant(db: TestDb) {
+    // The backlog goes in while no worker runs (on SQLite a worker's turn holds
+    // the write lock, so a running worker would drain it as fast as it arrives).
+    {
+        let server = Arc::new(TestServer::start_with(&db, options(&db).arg("--no-worker")).await);
+        create(&server, "noisy", "whsec_noisy", "sk_noisy", json!({ "event_deadline_ms": 200 })).await;
+        create(&server, "quiet", "whsec_quiet", "sk_quiet", json!({})).await;
+        deploy(&server, "noisy", stamped(1)).await;
+        deploy(&server, "quiet", stamped(2)).await;
+        // 1,000 quick events and 100 that loop until their deadline (each tried 3 times).
+        let mut senders = Vec::new();
+        for s in 0..8 {
+            let server = server.clone();
+            senders.push(tokio::spawn(async move {
+                for i in 0..(1100 / 8 + 1) {
+                    let kind = if i % 11 == 0 { "test.loop" } else { "test.other" };
+                    let data = json!({ "s": s, "i": i });
+                    let (_, status) = deliver(&server, "/t/noisy/workos/webhook", "whsec_noisy", kind, data).await;
+                    assert_eq!(status, 200);
+                }
+            }));
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+    }
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let store = db.store().await;
+    let mut latencies = Vec::new();
+    for i in 0..8 {
+        let id = format!("user_quiet_{i}");
+        let data = user(&id, "q@example.com", "Quiet", "2025-01-01T00:00:01.000Z");
+        let started = Instant::now();
+        let (_, status) = deliver(&server, "/t/quiet/workos/webhook", "whsec_quiet", "user.created", data).await;
+        assert_eq!(status, 200);
+        loop {
+            if store.get_user("quiet", &id).await.unwrap().is_some() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "quiet's event {i} was never applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    let noisy_left = store.count_unfinished_of("noisy").await.unwrap();
+    println!("quiet's latencies {latencies:?}; noisy still had {noisy_left} unfinished events");
+    assert!(noisy_left > 0, "the neighbour was still busy while quiet's events were applied");
+    let worst = latencies.iter().max().unwrap();
+    assert!(*worst < Duration::from_secs(4), "quiet waited {worst:?} behind noisy: {latencies:?}");
+}
