@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use authkit_tests::documents::tenant_documents;
 use authkit_tests::guests::rust_guest;
-use authkit_tests::server::TEST_SECRET;
+use authkit_tests::server::{TEST_SECRET, cli};
 use authkit_tests::workos::{Emulator, authentication_action, now_ms, user, verify_action_response};
 use authkit_tests::{ServerOptions, TestDb, TestServer, eventually, on_both_backends};
 use serde_json::{Value, json};
 
 on_both_backends!(
     tenants_are_kept_apart_in_routes_secrets_tokens_and_data,
+    the_cli_manages_tenants_and_reads_one_tenant_at_a_time,
     deleting_a_tenant_removes_everything_it_has,
     a_noisy_neighbour_does_not_hold_up_another_tenant,
 );
@@ -220,6 +221,28 @@ async fn tenants_are_kept_apart_in_routes_secrets_tokens_and_data(db: TestDb) {
         let reply = server.admin(method, path, Some(&token), None).await;
         assert_eq!(reply.status, 404, "{method} {path} with acme's token: {reply:?}");
     }
+    // Its own users and events, and nobody else's.
+    let users = server.admin("GET", "/t/acme/admin/users", Some(&token), None).await;
+    let ids: Vec<&str> = users.body["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["user_acme"], "{users:?}");
+    let user = server.admin("GET", "/t/acme/admin/users/user_acme", Some(&token), None).await;
+    assert_eq!(user.body["email"], "acme@example.com", "{user:?}");
+    let missing = server.admin("GET", "/t/acme/admin/users/user_globex", Some(&token), None).await;
+    assert_eq!((missing.status, missing.code()), (404, "user_not_found"));
+    let events = server.admin("GET", "/t/acme/admin/events?type=test.other", Some(&token), None).await;
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 3, "{events:?}");
+    let census = server.admin("GET", &format!("/t/acme/admin/events/{census_id}"), Some(&token), None).await;
+    assert_eq!((census.status, census.code()), (404, "event_not_found"), "globex's event is not acme's");
+    let theirs = server.admin("GET", &format!("/t/globex/admin/events/{census_id}"), Some(&token), None).await;
+    assert_eq!((theirs.status, theirs.code()), (404, "tenant_not_found"));
+    let shown = server.admin("GET", &format!("/t/globex/admin/events/{census_id}"), Some(ROOT), None).await;
+    assert_eq!(shown.body["status"], "done", "{shown:?}");
+    for (method, path) in [("GET", "/t/globex/admin/users"), ("GET", "/t/globex/admin/events"), ("GET", "/admin/users")]
+    {
+        let reply = server.admin(method, path, Some(&token), None).await;
+        assert_eq!(reply.status, 404, "{method} {path} with acme's token: {reply:?}");
+    }
+
     let upload = server.admin("POST", "/t/globex/admin/modules", Some(&token), Some(stamped(9))).await;
     assert_eq!(upload.status, 404, "{upload:?}");
     let change = json!({ "options": { "fallback": { "verdict": "allow" } } });
@@ -242,6 +265,80 @@ async fn tenants_are_kept_apart_in_routes_secrets_tokens_and_data(db: TestDb) {
         assert!(!log.contains(webhook) && !log.contains(action), "a secret reached the log");
     }
     assert!(!log.contains(&token) && !log.contains(ROOT), "a token reached the log");
+}
+
+async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let url = server.url("");
+    let remote = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--url", url.as_str(), "--token", ROOT]);
+        cli(&db, &all)
+    };
+    let (ok, out, err) = remote(&[
+        "tenants",
+        "create",
+        "acme",
+        "--webhook-secret",
+        "whsec_cli_acme",
+        "--action-secret",
+        "sk_cli_acme",
+        "--event-deadline-ms",
+        "750",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("/t/acme/workos/webhook"), "{out}");
+    let (ok, out, err) = remote(&["tenants", "create", "acme"]);
+    assert!(!ok && err.contains("tenant_exists"), "{out}{err}");
+    let (ok, out, err) = remote(&["tenants", "update", "acme", "--fallback", "allow", "--max-calls", "50"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = remote(&["tenants", "show", "acme", "--json"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        shown["options"],
+        json!({ "event_deadline_ms": 750, "max_calls": 50, "fallback": { "verdict": "allow" } })
+    );
+    assert_eq!(shown["effective"]["event_deadline_ms"], 750, "an update keeps what it does not name");
+    assert!(!out.contains("whsec_cli_acme"), "{out}");
+    let (ok, out, _) = remote(&["tenants", "list"]);
+    assert!(ok && out.contains("default") && out.contains("acme"), "{out}");
+
+    // Deploy to the tenant, and read its data from the database.
+    let handler = rust_guest("hostile");
+    let (ok, out, err) = remote(&["deploy", handler.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(ok, "{out}{err}");
+    let data = user("user_cli", "cli@example.com", "Cli", "2025-01-01T00:00:01.000Z");
+    assert_eq!(deliver(&server, "/t/acme/workos/webhook", "whsec_cli_acme", "user.created", data).await.1, 200);
+    let store = db.store().await;
+    eventually("the event applied", Duration::from_secs(30), || async {
+        (store.count_unfinished().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    let (ok, out, _) = cli(&db, &["users", "list", "--tenant", "acme", "--json"]);
+    assert!(ok && out.contains("user_cli"), "{out}");
+    let (ok, out, _) = cli(&db, &["users", "list", "--json"]);
+    assert!(ok && !out.contains("user_cli"), "the default tenant's users: {out}");
+    let (ok, out, _) = cli(&db, &["events", "list", "--tenant", "acme"]);
+    assert!(ok && out.contains("user.created"), "{out}");
+    let (ok, out, _) = remote(&["modules", "list", "--tenant", "acme"]);
+    assert!(ok && out.contains('*'), "{out}");
+    let (ok, out, _) = remote(&["modules", "list"]);
+    assert!(ok && !out.contains('*'), "the default tenant has no version: {out}");
+
+    let (ok, out, err) = remote(&["tenants", "token", "acme"]);
+    assert!(ok, "{out}{err}");
+    let token = out.lines().last().unwrap().trim().to_string();
+    assert!(token.starts_with("akt_"), "{out}");
+    let own = cli(&db, &["modules", "list", "--url", url.as_str(), "--token", &token, "--tenant", "acme"]);
+    assert!(own.0, "{own:?}");
+    let other = cli(&db, &["modules", "list", "--url", url.as_str(), "--token", &token]);
+    assert!(!other.0 && other.2.contains("tenant_not_found"), "{other:?}");
+
+    let (ok, out, err) = remote(&["tenants", "delete", "acme"]);
+    assert!(ok && out.contains("deleted"), "{out}{err}");
+    let (ok, out, _) = cli(&db, &["users", "list", "--tenant", "acme", "--json"]);
+    assert!(ok && out.trim().is_empty(), "{out}");
 }
 
 async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {

@@ -21,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 use crate::clock;
 use crate::settings::{Overrides, Settings};
 use crate::store::Store;
-use crate::store::inbox::{DEFAULT_TENANT, EventFilter, Status};
+use crate::store::inbox::{EventFilter, Status};
 
 #[derive(Debug, Parser)]
 #[command(name = "authkit-host", version, about = "A self-hosted backend for WorkOS AuthKit")]
@@ -41,14 +41,29 @@ enum Command {
     /// Run the server.
     Serve(ServeArgs),
     /// Inspect the synced users table.
-    #[command(subcommand)]
-    Users(UsersCommand),
+    Users {
+        /// The tenant (also AUTHKIT_TENANT; default: `default`).
+        #[arg(long, global = true, env = "AUTHKIT_TENANT", default_value = "default")]
+        tenant: String,
+        #[command(subcommand)]
+        cmd: UsersCommand,
+    },
     /// Inspect the event inbox.
-    #[command(subcommand)]
-    Events(EventsCommand),
+    Events {
+        /// The tenant (also AUTHKIT_TENANT; default: `default`).
+        #[arg(long, global = true, env = "AUTHKIT_TENANT", default_value = "default")]
+        tenant: String,
+        #[command(subcommand)]
+        cmd: EventsCommand,
+    },
     /// Inspect the Actions decisions sent to WorkOS.
-    #[command(subcommand)]
-    Actions(ActionsCommand),
+    Actions {
+        /// The tenant (also AUTHKIT_TENANT; default: `default`).
+        #[arg(long, global = true, env = "AUTHKIT_TENANT", default_value = "default")]
+        tenant: String,
+        #[command(subcommand)]
+        cmd: ActionsCommand,
+    },
     /// Upload a handler component to a running host, and make it live.
     Deploy(remote::DeployArgs),
     /// Manage a running host's handler versions.
@@ -185,9 +200,9 @@ pub fn main() -> ExitCode {
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) => serve(settings).await,
-        Command::Users(cmd) => users(cmd, &connect(&settings).await?).await,
-        Command::Events(cmd) => events(cmd, &connect(&settings).await?).await,
-        Command::Actions(cmd) => actions(cmd, &connect(&settings).await?).await,
+        Command::Users { tenant, cmd } => users(cmd, &tenant, &connect(&settings).await?).await,
+        Command::Events { tenant, cmd } => events(cmd, &tenant, &connect(&settings).await?).await,
+        Command::Actions { tenant, cmd } => actions(cmd, &tenant, &connect(&settings).await?).await,
         Command::Deploy(args) => remote::deploy(args).await,
         Command::Modules(cmd) => remote::modules(cmd).await,
         Command::Tenants(cmd) => remote::tenants(*cmd).await,
@@ -207,9 +222,9 @@ async fn run_dev(settings: Settings, file: PathBuf) -> anyhow::Result<()> {
     .await
 }
 
-async fn actions(cmd: ActionsCommand, store: &Store) -> anyhow::Result<()> {
+async fn actions(cmd: ActionsCommand, tenant: &str, store: &Store) -> anyhow::Result<()> {
     let ActionsCommand::List { limit, json } = cmd;
-    let decisions = store.list_decisions(DEFAULT_TENANT, limit).await?;
+    let decisions = store.list_decisions(tenant, limit).await?;
     let mut out = std::io::stdout().lock();
     if !json {
         writeln!(
@@ -274,11 +289,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
+async fn users(cmd: UsersCommand, tenant: &str, store: &Store) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         UsersCommand::List { limit, after, json } => {
-            let users = store.list_users(DEFAULT_TENANT, after.as_deref(), limit).await?;
+            let users = store.list_users(tenant, after.as_deref(), limit).await?;
             if !json {
                 writeln!(out, "{:<40} {:<32} {:<24} UPDATED", "ID", "EMAIL", "NAME")?;
             }
@@ -303,7 +318,7 @@ async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
                 }
             }
         }
-        UsersCommand::Get { id } => match store.get_user(DEFAULT_TENANT, &id).await? {
+        UsersCommand::Get { id } => match store.get_user(tenant, &id).await? {
             Some(user) => writeln!(out, "{}", serde_json::to_string_pretty(&user.view())?)?,
             None => bail!("no user with id {id:?}"),
         },
@@ -311,21 +326,20 @@ async fn users(cmd: UsersCommand, store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn events(cmd: EventsCommand, store: &Store) -> anyhow::Result<()> {
+async fn events(cmd: EventsCommand, tenant: &str, store: &Store) -> anyhow::Result<()> {
     let (status, event_type, limit, json) = match cmd {
         EventsCommand::List { status, event_type, limit, json } => (status, event_type, limit, json),
         EventsCommand::Show { id } => {
-            let event =
-                store.get_event(DEFAULT_TENANT, &id).await?.with_context(|| format!("no event with id {id:?}"))?;
+            let event = store.get_event(tenant, &id).await?.with_context(|| format!("no event with id {id:?}"))?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", serde_json::to_string_pretty(&event.view())?)?;
             return Ok(());
         }
         EventsCommand::Retry { id } => {
-            let Some(event) = store.get_event(DEFAULT_TENANT, &id).await? else {
+            let Some(event) = store.get_event(tenant, &id).await? else {
                 bail!("no event with id {id:?}");
             };
-            if !store.retry_event(DEFAULT_TENANT, &id, clock::now_ms()).await? {
+            if !store.retry_event(tenant, &id, clock::now_ms()).await? {
                 bail!("event {id} is {}, not dead: only dead events can be retried", event.status);
             }
             println!("event {id} queued again");
@@ -338,7 +352,7 @@ async fn events(cmd: EventsCommand, store: &Store) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let events = store.list_events(&EventFilter { status, event_type, limit }).await?;
+    let events = store.list_events(&EventFilter { tenant: tenant.to_string(), status, event_type, limit }).await?;
     let mut out = std::io::stdout().lock();
     if !json {
         writeln!(

@@ -19,6 +19,9 @@
 //! - `DELETE /admin/modules/{version}` → 204; the active version is 409.
 //! - `GET /admin/status`: the active version and the compiled-code cache's counters.
 //! - `GET /admin/tenant`, `PATCH /admin/tenant`: the tenant's own settings.
+//! - `GET /admin/users[?limit=&after=]`, `GET /admin/users/{id}`: the synced users.
+//! - `GET /admin/events[?status=&type=&limit=]`, `GET /admin/events/{id}`, and
+//!   `POST /admin/events/{id}/retry` (a dead event, queued again).
 //!
 //! Root only:
 //! - `GET /admin/tenants`, `POST /admin/tenants` → 201.
@@ -48,6 +51,7 @@ use super::{AppState, TENANT_PREFIX, tenant_of, unknown_tenant};
 use crate::clock;
 use crate::deploy::{DeployError, Deployment};
 use crate::settings::env;
+use crate::store::inbox::{EventFilter, Status};
 use crate::tenants::{NewTenant, Tenant, TenantChange, TenantError};
 
 pub fn routes() -> Router<AppState> {
@@ -59,6 +63,11 @@ pub fn routes() -> Router<AppState> {
             .route("/admin/modules/{version}", delete(remove))
             .route("/admin/status", get(status))
             .route("/admin/tenant", get(show_own).patch(update_own))
+            .route("/admin/users", get(list_users))
+            .route("/admin/users/{id}", get(show_user))
+            .route("/admin/events", get(list_events))
+            .route("/admin/events/{id}", get(show_event))
+            .route("/admin/events/{id}/retry", post(retry_event))
     };
     Router::new()
         .merge(scoped())
@@ -407,4 +416,105 @@ async fn revoke_token(
     }
     info!(tenant = %tenant.slug, token_id = %id, "tenant admin token revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `{id}` of a tenant-scoped route (`/t/{tenant}/...` has two parameters).
+fn id_param(params: &HashMap<String, String>) -> String {
+    params.get("id").cloned().unwrap_or_default()
+}
+
+fn limit_param(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match query.get("limit") {
+        None => Ok(100),
+        Some(text) => text.parse::<i64>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("limit={text:?}: use 1 to 1000"))
+        }),
+    }
+}
+
+fn read_failed(e: crate::store::StoreError) -> ApiError {
+    error!(error = %e, "an admin read failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the database could not be read; try again")
+}
+
+async fn list_users(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit_param(&query)?;
+    let after = query.get("after").map(String::as_str);
+    let users = state.tenants.store().list_users(&tenant.slug, after, limit).await.map_err(read_failed)?;
+    let views: Vec<Value> = users.into_iter().map(|u| json!(u.view())).collect();
+    Ok(Json(json!({ "users": views })))
+}
+
+async fn show_user(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_param(&params);
+    match state.tenants.store().get_user(&tenant.slug, &id).await.map_err(read_failed)? {
+        Some(user) => Ok(Json(json!(user.view()))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("no user with id {id:?}"))),
+    }
+}
+
+async fn list_events(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let status = match query.get("status") {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("status={s:?}: use pending, failed, done or dead"),
+            )
+        })?),
+    };
+    let filter = EventFilter {
+        tenant: tenant.slug.clone(),
+        status,
+        event_type: query.get("type").cloned(),
+        limit: limit_param(&query)?,
+    };
+    let events = state.tenants.store().list_events(&filter).await.map_err(read_failed)?;
+    let views: Vec<Value> = events.into_iter().map(|e| json!(e.view())).collect();
+    Ok(Json(json!({ "events": views })))
+}
+
+fn no_event(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "event_not_found", format!("no event with id {id:?}"))
+}
+
+async fn show_event(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_param(&params);
+    let event = state.tenants.store().get_event(&tenant.slug, &id).await.map_err(read_failed)?;
+    Ok(Json(json!(event.ok_or_else(|| no_event(&id))?.view())))
+}
+
+async fn retry_event(
+    TenantAdmin(tenant): TenantAdmin,
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_param(&params);
+    let store = state.tenants.store();
+    let event = store.get_event(&tenant.slug, &id).await.map_err(read_failed)?.ok_or_else(|| no_event(&id))?;
+    if !store.retry_event(&tenant.slug, &id, clock::now_ms()).await.map_err(read_failed)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "event_not_dead",
+            format!("event {id} is {}, not dead: only dead events can be retried", event.status),
+        ));
+    }
+    Ok(Json(json!({ "event_id": id, "status": "pending" })))
 }

@@ -135,11 +135,19 @@ pub struct ClaimedEvent {
 }
 
 /// Which events to list.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventFilter {
+    pub tenant: String,
     pub status: Option<Status>,
     pub event_type: Option<String>,
     pub limit: i64,
+}
+
+impl Default for EventFilter {
+    /// The default tenant's latest 100 events.
+    fn default() -> EventFilter {
+        EventFilter { tenant: DEFAULT_TENANT.to_string(), status: None, event_type: None, limit: 100 }
+    }
 }
 
 const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occurred_at, received_at, status, \
@@ -225,7 +233,7 @@ impl Store {
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<InboxEvent>> {
         let rows = on_pool!(self, pool => {
             let mut q = QueryBuilder::new(format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE tenant_id = "));
-            q.push_bind(DEFAULT_TENANT);
+            q.push_bind(filter.tenant.clone());
             if let Some(status) = filter.status {
                 q.push(" AND status = ").push_bind(status.as_str());
             }
