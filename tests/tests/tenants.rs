@@ -17,6 +17,7 @@ on_both_backends!(
     the_cli_manages_tenants_and_reads_one_tenant_at_a_time,
     deleting_a_tenant_removes_everything_it_has,
     a_noisy_neighbour_does_not_hold_up_another_tenant,
+    another_process_on_the_same_database_follows_tenant_changes,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -461,4 +462,50 @@ async fn a_noisy_neighbour_does_not_hold_up_another_tenant(db: TestDb) {
     assert!(noisy_left > 0, "the neighbour was still busy while quiet's events were applied");
     let worst = latencies.iter().max().unwrap();
     assert!(*worst < Duration::from_secs(4), "quiet waited {worst:?} behind noisy: {latencies:?}");
+}
+
+/// Two host processes on one database: a tenant created, deployed to or
+/// deleted through one is served, run or refused by the other after its next
+/// poll (`modules.poll_interval_ms`, 1 s by default), and a tenant token works
+/// on both.
+async fn another_process_on_the_same_database_follows_tenant_changes(db: TestDb) {
+    let a = TestServer::start_with(&db, options(&db)).await;
+    // One worker for both (two SQLite processes must not both apply events).
+    let b = TestServer::start_with(&db, options(&db).arg("--no-worker")).await;
+    create(&a, "acme", "whsec_two", "sk_two", json!({})).await;
+    let (_, status) = deliver(&b, "/t/acme/workos/webhook", "whsec_two", "user.created", json!({})).await;
+    assert_eq!(status, 404, "b has not polled yet");
+    eventually("b serves acme", Duration::from_secs(10), || async {
+        let data = user("user_two", "two@example.com", "Two", "2025-01-01T00:00:01.000Z");
+        (deliver(&b, "/t/acme/workos/webhook", "whsec_two", "user.created", data).await.1 == 200).then_some(())
+    })
+    .await;
+    let store = db.store().await;
+    eventually("a's worker applies what b accepted", Duration::from_secs(30), || async {
+        store.get_user("acme", "user_two").await.unwrap().map(drop)
+    })
+    .await;
+
+    let token = a.admin("POST", "/admin/tenants/acme/tokens", Some(ROOT), None).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = b.admin("POST", "/t/acme/admin/modules?activate=true", Some(&token), Some(stamped(4))).await;
+    assert_eq!(reply.status, 201, "a token made through a works on b: {reply:?}");
+    eventually("a runs the version activated through b", Duration::from_secs(10), || async {
+        let (status, payload) = act(&a, "acme", "sk_two", "Version", "sk_two").await;
+        (status == 200 && payload.ok()?["error_message"] == "version 4").then_some(())
+    })
+    .await;
+
+    let deleted = a.admin("DELETE", "/admin/tenants/acme", Some(ROOT), None).await;
+    assert_eq!(deleted.status, 204);
+    eventually("b stops serving acme", Duration::from_secs(10), || async {
+        (deliver(&b, "/t/acme/workos/webhook", "whsec_two", "user.created", json!({})).await.1 == 404).then_some(())
+    })
+    .await;
+    eventually("nothing of acme is left, whatever b accepted meanwhile", Duration::from_secs(10), || async {
+        store.count_tenant_rows("acme").await.unwrap().iter().all(|(_, n)| *n == 0).then_some(())
+    })
+    .await;
 }

@@ -15,11 +15,14 @@
 //! Fairness across tenants: the worker works in rounds. A round is the list of
 //! tenants with due events; each gets one turn (one batch of its own events,
 //! under its own limits) before any gets a second, and the next round starts
-//! after the tenant that had the last turn. A turn stops taking new events
-//! once it has run for [`TURN_BUDGET`]; the rest wait for the next round. So
-//! an event waits at most one turn of every other tenant with due events, and
-//! a turn lasts at most the budget plus one event (at most that tenant's event
-//! deadline), however large a tenant's backlog or however slow its handler.
+//! after the tenant that had the last turn. Consecutive turns share one
+//! transaction (one commit for many tenants with a few events each), which
+//! takes at most `worker.batch_size` events, and no new event once it has run
+//! for [`TURN_BUDGET`]: the tenants whose turn has not come go first in the
+//! next one. So an event waits at most one
+//! turn of every other tenant with due events, and a transaction lasts at most
+//! the budget plus one event (at most that tenant's event deadline), however
+//! large a tenant's backlog or however slow its handler.
 //!
 //! It runs on a blocking thread: handlers run synchronously in wasmtime and
 //! reach the batch's transaction while they run.
@@ -49,8 +52,11 @@ use crate::workos::event::{Event, Record, RecordKind, SyncAction, User};
 const LOOP_RETRY_BASE: Duration = Duration::from_millis(100);
 const LOOP_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// A tenant's turn takes no new event after running this long.
+/// A worker transaction takes no new event after running this long (each
+/// tenant's turn still gets its first event).
 pub const TURN_BUDGET: Duration = Duration::from_millis(500);
+/// At most this many tenants' turns share one transaction.
+const TENANTS_PER_TRANSACTION: usize = 64;
 
 /// Stored error messages are cut to this many characters (an error must not bloat the inbox).
 const MAX_ERROR_LEN: usize = 2000;
@@ -132,9 +138,9 @@ impl Worker {
         info!("worker stopped");
     }
 
-    /// Gives the next tenant of the round its turn, starting a new round when
-    /// the last one is over. Returns whether more work may be waiting: `false`
-    /// once a whole round claimed nothing.
+    /// Gives the next tenants of the round their turns, in one transaction,
+    /// starting a new round when the last one is over. Returns whether more
+    /// work may be waiting: `false` once a whole round claimed nothing.
     pub fn run_turn(&mut self) -> Result<bool, StoreError> {
         if self.round.is_empty() {
             let due = {
@@ -147,65 +153,106 @@ impl Worker {
             self.round = next_round(due, self.last_turn.as_deref());
             self.round_claimed = 0;
         }
-        let Some(slug) = self.round.pop_front() else { return Ok(false) };
-        self.round_claimed += self.run_batch(&slug)?;
-        self.last_turn = Some(slug);
+        let take = self.round.len().min(TENANTS_PER_TRANSACTION);
+        let chunk: Vec<String> = self.round.drain(..take).collect();
+        self.round_claimed += self.run_turns(chunk)?;
         Ok(!self.round.is_empty() || self.round_claimed > 0)
     }
 
-    /// Claims and processes one batch of `slug`'s events; returns how many it
-    /// processed.
-    pub fn run_batch(&mut self, slug: &str) -> Result<usize, StoreError> {
-        // A tenant another process created is served here after the next reload.
-        let Some(tenant) = self.tenants.get(slug) else { return Ok(0) };
-        let deployment = match self.tenants.deployment(slug) {
-            Ok(deployment) => deployment,
-            Err(e) => {
+    /// Gives each tenant of `chunk` its turn, one after the other, in one
+    /// transaction (one commit for many small turns). Once the transaction has
+    /// run for [`TURN_BUDGET`] it takes no new event, and once it has taken
+    /// `worker.batch_size` events no new tenant; the tenants that had no turn
+    /// go back to the front of the round. Returns how many events it processed.
+    fn run_turns(&mut self, chunk: Vec<String>) -> Result<usize, StoreError> {
+        let mut turns = Vec::with_capacity(chunk.len());
+        let mut unknown = Vec::new();
+        for slug in &chunk {
+            let Some(tenant) = self.tenants.get(slug) else {
+                unknown.push(slug);
+                continue;
+            };
+            match self.tenants.deployment(slug) {
+                Ok(deployment) => turns.push((tenant, deployment)),
                 // Its events wait: applying them without its handler would skip the handler's effects.
-                warn!(tenant = %slug, error = %e, "the tenant's handler versions could not be opened; its events wait");
-                return Ok(0);
+                Err(e) => {
+                    warn!(tenant = %slug, error = %e, "the tenant's handler versions could not be opened; its events wait")
+                }
             }
-        };
+        }
+        if !unknown.is_empty() {
+            self.purge_deleted(&unknown)?;
+        }
+        if turns.is_empty() {
+            return Ok(0);
+        }
         let now = clock::now_ms();
-        // Held until the batch commits: the indexes this batch's writes maintain
-        // cannot change under it (see `deploy`). Taken before the write gate.
-        let maintained = deployment.writing();
+        // Held until the commit: the indexes these turns' writes maintain cannot
+        // change under them (see `deploy`). Taken before the write gate.
+        let maintained: Vec<_> = turns.iter().map(|(_, d)| d.writing()).collect();
         let mut tx = self.db.begin()?;
-        if !stored_tenants::hold(&mut tx, slug)? {
-            return Ok(0); // deleted meanwhile
-        }
-        let events = inbox::claim_due(&mut tx, slug, now, self.settings.batch_size as i64)?;
-        if events.is_empty() {
-            return Ok(0); // dropping the transaction rolls it back
-        }
         let started = Instant::now();
         let mut processed = 0;
-        let mut blocked: HashSet<&str> = HashSet::new();
-        for event in &events {
-            if started.elapsed() >= TURN_BUDGET {
-                break; // the rest stay due, for this tenant's next turn
-            }
-            processed += 1;
-            if blocked.contains(event.subject.as_str()) {
-                continue; // an older event of this subject failed: keep the order
-            }
-            tx.savepoint("event")?;
-            let (back, result) = self.process(tx, event, &tenant, &deployment, &maintained, now);
-            tx = back.ok_or_else(|| StoreError::Corrupt("a handler call lost its transaction".into()))?;
-            match result {
-                Ok((outcome, logs)) => {
-                    tx.release("event")?;
-                    inbox::mark_done(&mut tx, event.seq, outcome, logs.as_deref(), now)?;
+        let batch = self.settings.batch_size;
+        for (i, (tenant, deployment)) in turns.iter().enumerate() {
+            if i > 0 && (started.elapsed() >= TURN_BUDGET || processed >= batch) {
+                // Their turns come first in the next transaction.
+                for (t, _) in turns[i..].iter().rev() {
+                    self.round.push_front(t.slug.clone());
                 }
-                Err((failure, logs)) => {
-                    tx.rollback_to("event")?;
-                    blocked.insert(&event.subject);
-                    self.record_failure(&mut tx, event, &failure, logs.as_deref(), now)?;
+                break;
+            }
+            self.last_turn = Some(tenant.slug.clone());
+            if !stored_tenants::hold(&mut tx, &tenant.slug)? {
+                // Deleted (by another process, or while its webhooks were in flight): nothing of it stays.
+                stored_tenants::purge_events(&mut tx, &tenant.slug)?;
+                continue;
+            }
+            // Always the same LIMIT: a new value would make SQLite prepare the statement again.
+            let events = inbox::claim_due(&mut tx, &tenant.slug, now, batch as i64)?;
+            let room = batch.saturating_sub(processed).max(1);
+            let mut blocked: HashSet<&str> = HashSet::new();
+            for (n, event) in events.iter().enumerate() {
+                if n > 0 && (n >= room || started.elapsed() >= TURN_BUDGET) {
+                    break; // the rest stay due, for this tenant's next turn
+                }
+                processed += 1;
+                if blocked.contains(event.subject.as_str()) {
+                    continue; // an older event of this subject failed: keep the order
+                }
+                tx.savepoint("event")?;
+                let (back, result) = self.process(tx, event, tenant, deployment, &maintained[i], now);
+                tx = back.ok_or_else(|| StoreError::Corrupt("a handler call lost its transaction".into()))?;
+                match result {
+                    Ok((outcome, logs)) => {
+                        tx.release("event")?;
+                        inbox::mark_done(&mut tx, event.seq, outcome, logs.as_deref(), now)?;
+                    }
+                    Err((failure, logs)) => {
+                        tx.rollback_to("event")?;
+                        blocked.insert(&event.subject);
+                        self.record_failure(&mut tx, event, &failure, logs.as_deref(), now)?;
+                    }
                 }
             }
         }
         tx.commit()?;
         Ok(processed)
+    }
+
+    /// Tenants with events that this process does not know: created by
+    /// another process (their events wait for the next reload here), or
+    /// deleted (their events, accepted while the deletion was under way or by
+    /// a process that had not yet heard of it, are deleted too).
+    fn purge_deleted(&mut self, slugs: &[&String]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin()?;
+        for slug in slugs {
+            if !stored_tenants::hold(&mut tx, slug)? {
+                let purged = stored_tenants::purge_events(&mut tx, slug)?;
+                info!(tenant = %slug, events = purged, "deleted the events of a tenant that no longer exists");
+            }
+        }
+        tx.commit()
     }
 
     /// Syncs the host's tables and runs the handler for one event, inside `tx`.

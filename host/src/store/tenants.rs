@@ -198,3 +198,10 @@ pub fn hold(tx: &mut SyncTx, slug: &str) -> Result<bool> {
     };
     Ok(tx.query_one(sql, &[slug.into()])?.is_some())
 }
+
+/// Inside the worker's transaction: deletes the events of a tenant that no
+/// longer exists (accepted while its deletion was under way, or by a process
+/// that had not yet heard of it).
+pub fn purge_events(tx: &mut SyncTx, slug: &str) -> Result<u64> {
+    tx.execute("DELETE FROM inbox WHERE tenant_id = $1", &[slug.into()])
+}

@@ -20,23 +20,17 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use authkit_host::settings::{Overrides, Settings};
+use authkit_tests::bench::{ACTION_SECRET, Host, TOKEN, WEBHOOK_SECRET, leb128, median, ms, padded};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::workos::now_ms;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "bench-admin-token";
-const ACTION_SECRET: &str = "sk_bench_modules";
-const WEBHOOK_SECRET: &str = "whsec_bench_modules";
 /// Part of the default fallback verdict's message.
 const FALLBACK: &str = "temporarily unavailable";
 
@@ -79,90 +73,6 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
-}
-
-/// A host running in this process.
-struct Host {
-    addr: std::net::SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-    client: reqwest::Client,
-}
-
-impl Host {
-    /// Starts on `db` with `cache`; returns once it answers, and how long that took.
-    async fn start(db: &Path, cache: &Path) -> anyhow::Result<(Host, Duration)> {
-        let overrides = Overrides { database_url: Some(format!("sqlite://{}", db.display())), ..Default::default() };
-        let cache = cache.display().to_string();
-        let settings = Settings::load_with(&overrides, |k| match k {
-            "AUTHKIT_ADMIN_TOKEN" => Some(TOKEN.to_string()),
-            "WORKOS_ACTION_SECRET" => Some(ACTION_SECRET.to_string()),
-            "WORKOS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_string()),
-            "AUTHKIT_CACHE_DIR" => Some(cache.clone()),
-            "AUTHKIT_LOG" => Some("warn".to_string()),
-            _ => None,
-        })?;
-        let started = Instant::now();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move { authkit_host::run(settings, listener, stop).await }
-        });
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if task.is_finished() {
-                bail!("the host stopped during start-up: {:?}", task.await);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok((Host { addr, stop, task, client }, started.elapsed()))
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        self.task.await?
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Uploads `bytes`; returns how long until the answer, which must be a success.
-    async fn upload(&self, bytes: Vec<u8>, activate: bool) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let resp = self
-            .client
-            .post(self.url(&format!("/admin/modules?activate={activate}")))
-            .bearer_auth(TOKEN)
-            .body(bytes)
-            .send()
-            .await?;
-        let elapsed = started.elapsed();
-        if !resp.status().is_success() {
-            bail!("upload refused: {}", resp.text().await?);
-        }
-        Ok(elapsed)
-    }
-}
-
-/// Appends a custom section of `pad` bytes: a bigger component with the same code.
-fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
-    let name = b"bench-padding";
-    let mut payload = leb128(name.len() as u64);
-    payload.extend_from_slice(name);
-    payload.resize(payload.len() + pad, 0x5a);
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section id
-    out.extend(leb128(payload.len() as u64));
-    out.extend(payload);
-    out
 }
 
 /// Appends a core module of generated code (functions of integer arithmetic)
@@ -217,19 +127,6 @@ fn sleb128(mut n: i64) -> Vec<u8> {
     }
 }
 
-fn leb128(mut n: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// The hostile fixture stamped with version `n` (see its `VERSION`).
 fn stamped(bytes: &[u8], n: u32) -> Vec<u8> {
     let from = b"authkit-test-version:000";
@@ -238,15 +135,6 @@ fn stamped(bytes: &[u8], n: u32) -> Vec<u8> {
     let mut out = bytes.to_vec();
     out[at..at + from.len()].copy_from_slice(to.as_bytes());
     out
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 async fn upload_phase(args: &Args) -> anyhow::Result<()> {

@@ -1,0 +1,141 @@
+//! What the benchmarks share: a host running in the bench's own process on
+//! loopback, component padding, and figures. Must not: assert anything.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use authkit_host::settings::{Overrides, Settings};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The root admin token of a bench host.
+pub const TOKEN: &str = "bench-admin-token";
+/// The default tenant's secrets on a bench host.
+pub const ACTION_SECRET: &str = "sk_bench_modules";
+pub const WEBHOOK_SECRET: &str = "whsec_bench_modules";
+
+/// A host running in this process.
+pub struct Host {
+    pub addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    pub client: reqwest::Client,
+}
+
+impl Host {
+    /// Starts on `db` with `cache`; returns once it answers, and how long that took.
+    pub async fn start(db: &Path, cache: &Path) -> anyhow::Result<(Host, Duration)> {
+        let overrides = Overrides { database_url: Some(format!("sqlite://{}", db.display())), ..Default::default() };
+        let cache = cache.display().to_string();
+        let settings = Settings::load_with(&overrides, |k| match k {
+            "AUTHKIT_ADMIN_TOKEN" => Some(TOKEN.to_string()),
+            "WORKOS_ACTION_SECRET" => Some(ACTION_SECRET.to_string()),
+            "WORKOS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_string()),
+            "AUTHKIT_CACHE_DIR" => Some(cache.clone()),
+            "AUTHKIT_LOG" => Some("warn".to_string()),
+            _ => None,
+        })?;
+        let started = Instant::now();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { authkit_host::run(settings, listener, stop).await }
+        });
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if task.is_finished() {
+                bail!("the host stopped during start-up: {:?}", task.await);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok((Host { addr, stop, task, client }, started.elapsed()))
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Uploads `bytes`; returns how long until the answer, which must be a success.
+    pub async fn upload(&self, bytes: Vec<u8>, activate: bool) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let resp = self
+            .client
+            .post(self.url(&format!("/admin/modules?activate={activate}")))
+            .bearer_auth(TOKEN)
+            .body(bytes)
+            .send()
+            .await?;
+        let elapsed = started.elapsed();
+        if !resp.status().is_success() {
+            bail!("upload refused: {}", resp.text().await?);
+        }
+        Ok(elapsed)
+    }
+}
+
+/// Appends a custom section of `pad` bytes: a bigger component with the same code.
+pub fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
+    with_custom_section(bytes, "bench-padding", &vec![0x5a; pad])
+}
+
+/// Appends a custom section `name` holding `payload`: different bytes, the same code.
+pub fn with_custom_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut section = leb128(name.len() as u64);
+    section.extend_from_slice(name.as_bytes());
+    section.extend_from_slice(payload);
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.extend(leb128(section.len() as u64));
+    out.extend(section);
+    out
+}
+
+pub fn leb128(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// This process's resident memory now and at its peak, in MiB (Linux).
+pub fn resident_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
