@@ -165,6 +165,9 @@ pub struct ActionSettings {
     pub no_handler: ConfiguredVerdict,
     /// Signature tolerance, either direction.
     pub tolerance: Duration,
+    /// Handler calls one tenant may have running at once; past it, the
+    /// fallback is sent at once, so one tenant cannot take every thread.
+    pub max_concurrent: usize,
 }
 
 /// The default fallback's message.
@@ -177,6 +180,7 @@ impl Default for ActionSettings {
             fallback: ConfiguredVerdict::Deny(DEFAULT_FALLBACK_MESSAGE.to_string()),
             no_handler: ConfiguredVerdict::Allow,
             tolerance: crate::workos::signature::ACTION_TOLERANCE,
+            max_concurrent: 32,
         }
     }
 }
@@ -292,6 +296,7 @@ struct FileActions {
     no_handler: Option<String>,
     no_handler_message: Option<String>,
     tolerance_secs: Option<u64>,
+    max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,6 +434,7 @@ impl Settings {
                 ad.no_handler,
             )?,
             tolerance: file.actions.tolerance_secs.map_or(ad.tolerance, Duration::from_secs),
+            max_concurrent: file.actions.max_concurrent.unwrap_or(ad.max_concurrent),
         };
 
         let database = DatabaseUrl::parse(&database_url)?;
@@ -500,6 +506,9 @@ impl Settings {
         }
         if self.actions.tolerance.is_zero() {
             return invalid("actions.tolerance_secs", "must be at least 1");
+        }
+        if !(1..=1024).contains(&self.actions.max_concurrent) {
+            return invalid("actions.max_concurrent", "must be between 1 and 1024");
         }
         if self.handler.max_calls == 0 {
             return invalid("handler.max_calls", "must be at least 1");

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::clock;
@@ -52,6 +53,9 @@ pub struct TenantOptions {
     pub memory_limit_bytes: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_calls: Option<u32>,
+    /// Actions handler calls running at once (see `actions.max_concurrent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_actions: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<VerdictOption>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +153,7 @@ impl Tenant {
                 "action_deadline_ms": self.actions.deadline.as_millis() as u64,
                 "memory_limit_bytes": self.limits.memory_limit,
                 "max_calls": self.limits.max_calls,
+                "max_concurrent_actions": self.actions.max_concurrent,
                 "fallback": VerdictOption::of(&self.actions.fallback),
                 "no_handler": VerdictOption::of(&self.actions.no_handler),
             },
@@ -210,6 +215,8 @@ pub struct Tenants {
     deployments: RwLock<HashMap<String, Arc<Deployment>>>,
     /// One opening at a time, so two first requests do not both load.
     opening: Mutex<()>,
+    /// Slug → (its cap, the permits of its running Actions handler calls).
+    actions_running: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
 }
 
 impl Tenants {
@@ -230,6 +237,7 @@ impl Tenants {
             by_slug: RwLock::default(),
             deployments: RwLock::default(),
             opening: Mutex::default(),
+            actions_running: Mutex::default(),
         };
         tenants.reload().await?;
         Ok(tenants)
@@ -278,6 +286,22 @@ impl Tenants {
             Arc::new(Deployment::open(slug, self.runtime.clone(), self.db.clone(), self.settings.modules.max_bytes)?);
         write(&self.deployments).insert(slug.to_string(), deployment.clone());
         Ok(deployment)
+    }
+
+    /// A permit to run one of `tenant`'s Actions handler calls, held until the
+    /// call ends; `None` when it already has its cap running.
+    pub fn action_permit(&self, tenant: &Tenant) -> Option<OwnedSemaphorePermit> {
+        let cap = tenant.actions.max_concurrent;
+        let semaphore = {
+            let mut running = self.actions_running.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = running.entry(tenant.slug.clone()).or_insert_with(|| (cap, Arc::new(Semaphore::new(cap))));
+            if entry.0 != cap {
+                // The cap changed: calls still running under the old one finish on it.
+                *entry = (cap, Arc::new(Semaphore::new(cap)));
+            }
+            entry.1.clone()
+        };
+        semaphore.try_acquire_owned().ok()
     }
 
     /// Reads the stored tenants again (another process may have changed them).
@@ -370,6 +394,7 @@ impl Tenants {
         }
         let removed = write(&self.by_slug).remove(slug);
         write(&self.deployments).remove(slug);
+        self.actions_running.lock().unwrap_or_else(|p| p.into_inner()).remove(slug);
         match self.store.delete_tenant(slug).await {
             Ok(true) => {
                 info!(tenant = %slug, "tenant deleted with all its data");
@@ -458,6 +483,12 @@ impl Tenants {
                 return Err(TenantError::invalid("options.max_calls", "must be at least 1"));
             }
             limits.max_calls = n;
+        }
+        if let Some(n) = o.max_concurrent_actions {
+            if !(1..=1024).contains(&n) {
+                return Err(TenantError::invalid("options.max_concurrent_actions", "must be between 1 and 1024"));
+            }
+            actions.max_concurrent = n;
         }
         if let Some(v) = &o.fallback {
             actions.fallback = v.configured("options.fallback")?;

@@ -18,6 +18,7 @@ on_both_backends!(
     deleting_a_tenant_removes_everything_it_has,
     a_noisy_neighbour_does_not_hold_up_another_tenant,
     another_process_on_the_same_database_follows_tenant_changes,
+    one_tenant_cannot_take_every_actions_call,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -508,4 +509,44 @@ async fn another_process_on_the_same_database_follows_tenant_changes(db: TestDb)
         store.count_tenant_rows("acme").await.unwrap().iter().all(|(_, n)| *n == 0).then_some(())
     })
     .await;
+}
+
+/// A tenant whose action handler hangs gets the fallback for every call past
+/// its `max_concurrent_actions` at once, while another tenant's sign-ins are
+/// still decided by its own handler.
+async fn one_tenant_cannot_take_every_actions_call(db: TestDb) {
+    let server = Arc::new(TestServer::start_with(&db, options(&db)).await);
+    let slow = json!({ "max_concurrent_actions": 2, "action_deadline_ms": 800 });
+    create(&server, "slow", "whsec_slow", "sk_slow", slow).await;
+    create(&server, "fast", "whsec_fast", "sk_fast", json!({})).await;
+    deploy(&server, "slow", stamped(1)).await;
+    deploy(&server, "fast", stamped(2)).await;
+
+    let mut burst = Vec::new();
+    for _ in 0..12 {
+        let server = server.clone();
+        burst.push(tokio::spawn(async move { act(&server, "slow", "sk_slow", "Sleep", "sk_slow").await }));
+    }
+    // While slow's handler calls hang, fast is decided by its own handler.
+    for _ in 0..3 {
+        let (status, payload) = act(&server, "fast", "sk_fast", "Version", "sk_fast").await;
+        assert_eq!((status, payload.unwrap()["error_message"].clone()), (200, json!("version 2")));
+    }
+    for call in burst {
+        let (status, payload) = call.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(payload.unwrap()["error_message"].as_str().unwrap().contains("temporarily unavailable"));
+    }
+    let store = db.store().await;
+    let decisions = eventually("slow's decisions recorded", Duration::from_secs(10), || async {
+        let d = store.list_decisions("slow", 100).await.unwrap();
+        (d.len() == 12).then_some(d)
+    })
+    .await;
+    let capped =
+        decisions.iter().filter(|d| d.error.as_deref().unwrap_or("").contains("max_concurrent_actions")).count();
+    let ran = decisions.iter().filter(|d| d.error.as_deref().unwrap_or("").contains("no verdict within")).count();
+    assert!(decisions.iter().all(|d| d.source == "fallback"), "{decisions:?}");
+    assert_eq!(capped + ran, 12, "{decisions:?}");
+    assert!((1..=4).contains(&ran), "at most the cap ran at a time ({ran} ran, {capped} refused at once)");
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
@@ -107,7 +107,17 @@ impl Decider {
                     logs: None,
                     latency: Duration::ZERO,
                 },
-                Some(live) => self.run_handler(deployment, live, tenant, request, started).await,
+                Some(live) => match self.tenants.action_permit(tenant) {
+                    Some(permit) => self.run_handler(deployment, live, tenant, request, started, permit).await,
+                    None => self.fallback(
+                        tenant,
+                        format!(
+                            "the tenant already has {} Actions handler calls running (its max_concurrent_actions)",
+                            tenant.actions.max_concurrent
+                        ),
+                        None,
+                    ),
+                },
             },
         };
         let decision = Decision { latency: started.elapsed(), ..decision };
@@ -140,12 +150,15 @@ impl Decider {
         tenant: &Arc<Tenant>,
         request: &ActionRequest,
         started: Instant,
+        permit: OwnedSemaphorePermit,
     ) -> Decision {
         let claim = Arc::new(AtomicU8::new(PENDING));
         let (db, task_tenant, guest, task_claim) =
             (self.db.clone(), tenant.clone(), guest_action(request), claim.clone());
         let mut task =
             tokio::task::spawn_blocking(move || -> Result<(GuestVerdict, String), (String, Option<String>)> {
+                // Released when the call ends, not when the request is answered.
+                let _running = permit;
                 // Held until the commit, taken before the write gate (see `deploy`).
                 let maintained = deployment.writing();
                 let tx = db
