@@ -27,7 +27,7 @@
 //! It runs on a blocking thread: handlers run synchronously in wasmtime and
 //! reach the batch's transaction while they run.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,11 @@ const LOOP_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A worker transaction takes no new event after running this long (each
 /// tenant's turn still gets its first event).
 pub const TURN_BUDGET: Duration = Duration::from_millis(500);
+/// On SQLite, a worker transaction that has run this long commits before its
+/// next event (the claimed events stay claimable: one process applies events),
+/// so webhooks do not wait at the write gate behind a long turn, and finished
+/// events become visible without waiting for the other turns.
+const COMMIT_AFTER: Duration = Duration::from_millis(20);
 /// At most this many tenants' turns share one transaction.
 const TENANTS_PER_TRANSACTION: usize = 64;
 
@@ -143,8 +148,10 @@ impl Worker {
     /// work may be waiting: `false` once a whole round claimed nothing.
     pub fn run_turn(&mut self) -> Result<bool, StoreError> {
         if self.round.is_empty() {
+            // Behind the write gate (SQLite), so webhooks whose commit is queued
+            // there land first and their tenants join this round.
             let due = {
-                let mut tx = self.db.begin_read_mostly()?;
+                let mut tx = self.db.begin()?;
                 inbox::due_tenants(&mut tx, clock::now_ms())?
             };
             if due.is_empty() {
@@ -190,10 +197,27 @@ impl Worker {
         // Held until the commit: the indexes these turns' writes maintain cannot
         // change under them (see `deploy`). Taken before the write gate.
         let maintained: Vec<_> = turns.iter().map(|(_, d)| d.writing()).collect();
+        let batch = self.settings.batch_size;
         let mut tx = self.db.begin()?;
         let started = Instant::now();
+        // SQLite: one claim for every tenant of the chunk (one process applies
+        // events, and its write gate keeps a deletion out of this transaction).
+        // If that claim was cut by its limit, a tenant it returned nothing for
+        // claims on its own when its turn comes.
+        let mut claimed_together: Option<(HashMap<String, Vec<ClaimedEvent>>, bool)> = None;
+        if !tx.is_postgres() {
+            let slugs: Vec<&str> = turns.iter().map(|(t, _)| t.slug.as_str()).collect();
+            let events = inbox::claim_due_of_many(&mut tx, &slugs, now, batch as i64)?;
+            let cut = events.len() >= batch;
+            let mut by_tenant: HashMap<String, Vec<ClaimedEvent>> = HashMap::new();
+            for event in events {
+                by_tenant.entry(event.tenant_id.clone()).or_default().push(event);
+            }
+            claimed_together = Some((by_tenant, cut));
+        }
         let mut processed = 0;
-        let batch = self.settings.batch_size;
+        let sqlite = claimed_together.is_some();
+        let mut since_commit = Instant::now();
         for (i, (tenant, deployment)) in turns.iter().enumerate() {
             if i > 0 && (started.elapsed() >= TURN_BUDGET || processed >= batch) {
                 // Their turns come first in the next transaction.
@@ -203,13 +227,25 @@ impl Worker {
                 break;
             }
             self.last_turn = Some(tenant.slug.clone());
-            if !stored_tenants::hold(&mut tx, &tenant.slug)? {
-                // Deleted (by another process, or while its webhooks were in flight): nothing of it stays.
-                stored_tenants::purge_events(&mut tx, &tenant.slug)?;
-                continue;
-            }
-            // Always the same LIMIT: a new value would make SQLite prepare the statement again.
-            let events = inbox::claim_due(&mut tx, &tenant.slug, now, batch as i64)?;
+            let together =
+                claimed_together.as_mut().and_then(|(by_tenant, cut)| match by_tenant.remove(&tenant.slug) {
+                    Some(events) => Some(events),
+                    None if *cut => None,
+                    None => Some(Vec::new()),
+                });
+            let events = match together {
+                Some(events) => events,
+                None if claimed_together.is_some() => inbox::claim_due(&mut tx, &tenant.slug, now, batch as i64)?,
+                None => {
+                    if !stored_tenants::hold(&mut tx, &tenant.slug)? {
+                        // Deleted by another process: nothing of it stays.
+                        stored_tenants::purge_events(&mut tx, &tenant.slug)?;
+                        continue;
+                    }
+                    // Always the same LIMIT: a new value would make SQLite prepare the statement again.
+                    inbox::claim_due(&mut tx, &tenant.slug, now, batch as i64)?
+                }
+            };
             let room = batch.saturating_sub(processed).max(1);
             let mut blocked: HashSet<&str> = HashSet::new();
             for (n, event) in events.iter().enumerate() {
@@ -219,6 +255,13 @@ impl Worker {
                 processed += 1;
                 if blocked.contains(event.subject.as_str()) {
                     continue; // an older event of this subject failed: keep the order
+                }
+                if sqlite && since_commit.elapsed() >= COMMIT_AFTER && processed > 1 {
+                    // Let the webhooks waiting at the write gate in, and make
+                    // what is done visible, before the next (maybe slow) event.
+                    tx.commit()?;
+                    tx = self.db.begin()?;
+                    since_commit = Instant::now();
                 }
                 tx.savepoint("event")?;
                 let (back, result) = self.process(tx, event, tenant, deployment, &maintained[i], now);

@@ -157,14 +157,15 @@ const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occu
 /// has an older event that blocks it (`$blocking` says which): events about one
 /// subject are applied one at a time, oldest first. `$suffix` is appended.
 macro_rules! claim_sql {
-    ($blocking:literal, $suffix:literal) => {
+    ($blocking:literal, $tenants:literal, $suffix:literal) => {
         concat!(
             "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e ",
             "WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 ",
             "AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject AND ",
             $blocking,
             " AND (o.occurred_at < e.occurred_at OR (o.occurred_at = e.occurred_at AND o.event_id < e.event_id))) ",
-            "AND e.tenant_id = $3 ORDER BY e.occurred_at, e.event_id LIMIT $2",
+            $tenants,
+            " ORDER BY e.tenant_id, e.occurred_at, e.event_id LIMIT $2",
             $suffix
         )
     };
@@ -173,13 +174,21 @@ macro_rules! claim_sql {
 /// older event waiting for its retry time blocks. Only failed events can be
 /// waiting (a pending event is due from the moment it arrives), which is what
 /// lets the subject index cover failed rows only.
-const CLAIM_SQL: &str = claim_sql!("o.status = 'failed' AND o.next_attempt_at > $1", "");
+const CLAIM_SQL: &str = claim_sql!("o.status = 'failed' AND o.next_attempt_at > $1", "AND e.tenant_id = $3", "");
+/// SQLite, several tenants at once (`$3`: a JSON array of slugs): one statement
+/// instead of one per tenant.
+const CLAIM_MANY_SQL: &str = claim_sql!(
+    "o.status = 'failed' AND o.next_attempt_at > $1",
+    "AND e.tenant_id IN (SELECT value FROM json_each($3))",
+    ""
+);
 /// Postgres: several host processes may claim at once. Rows another process
 /// holds are skipped rather than waited for, and any older unfinished event of
 /// the subject blocks, so no process takes an event while another still holds
 /// an older one of the same user (per-subject order across processes). A batch
 /// takes at most the oldest event of each subject.
-const CLAIM_SQL_POSTGRES: &str = claim_sql!("o.status IN ('pending', 'failed')", " FOR UPDATE OF e SKIP LOCKED");
+const CLAIM_SQL_POSTGRES: &str =
+    claim_sql!("o.status IN ('pending', 'failed')", "AND e.tenant_id = $3", " FOR UPDATE OF e SKIP LOCKED");
 
 /// Where batches of new events are written: on a SQLite file, a connection of
 /// its own (blocking; see [`SqliteInboxWriter`]); otherwise the pool, one
@@ -311,7 +320,18 @@ pub fn due_tenants(tx: &mut SyncTx, now: i64) -> Result<Vec<String>> {
 /// Claims up to `limit` of `tenant`'s due events (see `CLAIM_SQL`) for this transaction.
 pub fn claim_due(tx: &mut SyncTx, tenant: &str, now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
     let sql = if tx.is_postgres() { CLAIM_SQL_POSTGRES } else { CLAIM_SQL };
-    let rows = tx.query(sql, &[now.into(), limit.into(), tenant.into()])?;
+    claimed(tx.query(sql, &[now.into(), limit.into(), tenant.into()])?)
+}
+
+/// SQLite only (one process applies events): up to `limit` due events of any
+/// of `tenants`, by tenant then in order, in one statement.
+pub fn claim_due_of_many(tx: &mut SyncTx, tenants: &[&str], now: i64, limit: i64) -> Result<Vec<ClaimedEvent>> {
+    assert!(!tx.is_postgres(), "Postgres claims one tenant at a time, with row locks");
+    let slugs = serde_json::to_string(tenants).expect("slugs serialize");
+    claimed(tx.query(CLAIM_MANY_SQL, &[now.into(), limit.into(), slugs.into()])?)
+}
+
+fn claimed(rows: Vec<super::exec::Row>) -> Result<Vec<ClaimedEvent>> {
     rows.into_iter()
         .map(|row| {
             let mut cols = row.into_iter();
