@@ -28,6 +28,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::clock;
+use crate::locks::{lock, read, write};
 use crate::runtime::{CacheStats, LoadError, Module, Runtime, WIT_VERSION};
 use crate::store::StoreError;
 use crate::store::documents::{DocError, Documents, Indexes};
@@ -348,16 +349,4 @@ impl Deployment {
 /// The index declarations read back from the `modules` table.
 fn stored_indexes(pairs: Vec<(String, String)>) -> Result<Indexes, StoreError> {
     Indexes::new(pairs).map_err(|e| StoreError::Corrupt(format!("stored index declarations: {e}")))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }

@@ -18,6 +18,7 @@
 //! - [`server`]: wires the parts together and shuts them down in order.
 //! - [`cli`]: the `authkit-host` commands (`serve`, `dev`, `users`, `events`,
 //!   `actions`, and `deploy`/`modules` over the admin API).
+//! - [`locks`]: poison-tolerant lock helpers.
 //! - [`clock`]: unix-millisecond time and RFC 3339 conversion.
 //!
 //! The data's path: `POST /workos/webhook` → [`http::webhook`] verifies the raw
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod clock;
 pub mod deploy;
 pub mod http;
+pub mod locks;
 pub mod pipeline;
 pub mod runtime;
 pub mod server;

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::deploy::{DeployError, Deployment};
+use crate::locks::{lock, read, write};
 use crate::runtime::{InvocationLimits, Runtime};
 use crate::settings::{ActionSettings, ConfiguredVerdict, DEFAULT_FALLBACK_MESSAGE, Settings};
 use crate::store::exec::SyncDb;
@@ -278,7 +279,7 @@ impl Tenants {
         if let Some(open) = self.open_deployment(slug) {
             return Ok(open);
         }
-        let _one = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = lock(&self.opening);
         if let Some(open) = self.open_deployment(slug) {
             return Ok(open);
         }
@@ -293,7 +294,7 @@ impl Tenants {
     pub fn action_permit(&self, tenant: &Tenant) -> Option<OwnedSemaphorePermit> {
         let cap = tenant.actions.max_concurrent;
         let semaphore = {
-            let mut running = self.actions_running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = lock(&self.actions_running);
             let entry = running.entry(tenant.slug.clone()).or_insert_with(|| (cap, Arc::new(Semaphore::new(cap))));
             if entry.0 != cap {
                 // The cap changed: calls still running under the old one finish on it.
@@ -327,8 +328,10 @@ impl Tenants {
         *write(&self.by_slug) = next;
         if !gone.is_empty() {
             let mut deployments = write(&self.deployments);
+            let mut running = lock(&self.actions_running);
             for slug in &gone {
                 deployments.remove(slug);
+                running.remove(slug);
             }
             info!(tenants = ?gone, "tenants deleted by another host process are no longer served");
         }
@@ -394,7 +397,7 @@ impl Tenants {
         }
         let removed = write(&self.by_slug).remove(slug);
         write(&self.deployments).remove(slug);
-        self.actions_running.lock().unwrap_or_else(|p| p.into_inner()).remove(slug);
+        lock(&self.actions_running).remove(slug);
         match self.store.delete_tenant(slug).await {
             Ok(true) => {
                 info!(tenant = %slug, "tenant deleted with all its data");
@@ -532,14 +535,6 @@ fn non_empty(key: &str, value: Option<String>) -> Result<Option<String>, TenantE
         Some(v) if v.trim().is_empty() => Err(TenantError::invalid(key, "is empty: leave it out or give a value")),
         other => Ok(other),
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

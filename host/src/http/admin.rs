@@ -151,6 +151,12 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// A store call of the admin API failed: logged, and a 503 that says nothing changed.
+fn store_failed(e: crate::store::StoreError) -> ApiError {
+    error!(error = %e, "an admin change could not be stored");
+    storage_unavailable()
+}
+
 fn storage_unavailable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -371,10 +377,7 @@ async fn list_tokens(
     Path(slug): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = known(&state, &slug)?;
-    let tokens = state.tenants.store().list_tokens(&tenant.slug).await.map_err(|e| {
-        error!(error = %e, "could not list tenant tokens");
-        storage_unavailable()
-    })?;
+    let tokens = state.tenants.store().list_tokens(&tenant.slug).await.map_err(store_failed)?;
     Ok(Json(json!({ "tokens": tokens })))
 }
 
@@ -388,10 +391,7 @@ async fn create_token(
     let id = format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()));
     let token = format!("akt_{}", hex::encode(rand::random::<[u8; 32]>()));
     let now = clock::now_ms();
-    state.tenants.store().insert_token(&id, &tenant.slug, &token_hash(&token), now).await.map_err(|e| {
-        error!(error = %e, "could not store a tenant token");
-        storage_unavailable()
-    })?;
+    state.tenants.store().insert_token(&id, &tenant.slug, &token_hash(&token), now).await.map_err(store_failed)?;
     info!(tenant = %tenant.slug, token_id = %id, "tenant admin token created");
     let body = json!({ "id": id, "tenant": tenant.slug, "token": token, "created_at": now });
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -403,10 +403,7 @@ async fn revoke_token(
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = known(&state, &slug)?;
-    let revoked = state.tenants.store().revoke_token(&tenant.slug, &id, clock::now_ms()).await.map_err(|e| {
-        error!(error = %e, "could not revoke a tenant token");
-        storage_unavailable()
-    })?;
+    let revoked = state.tenants.store().revoke_token(&tenant.slug, &id, clock::now_ms()).await.map_err(store_failed)?;
     if !revoked {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

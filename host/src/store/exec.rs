@@ -20,6 +20,7 @@ use sqlx::{Column, PgPool, Postgres, Row as _, TypeInfo};
 use tokio::runtime::Handle;
 
 use super::{Result, StoreError, WriteGate};
+use crate::locks::lock;
 
 /// A value bound to, or read from, a statement. Booleans are integers (0/1), as
 /// SQLite keeps them; Postgres booleans are read as such.
@@ -132,11 +133,6 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection> {
     conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     Ok(conn)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding it leaves nothing half-done.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Where synchronous transactions come from.
