@@ -32,12 +32,11 @@ pub fn now_ms() -> i64 {
 /// A WorkOS environment as the host sees it: a webhook secret and a stream of events.
 pub struct Emulator {
     pub secret: String,
-    counter: AtomicU64,
 }
 
 impl Emulator {
     pub fn new(secret: &str) -> Emulator {
-        Emulator { secret: secret.to_string(), counter: AtomicU64::new(0) }
+        Emulator { secret: secret.to_string() }
     }
 
     /// The `WorkOS-Signature` header value for `body` signed at `t_ms`.
@@ -49,8 +48,13 @@ impl Emulator {
     }
 
     /// A fresh, sortable event id (`event_` + time + counter, like a ULID).
+    /// Unique in this process, whichever emulator makes it: two emulators of
+    /// one tenant (or one made per request) must not mint the same id in the
+    /// same millisecond, or the host rightly takes the second as a redelivery.
     pub fn event_id(&self) -> String {
-        format!("event_{:013}{:08}", now_ms(), self.counter.fetch_add(1, Ordering::Relaxed))
+        static PROCESS: AtomicU64 = AtomicU64::new(0);
+        let n = PROCESS.fetch_add(1, Ordering::Relaxed);
+        format!("event_{:013}{:08}", now_ms(), n % 100_000_000)
     }
 
     /// A whole event envelope; returns its id and body bytes.
