@@ -115,14 +115,8 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let event = sample_event();
     let n = args.iterations;
 
-    // The bare lower bound: same engine settings, nothing in the store, no WASI.
-    let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.max_memory_size(InvocationLimits::default().memory_limit);
-    let mut config = wasmtime::Config::new();
-    config
-        .wasm_component_model(true)
-        .epoch_interruption(true)
-        .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    // The bare lower bound: the host's engine settings, nothing in the store, no WASI.
+    let config = authkit_host::runtime::engine_config(InvocationLimits::default().memory_limit);
     let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let component =
         wasmtime::component::Component::from_binary(&engine, &bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
