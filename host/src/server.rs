@@ -132,7 +132,11 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
         action_deadline: settings.actions.deadline,
         memory_limit: h.memory_limit,
         max_calls: h.max_calls,
-        documents: Limits { max_document_bytes: h.max_document_bytes, ..Limits::default() },
+        documents: Limits {
+            max_document_bytes: h.max_document_bytes,
+            max_documents: h.max_documents,
+            ..Limits::default()
+        },
     };
     let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handlers")?;
     let cache_dir = settings.modules.cache_dir.clone();

@@ -133,6 +133,8 @@ pub struct HandlerSettings {
     pub max_calls: u32,
     /// Largest document, in bytes of JSON.
     pub max_document_bytes: usize,
+    /// Each tenant's document quota, all its tables together (`None`: none).
+    pub max_documents: Option<u64>,
 }
 
 impl Default for HandlerSettings {
@@ -143,6 +145,7 @@ impl Default for HandlerSettings {
             memory_limit: 64 * 1024 * 1024,
             max_calls: 1000,
             max_document_bytes: 1024 * 1024,
+            max_documents: None,
         }
     }
 }
@@ -307,6 +310,7 @@ struct FileHandler {
     memory_limit_mib: Option<usize>,
     max_calls: Option<u32>,
     max_document_bytes: Option<usize>,
+    max_documents: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -405,6 +409,7 @@ impl Settings {
             memory_limit: file.handler.memory_limit_mib.map_or(hd.memory_limit, |mib| mib.saturating_mul(1024 * 1024)),
             max_calls: file.handler.max_calls.unwrap_or(hd.max_calls),
             max_document_bytes: file.handler.max_document_bytes.unwrap_or(hd.max_document_bytes),
+            max_documents: file.handler.max_documents.or(hd.max_documents),
         };
 
         let ad = ActionSettings::default();
@@ -512,6 +517,9 @@ impl Settings {
         }
         if self.handler.max_calls == 0 {
             return invalid("handler.max_calls", "must be at least 1");
+        }
+        if self.handler.max_documents == Some(0) {
+            return invalid("handler.max_documents", "must be at least 1 (leave it out for no quota)");
         }
         if !(1024..=1024 * 1024 * 1024).contains(&self.modules.max_bytes) {
             return invalid("modules.max_bytes", "must be between 1024 and 1073741824");
@@ -657,6 +665,7 @@ mod tests {
         assert!(err("d.toml", "[actions]\ndeadline_ms = 0\n").contains("actions.deadline_ms"));
         assert!(err("m.toml", "[handler]\nmemory_limit_mib = 0\n").contains("handler.memory_limit_mib"));
         assert!(err("c.toml", "[handler]\nmax_calls = 0\n").contains("handler.max_calls"));
+        assert!(err("c.toml", "[handler]\nmax_documents = 0\n").contains("handler.max_documents"));
     }
 
     #[test]

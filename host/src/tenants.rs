@@ -54,6 +54,9 @@ pub struct TenantOptions {
     pub memory_limit_bytes: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_calls: Option<u32>,
+    /// The tenant's document quota, all its tables together (see `handler.max_documents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_documents: Option<u64>,
     /// Actions handler calls running at once (see `actions.max_concurrent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_actions: Option<usize>,
@@ -154,6 +157,7 @@ impl Tenant {
                 "action_deadline_ms": self.actions.deadline.as_millis() as u64,
                 "memory_limit_bytes": self.limits.memory_limit,
                 "max_calls": self.limits.max_calls,
+                "max_documents": self.limits.documents.max_documents,
                 "max_concurrent_actions": self.actions.max_concurrent,
                 "fallback": VerdictOption::of(&self.actions.fallback),
                 "no_handler": VerdictOption::of(&self.actions.no_handler),
@@ -486,6 +490,12 @@ impl Tenants {
                 return Err(TenantError::invalid("options.max_calls", "must be at least 1"));
             }
             limits.max_calls = n;
+        }
+        if let Some(n) = o.max_documents {
+            if n == 0 {
+                return Err(TenantError::invalid("options.max_documents", "must be at least 1"));
+            }
+            limits.documents.max_documents = Some(n);
         }
         if let Some(n) = o.max_concurrent_actions {
             if !(1..=1024).contains(&n) {

@@ -19,6 +19,7 @@ on_both_backends!(
     a_noisy_neighbour_does_not_hold_up_another_tenant,
     another_process_on_the_same_database_follows_tenant_changes,
     one_tenant_cannot_take_every_actions_call,
+    a_tenant_cannot_store_more_documents_than_its_quota,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -549,4 +550,67 @@ async fn one_tenant_cannot_take_every_actions_call(db: TestDb) {
     assert!(decisions.iter().all(|d| d.source == "fallback"), "{decisions:?}");
     assert_eq!(capped + ran, 12, "{decisions:?}");
     assert!((1..=4).contains(&ran), "at most the cap ran at a time ({ran} ran, {capped} refused at once)");
+}
+
+/// The User data example writes two documents per new user (its `users` row
+/// and a `todoLists` document). With a quota of 3, the second user's event
+/// stops at its second insert: nothing of it is kept, it is retried and
+/// dead-lettered with the reason, and a tenant without a quota is untouched.
+/// Once a deletion frees room, the retried event goes through.
+async fn a_tenant_cannot_store_more_documents_than_its_quota(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let store = db.store().await;
+    let ((acme, acme_hook, acme_act), (globex, globex_hook, globex_act)) = (TENANTS[0], TENANTS[1]);
+    let invalid =
+        json!({ "slug": "zero", "webhook_secret": "w", "action_secret": "a", "options": { "max_documents": 0 } });
+    let refused = server.admin("POST", "/admin/tenants", Some(ROOT), body(invalid)).await;
+    assert_eq!((refused.status, refused.code()), (400, "invalid_tenant"), "{refused:?}");
+    create(&server, acme, acme_hook, acme_act, json!({ "max_documents": 3 })).await;
+    create(&server, globex, globex_hook, globex_act, json!({})).await;
+    let shown = server.admin("GET", &format!("/admin/tenants/{acme}"), Some(ROOT), None).await;
+    assert_eq!(shown.body["effective"]["max_documents"], json!(3), "{shown:?}");
+    let example = std::fs::read(rust_guest("user_data")).unwrap();
+    for slug in [acme, globex] {
+        deploy(&server, slug, example.clone()).await;
+    }
+    let new_user = |id: &str| user(id, &format!("{id}@example.com"), id, "2025-01-01T00:00:01.000Z");
+
+    let (first, _) = deliver(&server, &webhook_path(acme), acme_hook, "user.created", new_user("user_a")).await;
+    let (second, _) = deliver(&server, &webhook_path(acme), acme_hook, "user.created", new_user("user_b")).await;
+    for id in ["user_a", "user_b"] {
+        assert_eq!(deliver(&server, &webhook_path(globex), globex_hook, "user.created", new_user(id)).await.1, 200);
+    }
+    let dead = eventually("the second user's event dead-lettered", Duration::from_secs(60), || async {
+        store.get_event(acme, &second).await.unwrap().filter(|e| e.status == "dead")
+    })
+    .await;
+    assert_eq!(dead.attempts, 3, "retried before it was dead-lettered: {dead:?}");
+    let error = dead.last_error.unwrap_or_default();
+    assert!(error.contains("document quota of 3"), "the reason is named: {error}");
+    assert_eq!(store.get_event(acme, &first).await.unwrap().unwrap().status, "done");
+    let users = tenant_documents(&store, acme, "users").await;
+    let names: Vec<&str> = users.iter().map(|(_, d)| d["authId"].as_str().unwrap()).collect();
+    assert_eq!(names, ["user_a"], "nothing of the refused event is kept");
+    assert_eq!(tenant_documents(&store, acme, "todoLists").await.len(), 1);
+    assert!(store.get_user(acme, "user_b").await.unwrap().is_none(), "its sync rolled back too");
+    eventually("the tenant without a quota applied both", Duration::from_secs(60), || async {
+        (tenant_documents(&store, globex, "users").await.len() == 2).then_some(())
+    })
+    .await;
+
+    // Deleting user_a's app row frees one place: the retried event fits (2 + 2 - 1 = 3).
+    let (gone, _) = deliver(&server, &webhook_path(acme), acme_hook, "user.deleted", json!({ "id": "user_a" })).await;
+    eventually("the deletion applied", Duration::from_secs(60), || async {
+        store.get_event(acme, &gone).await.unwrap().filter(|e| e.status == "done")
+    })
+    .await;
+    let retried = server.admin("POST", &format!("/t/{acme}/admin/events/{second}/retry"), Some(ROOT), None).await;
+    assert!(retried.status < 300, "{retried:?}");
+    eventually("the retried event applied within the quota", Duration::from_secs(60), || async {
+        store.get_event(acme, &second).await.unwrap().filter(|e| e.status == "done")
+    })
+    .await;
+    let users = tenant_documents(&store, acme, "users").await;
+    assert_eq!(users.iter().map(|(_, d)| d["authId"].as_str().unwrap()).collect::<Vec<_>>(), ["user_b"]);
+    assert_eq!(tenant_documents(&store, acme, "todoLists").await.len(), 2);
 }

@@ -98,6 +98,9 @@ pub struct TenantArgs {
     memory_limit_mib: Option<usize>,
     #[arg(long, value_name = "N")]
     max_calls: Option<u32>,
+    /// The tenant's document quota (all its tables together).
+    #[arg(long, value_name = "N")]
+    max_documents: Option<u64>,
     /// The verdict when the handler fails: allow or deny.
     #[arg(long, value_name = "VERDICT")]
     fallback: Option<String>,
@@ -133,6 +136,7 @@ impl TenantArgs {
         set("action_deadline_ms", self.action_deadline_ms.map(|v| json!(v)));
         set("memory_limit_bytes", self.memory_limit_mib.map(|v| json!(v.saturating_mul(1024 * 1024))));
         set("max_calls", self.max_calls.map(|v| json!(v)));
+        set("max_documents", self.max_documents.map(|v| json!(v)));
         set("fallback", verdict(&self.fallback, &self.fallback_message));
         set("no_handler", verdict(&self.no_handler, &self.no_handler_message));
         body.insert("options".into(), Value::Object(options));

@@ -46,6 +46,13 @@ impl std::fmt::Display for HostFault {
 
 impl std::error::Error for HostFault {}
 
+/// A write past the tenant's document quota. WIT 0.1.0's `db.error` has no
+/// case for it, so it stops the call (its writes roll back; an event is
+/// retried, an action gets its fallback) instead of reaching the guest.
+#[derive(Debug, thiserror::Error)]
+#[error("the handler wrote past its tenant's document quota of {0} documents")]
+pub struct QuotaExceeded(pub u64);
+
 /// The indexes one call sees.
 pub struct CallIndexes {
     /// What its module declared: the fields its `find` may use.
@@ -126,6 +133,7 @@ impl HostState {
                 Ok(Ok(v))
             }
             Err(DocError::Store(e)) => Err(HostFault::trap(e)),
+            Err(DocError::QuotaExceeded(n)) => Err(wasmtime::Error::new(QuotaExceeded(n))),
             Err(e) => Ok(Err(match e {
                 DocError::InvalidTableName(m) => db::Error::InvalidTableName(m),
                 DocError::InvalidDocument(m) => db::Error::InvalidDocument(m),
@@ -134,7 +142,7 @@ impl HostState {
                 DocError::NotIndexed(f) => db::Error::NotIndexed(f),
                 DocError::InvalidValue(m) => db::Error::InvalidValue(m),
                 DocError::InvalidCursor => db::Error::InvalidCursor,
-                DocError::Store(_) => unreachable!("handled above"),
+                DocError::Store(_) | DocError::QuotaExceeded(_) => unreachable!("handled above"),
             })),
         }
     }

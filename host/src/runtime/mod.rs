@@ -33,7 +33,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use self::bindings::exports::authkit::handler::{actions, events, schema};
 pub use self::cache::CacheStats;
 use self::cache::CodeCache;
-pub use self::host::HostFault;
+pub use self::host::{HostFault, QuotaExceeded};
 pub use self::log::{LogBuffer, MAX_LOG_BYTES, MAX_LOG_LINES};
 use crate::store::StoreError;
 use crate::store::documents::{Indexes, Limits};
@@ -151,6 +151,9 @@ pub enum HandlerError {
     Memory(usize),
     #[error("the handler trapped: {0}")]
     Trap(String),
+    /// A write past the tenant's document quota (see [`QuotaExceeded`]).
+    #[error(transparent)]
+    Quota(QuotaExceeded),
     /// The host failed (the database, typically): not the guest's fault.
     #[error(transparent)]
     Host(StoreError),
@@ -423,6 +426,9 @@ fn classify(
 ) -> HandlerError {
     if let Some(fault) = error.downcast_ref::<HostFault>() {
         return HandlerError::Host(fault.take());
+    }
+    if let Some(QuotaExceeded(n)) = error.downcast_ref::<QuotaExceeded>() {
+        return HandlerError::Quota(QuotaExceeded(*n));
     }
     if store.data().limiter.memory_denied {
         return HandlerError::Memory(limits.memory_limit);

@@ -32,11 +32,14 @@ pub struct Limits {
     pub max_document_bytes: usize,
     /// Most documents in one page.
     pub max_page: u32,
+    /// The tenant's document quota: most documents in all its tables
+    /// together (`None`: no quota).
+    pub max_documents: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_document_bytes: 1024 * 1024, max_page: 100 }
+        Limits { max_document_bytes: 1024 * 1024, max_page: 100, max_documents: None }
     }
 }
 
@@ -57,6 +60,9 @@ pub enum DocError {
     InvalidValue(String),
     #[error("invalid cursor")]
     InvalidCursor,
+    /// The tenant already has its quota of documents (carried).
+    #[error("the tenant's document quota of {0} documents is used up")]
+    QuotaExceeded(u64),
     /// A host fault, not the guest's: the invocation traps.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -205,6 +211,11 @@ const INSERT_DOC: &str =
 const UPDATE_DOC: &str =
     "UPDATE documents SET body = $4, updated_at = $5 WHERE tenant_id = $1 AND tbl = $2 AND id = $3";
 const DELETE_DOC: &str = "DELETE FROM documents WHERE tenant_id = $1 AND tbl = $2 AND id = $3";
+/// Counts one more document, unless the tenant already has `$2`: no row changes then.
+const COUNT_INSERT: &str = "INSERT INTO document_counts (tenant_id, documents) VALUES ($1, 1) \
+     ON CONFLICT (tenant_id) DO UPDATE SET documents = document_counts.documents + 1 \
+     WHERE document_counts.documents < $2";
+const COUNT_DELETE: &str = "UPDATE document_counts SET documents = documents - 1 WHERE tenant_id = $1";
 const INSERT_ENTRY: &str = "INSERT INTO document_index_entries (tenant_id, tbl, field, value_key, doc_id) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 const DELETE_ENTRY: &str = "DELETE FROM document_index_entries \
@@ -223,6 +234,11 @@ impl Documents<'_> {
     pub fn insert(&mut self, table: &str, body: &str) -> Result<String, DocError> {
         check_table(table)?;
         let object = self.parse_object(body)?;
+        let quota = self.limits.max_documents;
+        let room = quota.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        if self.tx.execute(COUNT_INSERT, &[self.tenant.into(), room.into()])? == 0 {
+            return Err(DocError::QuotaExceeded(quota.unwrap_or(u64::MAX)));
+        }
         let id = new_id();
         let now = clock::now_ms();
         self.tx
@@ -268,6 +284,7 @@ impl Documents<'_> {
         let old_body = parse_stored(&old.body)?;
         self.remove_entries(table, id, &old_body)?;
         self.tx.execute(DELETE_DOC, &[self.tenant.into(), table.into(), id.into()])?;
+        self.tx.execute(COUNT_DELETE, &[self.tenant.into()])?;
         Ok(true)
     }
 

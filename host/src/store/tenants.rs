@@ -29,7 +29,8 @@ pub struct TokenInfo {
 }
 
 /// Every table that keys rows by tenant, in the order a deletion empties them.
-const TENANT_TABLES: [&str; 12] = [
+const TENANT_TABLES: [&str; 13] = [
+    "document_counts",
     "document_index_entries",
     "document_indexes",
     "documents",
