@@ -49,7 +49,7 @@ impl std::error::Error for HostFault {}
 /// A write past the tenant's document quota. WIT 0.1.0's `db.error` has no
 /// case for it, so it stops the call (its writes roll back; an event is
 /// retried, an action gets its fallback) instead of reaching the guest.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the handler wrote past its tenant's document quota of {0} documents")]
 pub struct QuotaExceeded(pub u64);
 

@@ -427,8 +427,8 @@ fn classify(
     if let Some(fault) = error.downcast_ref::<HostFault>() {
         return HandlerError::Host(fault.take());
     }
-    if let Some(QuotaExceeded(n)) = error.downcast_ref::<QuotaExceeded>() {
-        return HandlerError::Quota(QuotaExceeded(*n));
+    if let Some(quota) = error.downcast_ref::<QuotaExceeded>() {
+        return HandlerError::Quota(*quota);
     }
     if store.data().limiter.memory_denied {
         return HandlerError::Memory(limits.memory_limit);
