@@ -222,6 +222,10 @@ pub struct Tenants {
     opening: Mutex<()>,
     /// Slug → (its cap, the permits of its running Actions handler calls).
     actions_running: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    /// One change of the stored tenants at a time, a reload included: a
+    /// reload that read the rows before a deletion here must not put the
+    /// deleted tenant back when it swaps its snapshot in.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Tenants {
@@ -243,6 +247,7 @@ impl Tenants {
             deployments: RwLock::default(),
             opening: Mutex::default(),
             actions_running: Mutex::default(),
+            changing: tokio::sync::Mutex::default(),
         };
         tenants.reload().await?;
         Ok(tenants)
@@ -311,6 +316,7 @@ impl Tenants {
 
     /// Reads the stored tenants again (another process may have changed them).
     pub async fn reload(&self) -> Result<(), StoreError> {
+        let _changing = self.changing.lock().await;
         let rows = self.store.list_tenants().await?;
         let mut next = HashMap::with_capacity(rows.len() + 1);
         next.insert(DEFAULT_TENANT.to_string(), Arc::new(self.default_from_settings()));
@@ -347,6 +353,7 @@ impl Tenants {
         if new.slug == DEFAULT_TENANT {
             return Err(TenantError::Exists(new.slug));
         }
+        let _changing = self.changing.lock().await;
         let now = clock::now_ms();
         let row = TenantRow {
             slug: new.slug.clone(),
@@ -370,6 +377,7 @@ impl Tenants {
         if slug == DEFAULT_TENANT {
             return Err(TenantError::DefaultIsFixed);
         }
+        let _changing = self.changing.lock().await;
         let mut row = self.store.get_tenant(slug).await?.ok_or_else(|| TenantError::NotFound(slug.to_string()))?;
         if let Some(v) = change.webhook_secret {
             row.webhook_secret = non_empty("webhook_secret", v)?;
@@ -399,6 +407,7 @@ impl Tenants {
         if slug == DEFAULT_TENANT {
             return Err(TenantError::DefaultIsFixed);
         }
+        let _changing = self.changing.lock().await;
         let removed = write(&self.by_slug).remove(slug);
         write(&self.deployments).remove(slug);
         lock(&self.actions_running).remove(slug);

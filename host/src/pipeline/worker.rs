@@ -201,8 +201,7 @@ impl Worker {
         let mut tx = self.db.begin()?;
         let started = Instant::now();
         // SQLite: one claim for every tenant of the chunk (one process applies
-        // events, and its write gate keeps a deletion out of this transaction).
-        // If that claim was cut by its limit, a tenant it returned nothing for
+        // events). If that claim was cut by its limit, a tenant it returned nothing for
         // claims on its own when its turn comes.
         let mut claimed_together: Option<(HashMap<String, Vec<ClaimedEvent>>, bool)> = None;
         if !tx.is_postgres() {
@@ -227,6 +226,13 @@ impl Worker {
                 break;
             }
             self.last_turn = Some(tenant.slug.clone());
+            // Deleted since `turns` was read (here, or through another process
+            // that this one has not heard from yet): none of its events may be
+            // applied. On Postgres this also holds the tenant until the commit.
+            if !stored_tenants::hold(&mut tx, &tenant.slug)? {
+                stored_tenants::purge_events(&mut tx, &tenant.slug)?;
+                continue;
+            }
             let together =
                 claimed_together.as_mut().and_then(|(by_tenant, cut)| match by_tenant.remove(&tenant.slug) {
                     Some(events) => Some(events),
@@ -235,16 +241,8 @@ impl Worker {
                 });
             let events = match together {
                 Some(events) => events,
-                None if claimed_together.is_some() => inbox::claim_due(&mut tx, &tenant.slug, now, batch as i64)?,
-                None => {
-                    if !stored_tenants::hold(&mut tx, &tenant.slug)? {
-                        // Deleted by another process: nothing of it stays.
-                        stored_tenants::purge_events(&mut tx, &tenant.slug)?;
-                        continue;
-                    }
-                    // Always the same LIMIT: a new value would make SQLite prepare the statement again.
-                    inbox::claim_due(&mut tx, &tenant.slug, now, batch as i64)?
-                }
+                // Always the same LIMIT: a new value would make SQLite prepare the statement again.
+                None => inbox::claim_due(&mut tx, &tenant.slug, now, batch as i64)?,
             };
             let room = batch.saturating_sub(processed).max(1);
             let mut blocked: HashSet<&str> = HashSet::new();
@@ -262,6 +260,11 @@ impl Worker {
                     tx.commit()?;
                     tx = self.db.begin()?;
                     since_commit = Instant::now();
+                    if !stored_tenants::hold(&mut tx, &tenant.slug)? {
+                        // Deleted while the write gate was open: the rest go with it.
+                        stored_tenants::purge_events(&mut tx, &tenant.slug)?;
+                        break;
+                    }
                 }
                 tx.savepoint("event")?;
                 let (back, result) = self.process(tx, event, tenant, deployment, &maintained[i], now);

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::inbox::DEFAULT_TENANT;
 use super::{Result, Store, on_pool};
 use crate::clock;
 
@@ -50,15 +51,24 @@ impl Store {
     /// Records decisions in one transaction (one commit, one fsync on SQLite).
     /// On SQLite it waits its turn at the write gate, like every other writer in
     /// the process.
+    ///
+    /// A decision of a tenant that no longer exists (deleted while the call
+    /// ran, or through another process this one has not heard from yet) is
+    /// not recorded: a deletion leaves nothing of the tenant behind. On
+    /// Postgres the tenant's row is held until the commit, so a deletion
+    /// waits for it (and then removes the decision with the rest).
     pub async fn record_decisions(&self, decisions: &[NewDecision]) -> Result<()> {
         let _turn = self.write_turn().await;
+        let lock = if matches!(self, Store::Postgres(_)) { " FOR SHARE" } else { "" };
+        let sql = format!(
+            "INSERT INTO action_decisions (tenant_id, action_id, kind, verdict, message, source, latency_us, \
+             error, logs, decided_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+             WHERE $1 = '{DEFAULT_TENANT}' OR EXISTS (SELECT 1 FROM tenants WHERE slug = $1{lock})"
+        );
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for d in decisions {
-                sqlx::query(
-                    "INSERT INTO action_decisions (tenant_id, action_id, kind, verdict, message, source, latency_us, \
-                     error, logs, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(d.tenant_id.clone())
                 .bind(d.action_id.clone())
                 .bind(d.kind)
