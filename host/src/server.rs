@@ -29,6 +29,7 @@ use crate::store::Store;
 use crate::store::documents::Limits;
 use crate::store::inbox::InboxWriter;
 use crate::tenants::{DEFAULT_TENANT, Tenants};
+use crate::workos::jwks::KeyCache;
 
 /// Runs the host on `listener` until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -88,7 +89,8 @@ pub async fn run_with(
     let refresher = tokio::spawn(refresh_periodically(tenants.clone(), settings.modules.poll_interval));
 
     let grace = settings.shutdown_grace;
-    let state = AppState { settings, ingest, decider, tenants };
+    let keys = Arc::new(KeyCache::new(&settings.workos.api_base_url, &settings.auth));
+    let state = AppState { settings, ingest, decider, tenants, keys };
     let app = http::router(state);
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");

@@ -32,6 +32,7 @@ pub mod env {
     pub const ACTION_SECRET: &str = "WORKOS_ACTION_SECRET";
     pub const CLIENT_ID: &str = "WORKOS_CLIENT_ID";
     pub const API_KEY: &str = "WORKOS_API_KEY";
+    pub const API_BASE_URL: &str = "WORKOS_API_BASE_URL";
     pub const WEBHOOK_TOLERANCE_SECS: &str = "AUTHKIT_WEBHOOK_TOLERANCE_SECS";
     pub const WORKER_ENABLED: &str = "AUTHKIT_WORKER_ENABLED";
     pub const WORKER_MAX_ATTEMPTS: &str = "AUTHKIT_WORKER_MAX_ATTEMPTS";
@@ -56,6 +57,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub handler: HandlerSettings,
     pub actions: ActionSettings,
+    pub auth: AuthSettings,
     pub modules: ModuleSettings,
     /// The admin API's bearer token; `None`: the admin API is off (503).
     pub admin_token: Option<Secret>,
@@ -83,6 +85,50 @@ pub struct WorkosSettings {
     pub action_secret: Option<Secret>,
     pub client_id: Option<String>,
     pub api_key: Option<Secret>,
+    /// Where the WorkOS API is (key sets, and later the Events API); no trailing slash.
+    pub api_base_url: String,
+}
+
+/// The WorkOS API, unless configured otherwise.
+pub const DEFAULT_API_BASE_URL: &str = "https://api.workos.com";
+
+/// The placeholder for the tenant's client id in `auth.issuers`.
+pub const CLIENT_ID_PLACEHOLDER: &str = "{client_id}";
+
+/// Checking AuthKit access tokens (`GET /me`, queries).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Accepted `iss` values; `{client_id}` stands for the tenant's client id.
+    /// Default: the two forms WorkOS uses, under `workos.api_base_url`.
+    pub issuers: Vec<String>,
+    /// Allowed clock difference for `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// Fetch a client's key set at most this often (an unknown `kid` asks for one).
+    pub jwks_min_refetch: Duration,
+    /// Fetch a cached key set again once it is this old (keys WorkOS dropped go too).
+    pub jwks_max_age: Duration,
+    /// How long one key set fetch may take.
+    pub jwks_timeout: Duration,
+}
+
+impl AuthSettings {
+    /// The issuers accepted for a tenant's client id.
+    pub fn issuers_for(&self, client_id: &str) -> Vec<String> {
+        self.issuers.iter().map(|i| i.replace(CLIENT_ID_PLACEHOLDER, client_id)).collect()
+    }
+
+    fn defaults(api_base_url: &str) -> AuthSettings {
+        AuthSettings {
+            issuers: vec![
+                format!("{api_base_url}/"),
+                format!("{api_base_url}/user_management/{CLIENT_ID_PLACEHOLDER}"),
+            ],
+            leeway: Duration::from_secs(30),
+            jwks_min_refetch: Duration::from_secs(10),
+            jwks_max_age: Duration::from_secs(3600),
+            jwks_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +314,8 @@ struct FileSettings {
     #[serde(default)]
     actions: FileActions,
     #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
     modules: FileModules,
     #[serde(default)]
     admin: FileAdmin,
@@ -320,6 +368,17 @@ struct FileWorkos {
     action_secret: Option<String>,
     client_id: Option<String>,
     api_key: Option<String>,
+    api_base_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    issuers: Option<Vec<String>>,
+    leeway_secs: Option<u64>,
+    jwks_min_refetch_ms: Option<u64>,
+    jwks_max_age_secs: Option<u64>,
+    jwks_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +436,23 @@ impl Settings {
             action_secret: secret("workos.action_secret", env::ACTION_SECRET, &file.workos.action_secret)?,
             client_id: env(env::CLIENT_ID).or(file.workos.client_id).filter(|s| !s.is_empty()),
             api_key: secret("workos.api_key", env::API_KEY, &file.workos.api_key)?,
+            api_base_url: env(env::API_BASE_URL)
+                .or(file.workos.api_base_url)
+                .unwrap_or_else(|| DEFAULT_API_BASE_URL.to_string())
+                .trim()
+                .trim_end_matches('/')
+                .to_string(),
+        };
+        let auth_defaults = AuthSettings::defaults(&workos.api_base_url);
+        let auth = AuthSettings {
+            issuers: file.auth.issuers.unwrap_or(auth_defaults.issuers),
+            leeway: file.auth.leeway_secs.map_or(auth_defaults.leeway, Duration::from_secs),
+            jwks_min_refetch: file
+                .auth
+                .jwks_min_refetch_ms
+                .map_or(auth_defaults.jwks_min_refetch, Duration::from_millis),
+            jwks_max_age: file.auth.jwks_max_age_secs.map_or(auth_defaults.jwks_max_age, Duration::from_secs),
+            jwks_timeout: file.auth.jwks_timeout_ms.map_or(auth_defaults.jwks_timeout, Duration::from_millis),
         };
 
         let tolerance_secs = match env(env::WEBHOOK_TOLERANCE_SECS) {
@@ -470,6 +546,7 @@ impl Settings {
             worker,
             handler,
             actions,
+            auth,
             modules,
             admin_token: secret("admin.token", env::ADMIN_TOKEN, &file.admin.token)?,
             shutdown_grace: file.shutdown_grace_secs.map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
@@ -526,6 +603,25 @@ impl Settings {
         }
         if self.modules.poll_interval < Duration::from_millis(50) {
             return invalid("modules.poll_interval_ms", "must be at least 50");
+        }
+        let base = &self.workos.api_base_url;
+        if !(base.starts_with("https://") || base.starts_with("http://")) || base.len() <= "https://".len() {
+            return invalid("workos.api_base_url", "must be an http:// or https:// URL, like https://api.workos.com");
+        }
+        if self.auth.issuers.is_empty() || self.auth.issuers.iter().any(|i| i.trim().is_empty()) {
+            return invalid("auth.issuers", "must name at least one issuer, and none may be empty");
+        }
+        if self.auth.leeway > Duration::from_secs(600) {
+            return invalid("auth.leeway_secs", "must be at most 600");
+        }
+        if self.auth.jwks_min_refetch < Duration::from_millis(10) {
+            return invalid("auth.jwks_min_refetch_ms", "must be at least 10");
+        }
+        if self.auth.jwks_max_age < Duration::from_secs(1) {
+            return invalid("auth.jwks_max_age_secs", "must be at least 1");
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.auth.jwks_timeout) {
+            return invalid("auth.jwks_timeout_ms", "must be between 10 and 60000");
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.handler.max_document_bytes) {
             return invalid("handler.max_document_bytes", "must be between 1024 and 16777216");
@@ -631,6 +727,33 @@ mod tests {
             err(Overrides { config: Some(dir.join("missing.toml")), ..Default::default() }, &[])
                 .contains("cannot read")
         );
+    }
+
+    #[test]
+    fn access_tokens_are_checked_against_the_workos_issuers_unless_configured() {
+        let defaults = load(Overrides::default(), &[]).unwrap();
+        assert_eq!(defaults.workos.api_base_url, "https://api.workos.com");
+        assert_eq!(
+            defaults.auth.issuers_for("client_1"),
+            ["https://api.workos.com/", "https://api.workos.com/user_management/client_1"]
+        );
+        assert_eq!(defaults.auth.leeway, Duration::from_secs(30));
+        let local = load(Overrides::default(), &[("WORKOS_API_BASE_URL", "http://127.0.0.1:9/")]).unwrap();
+        assert_eq!(local.workos.api_base_url, "http://127.0.0.1:9");
+        assert_eq!(local.auth.issuers_for("c")[1], "http://127.0.0.1:9/user_management/c");
+
+        let dir = tempdir();
+        let path = dir.join("auth.toml");
+        std::fs::write(&path, "[auth]\nissuers = [\"https://auth.example.com\"]\nleeway_secs = 5\n").unwrap();
+        let custom = load(Overrides { config: Some(path.clone()), ..Default::default() }, &[]).unwrap();
+        assert_eq!(custom.auth.issuers_for("c"), ["https://auth.example.com"]);
+        assert_eq!(custom.auth.leeway, Duration::from_secs(5));
+
+        let err = |vars: &[(&str, &str)]| load(Overrides::default(), vars).unwrap_err().to_string();
+        assert!(err(&[("WORKOS_API_BASE_URL", "api.workos.com")]).contains("workos.api_base_url"));
+        std::fs::write(&path, "[auth]\nissuers = []\n").unwrap();
+        let empty = load(Overrides { config: Some(path), ..Default::default() }, &[]).unwrap_err().to_string();
+        assert!(empty.contains("auth.issuers"), "{empty}");
     }
 
     #[test]

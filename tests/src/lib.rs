@@ -4,6 +4,7 @@
 //! Must not: reuse the host's signing code. The emulator signs with its own HMAC
 //! so that a symmetric bug (both sides wrong the same way) cannot pass.
 
+pub mod authkit;
 pub mod bench;
 pub mod db;
 pub mod documents;

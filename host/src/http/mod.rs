@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod admin;
+pub mod caller;
 pub mod error;
 pub mod webhook;
 
@@ -23,6 +24,7 @@ use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::settings::Settings;
 use crate::tenants::{Tenant, Tenants};
+use crate::workos::jwks::KeyCache;
 use error::ApiError;
 
 /// What every route can reach.
@@ -32,20 +34,23 @@ pub struct AppState {
     pub ingest: Ingest,
     pub decider: Arc<Decider>,
     pub tenants: Arc<Tenants>,
+    /// The key sets access tokens are checked with, by client id.
+    pub keys: Arc<KeyCache>,
 }
 
 /// The prefix of a route that serves a named tenant.
 pub const TENANT_PREFIX: &str = "/t/{tenant}";
 
 pub fn router(state: AppState) -> Router {
-    let workos = || {
+    let tenant_routes = || {
         Router::new()
             .route("/workos/webhook", post(webhook::receive).fallback(method_not_allowed))
             .route("/workos/action", post(action::decide).fallback(method_not_allowed))
+            .route("/me", get(caller::me).fallback(method_not_allowed))
     };
     Router::new()
-        .merge(workos())
-        .nest(TENANT_PREFIX, workos())
+        .merge(tenant_routes())
+        .nest(TENANT_PREFIX, tenant_routes())
         .route("/healthz", get(health))
         .merge(admin::routes())
         .fallback(not_found)
