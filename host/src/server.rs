@@ -132,6 +132,7 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
     let limits = InvocationLimits {
         event_deadline: h.event_deadline,
         action_deadline: settings.actions.deadline,
+        query_deadline: settings.queries.deadline,
         memory_limit: h.memory_limit,
         max_calls: h.max_calls,
         documents: Limits {

@@ -57,6 +57,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub handler: HandlerSettings,
     pub actions: ActionSettings,
+    pub queries: QuerySettings,
     pub auth: AuthSettings,
     pub modules: ModuleSettings,
     /// The admin API's bearer token; `None`: the admin API is off (503).
@@ -219,6 +220,29 @@ pub struct ActionSettings {
     pub max_concurrent: usize,
 }
 
+/// How `POST /query/{name}` runs.
+#[derive(Debug, Clone)]
+pub struct QuerySettings {
+    pub deadline: Duration,
+    /// Queries one tenant may have running at once; past it, 503 at once.
+    pub max_concurrent: usize,
+    /// Largest request body (the query's arguments).
+    pub max_body_bytes: usize,
+    /// Largest answer a query may return.
+    pub max_result_bytes: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        QuerySettings {
+            deadline: Duration::from_secs(2),
+            max_concurrent: 32,
+            max_body_bytes: 64 * 1024,
+            max_result_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 /// The default fallback's message.
 pub const DEFAULT_FALLBACK_MESSAGE: &str = "Sign-in is temporarily unavailable. Please try again in a moment.";
 
@@ -314,6 +338,8 @@ struct FileSettings {
     #[serde(default)]
     actions: FileActions,
     #[serde(default)]
+    queries: FileQueries,
+    #[serde(default)]
     auth: FileAuth,
     #[serde(default)]
     modules: FileModules,
@@ -334,6 +360,15 @@ struct FileModules {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueries {
+    deadline_ms: Option<u64>,
+    max_concurrent: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_result_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -518,6 +553,14 @@ impl Settings {
             max_concurrent: file.actions.max_concurrent.unwrap_or(ad.max_concurrent),
         };
 
+        let qd = QuerySettings::default();
+        let queries = QuerySettings {
+            deadline: ms(file.queries.deadline_ms, qd.deadline),
+            max_concurrent: file.queries.max_concurrent.unwrap_or(qd.max_concurrent),
+            max_body_bytes: file.queries.max_body_bytes.unwrap_or(qd.max_body_bytes),
+            max_result_bytes: file.queries.max_result_bytes.unwrap_or(qd.max_result_bytes),
+        };
+
         let database = DatabaseUrl::parse(&database_url)?;
         let cache_dir = env(env::CACHE_DIR).map(PathBuf::from).or(file.modules.cache_dir).unwrap_or_else(|| {
             // Beside the SQLite file; in the working directory for Postgres.
@@ -546,6 +589,7 @@ impl Settings {
             worker,
             handler,
             actions,
+            queries,
             auth,
             modules,
             admin_token: secret("admin.token", env::ADMIN_TOKEN, &file.admin.token)?,
@@ -585,6 +629,18 @@ impl Settings {
         }
         if self.actions.deadline < Duration::from_millis(10) || self.actions.deadline > Duration::from_secs(30) {
             return invalid("actions.deadline_ms", "must be between 10 and 30000");
+        }
+        if self.queries.deadline < Duration::from_millis(10) || self.queries.deadline > Duration::from_secs(60) {
+            return invalid("queries.deadline_ms", "must be between 10 and 60000");
+        }
+        if !(1..=1024).contains(&self.queries.max_concurrent) {
+            return invalid("queries.max_concurrent", "must be between 1 and 1024");
+        }
+        if !(2..=16 * 1024 * 1024).contains(&self.queries.max_body_bytes) {
+            return invalid("queries.max_body_bytes", "must be between 2 and 16777216");
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.queries.max_result_bytes) {
+            return invalid("queries.max_result_bytes", "must be between 1024 and 67108864");
         }
         if self.actions.tolerance.is_zero() {
             return invalid("actions.tolerance_secs", "must be at least 1");

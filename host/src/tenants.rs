@@ -49,6 +49,8 @@ pub struct TenantOptions {
     pub event_deadline_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_deadline_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_deadline_ms: Option<u64>,
     /// Largest linear memory of the tenant's guests; at most the host's `handler.memory_limit_mib`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<usize>,
@@ -155,6 +157,7 @@ impl Tenant {
             "effective": {
                 "event_deadline_ms": self.limits.event_deadline.as_millis() as u64,
                 "action_deadline_ms": self.actions.deadline.as_millis() as u64,
+                "query_deadline_ms": self.limits.query_deadline.as_millis() as u64,
                 "memory_limit_bytes": self.limits.memory_limit,
                 "max_calls": self.limits.max_calls,
                 "max_documents": self.limits.documents.max_documents,
@@ -165,6 +168,8 @@ impl Tenant {
             "routes": {
                 "webhook": format!("{prefix}/workos/webhook"),
                 "action": format!("{prefix}/workos/action"),
+                "me": format!("{prefix}/me"),
+                "query": format!("{prefix}/query/{{name}}"),
             },
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -222,6 +227,8 @@ pub struct Tenants {
     opening: Mutex<()>,
     /// Slug → (its cap, the permits of its running Actions handler calls).
     actions_running: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    /// The same for its queries.
+    queries_running: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     /// One change of the stored tenants at a time, a reload included: a
     /// reload that read the rows before a deletion here must not put the
     /// deleted tenant back when it swaps its snapshot in.
@@ -247,6 +254,7 @@ impl Tenants {
             deployments: RwLock::default(),
             opening: Mutex::default(),
             actions_running: Mutex::default(),
+            queries_running: Mutex::default(),
             changing: tokio::sync::Mutex::default(),
         };
         tenants.reload().await?;
@@ -255,6 +263,15 @@ impl Tenants {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The synchronous transactions handlers run in.
+    pub fn db(&self) -> &Arc<SyncDb> {
+        &self.db
     }
 
     pub fn get(&self, slug: &str) -> Option<Arc<Tenant>> {
@@ -298,20 +315,38 @@ impl Tenants {
         Ok(deployment)
     }
 
+    /// The tenant's deployment for a request that must be answered within
+    /// `deadline`: its first use opens it (a load from the compiled-code cache)
+    /// on a blocking thread, and gives up at the deadline.
+    pub async fn deployment_within(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        deadline: Duration,
+    ) -> Result<Arc<Deployment>, String> {
+        if let Some(open) = self.open_deployment(&tenant.slug) {
+            return Ok(open);
+        }
+        let (tenants, slug) = (self.clone(), tenant.slug.clone());
+        let opening = tokio::task::spawn_blocking(move || tenants.deployment(&slug));
+        match tokio::time::timeout(deadline, opening).await {
+            Ok(Ok(Ok(deployment))) => Ok(deployment),
+            Ok(Ok(Err(e))) => Err(format!("the tenant's handler versions could not be loaded: {e}")),
+            Ok(Err(e)) => Err(format!("loading the tenant's handler versions failed: {e}")),
+            Err(_) => {
+                Err(format!("loading the tenant's handler versions took longer than {} ms", deadline.as_millis()))
+            }
+        }
+    }
+
     /// A permit to run one of `tenant`'s Actions handler calls, held until the
     /// call ends; `None` when it already has its cap running.
     pub fn action_permit(&self, tenant: &Tenant) -> Option<OwnedSemaphorePermit> {
-        let cap = tenant.actions.max_concurrent;
-        let semaphore = {
-            let mut running = lock(&self.actions_running);
-            let entry = running.entry(tenant.slug.clone()).or_insert_with(|| (cap, Arc::new(Semaphore::new(cap))));
-            if entry.0 != cap {
-                // The cap changed: calls still running under the old one finish on it.
-                *entry = (cap, Arc::new(Semaphore::new(cap)));
-            }
-            entry.1.clone()
-        };
-        semaphore.try_acquire_owned().ok()
+        permit(&self.actions_running, &tenant.slug, tenant.actions.max_concurrent)
+    }
+
+    /// A permit to run one of `tenant`'s queries (`queries.max_concurrent` at once).
+    pub fn query_permit(&self, tenant: &Tenant) -> Option<OwnedSemaphorePermit> {
+        permit(&self.queries_running, &tenant.slug, self.settings.queries.max_concurrent)
     }
 
     /// Reads the stored tenants again (another process may have changed them).
@@ -338,10 +373,11 @@ impl Tenants {
         *write(&self.by_slug) = next;
         if !gone.is_empty() {
             let mut deployments = write(&self.deployments);
-            let mut running = lock(&self.actions_running);
+            let (mut actions, mut queries) = (lock(&self.actions_running), lock(&self.queries_running));
             for slug in &gone {
                 deployments.remove(slug);
-                running.remove(slug);
+                actions.remove(slug);
+                queries.remove(slug);
             }
             info!(tenants = ?gone, "tenants deleted by another host process are no longer served");
         }
@@ -411,6 +447,7 @@ impl Tenants {
         let removed = write(&self.by_slug).remove(slug);
         write(&self.deployments).remove(slug);
         lock(&self.actions_running).remove(slug);
+        lock(&self.queries_running).remove(slug);
         match self.store.delete_tenant(slug).await {
             Ok(true) => {
                 info!(tenant = %slug, "tenant deleted with all its data");
@@ -484,6 +521,9 @@ impl Tenants {
             actions.deadline = within("options.action_deadline_ms", ms, 10, 30_000)?;
             limits.action_deadline = actions.deadline;
         }
+        if let Some(ms) = o.query_deadline_ms {
+            limits.query_deadline = within("options.query_deadline_ms", ms, 10, 60_000)?;
+        }
         if let Some(bytes) = o.memory_limit_bytes {
             let cap = self.runtime.limits().memory_limit;
             if !(1024 * 1024..=cap).contains(&bytes) {
@@ -520,6 +560,25 @@ impl Tenants {
         }
         Ok((limits, actions))
     }
+}
+
+/// A permit from `slug`'s semaphore in `running` (made with `cap` permits);
+/// `None` when all are taken. When the cap changed, calls still running under
+/// the old one finish on it.
+fn permit(
+    running: &Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    slug: &str,
+    cap: usize,
+) -> Option<OwnedSemaphorePermit> {
+    let semaphore = {
+        let mut running = lock(running);
+        let entry = running.entry(slug.to_string()).or_insert_with(|| (cap, Arc::new(Semaphore::new(cap))));
+        if entry.0 != cap {
+            *entry = (cap, Arc::new(Semaphore::new(cap)));
+        }
+        entry.1.clone()
+    };
+    semaphore.try_acquire_owned().ok()
 }
 
 /// Lowercase letters, digits and `-`, starting with a letter or digit, at most 63 characters.

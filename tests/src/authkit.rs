@@ -211,6 +211,14 @@ impl AuthKit {
     }
 }
 
+/// A refusal: 401, the code, and a `WWW-Authenticate` challenge naming the error.
+pub fn assert_refused(reply: &(u16, Value, Option<String>), code: &str, case: &str) {
+    let (status, body, challenge) = reply;
+    assert_eq!((*status, body["error"]["code"].as_str()), (401, Some(code)), "{case}: {body}");
+    let challenge = challenge.as_deref().unwrap_or_else(|| panic!("{case}: no WWW-Authenticate"));
+    assert!(challenge.starts_with("Bearer realm=\"authkit-host\", error=\"invalid_token\""), "{case}: {challenge}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::b64url;

@@ -27,6 +27,11 @@ pub struct Host {
 impl Host {
     /// Starts on `db` with `cache`; returns once it answers, and how long that took.
     pub async fn start(db: &Path, cache: &Path) -> anyhow::Result<(Host, Duration)> {
+        Host::start_with(db, cache, &[]).await
+    }
+
+    /// Like [`Host::start`], with more environment variables set.
+    pub async fn start_with(db: &Path, cache: &Path, env: &[(&str, &str)]) -> anyhow::Result<(Host, Duration)> {
         let overrides = Overrides { database_url: Some(format!("sqlite://{}", db.display())), ..Default::default() };
         let cache = cache.display().to_string();
         let settings = Settings::load_with(&overrides, |k| match k {
@@ -35,7 +40,7 @@ impl Host {
             "WORKOS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_string()),
             "AUTHKIT_CACHE_DIR" => Some(cache.clone()),
             "AUTHKIT_LOG" => Some("warn".to_string()),
-            _ => None,
+            other => env.iter().find(|(name, _)| *name == other).map(|(_, v)| v.to_string()),
         })?;
         let started = Instant::now();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -138,4 +143,64 @@ pub fn resident_mib() -> (f64, f64) {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Latency figures of a steady load, in milliseconds.
+pub struct Latencies {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub errors: u64,
+}
+
+impl Latencies {
+    pub fn print(&self, name: &str) {
+        println!("  {name:<44} {:>9.2} {:>9.2} {:>9.2} {:>7}", self.p50, self.p99, self.max, self.errors);
+    }
+}
+
+/// Sends `rate` requests a second for one second of warm-up and then
+/// `seconds` measured, open loop (a request goes out on its tick whether or
+/// not earlier ones are answered). `request(i)` makes the `i`th request; a
+/// response that is not a success counts as an error.
+pub async fn steady(
+    rate: u64,
+    seconds: u64,
+    mut request: impl FnMut(u64) -> anyhow::Result<reqwest::RequestBuilder>,
+) -> anyhow::Result<Latencies> {
+    let interval = Duration::from_micros(1_000_000 / rate.max(1));
+    let (total, warmup) = (rate * seconds, rate);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity((total + warmup) as usize);
+    for i in 0..(total + warmup) {
+        tick.tick().await;
+        let request = request(i)?;
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let ok = match request.send().await {
+                Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (i >= warmup, ok, started.elapsed())
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (measured, ok, elapsed) = task.await?;
+        if !ok {
+            errors += 1;
+        } else if measured {
+            latencies.push(elapsed.as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Latencies { p50: pct(0.5), p99: pct(0.99), max: latencies.last().copied().unwrap_or(0.0), errors })
 }

@@ -226,6 +226,30 @@ impl TestServer {
         Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
     }
 
+    /// A request with an `Authorization` header value (if any): the status,
+    /// the JSON body (`Null` if not JSON) and the `WWW-Authenticate` header.
+    pub async fn authorized(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<String>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value, Option<String>) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let resp = request.send().await.expect("the request");
+        let status = resp.status().as_u16();
+        let challenge = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let body = serde_json::from_slice(&resp.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        (status, body, challenge)
+    }
+
     /// Calls the admin API with `token` (`None`: no Authorization header).
     pub async fn admin(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");

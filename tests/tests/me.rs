@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use authkit_tests::authkit::{AuthKit, SigningKey, b64url};
+use authkit_tests::authkit::{AuthKit, SigningKey, assert_refused, b64url};
 use authkit_tests::workos::{hmac_sha256_hex, now_ms, user};
 use authkit_tests::{ServerOptions, TestDb, TestServer, eventually, on_both_backends};
 use serde_json::{Value, json};
@@ -31,17 +31,8 @@ fn options(db: &TestDb, authkit: &AuthKit, auth: &str) -> ServerOptions {
         .arg(path.to_str().unwrap())
 }
 
-/// A GET with `authorization` (if any): status, body, `WWW-Authenticate`.
 async fn get(server: &TestServer, path: &str, authorization: Option<String>) -> (u16, Value, Option<String>) {
-    let mut request = reqwest::Client::new().get(server.url(path));
-    if let Some(value) = authorization {
-        request = request.header("authorization", value);
-    }
-    let resp = request.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let challenge = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
-    let body = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
-    (status, body, challenge)
+    server.authorized("GET", path, authorization, None).await
 }
 
 async fn me(server: &TestServer, token: &str) -> (u16, Value, Option<String>) {
@@ -56,14 +47,6 @@ async fn sync_user(server: &TestServer, db: &TestDb, id: &str) {
         store.get_user("default", id).await.unwrap().map(drop)
     })
     .await;
-}
-
-/// A refusal: 401, the code, and a `WWW-Authenticate` challenge naming the error.
-fn assert_refused(reply: &(u16, Value, Option<String>), code: &str, case: &str) {
-    let (status, body, challenge) = reply;
-    assert_eq!((*status, body["error"]["code"].as_str()), (401, Some(code)), "{case}: {body}");
-    let challenge = challenge.as_deref().unwrap_or_else(|| panic!("{case}: no WWW-Authenticate"));
-    assert!(challenge.starts_with("Bearer realm=\"authkit-host\", error=\"invalid_token\""), "{case}: {challenge}");
 }
 
 async fn me_is_the_synced_user_with_the_token_s_session(db: TestDb) {

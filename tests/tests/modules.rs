@@ -73,6 +73,7 @@ fn stamped(n: u32) -> Vec<u8> {
 fn another_wit_version(bytes: &[u8]) -> Vec<u8> {
     let bytes = patch(bytes, b"handler/events@0.1.0", b"handler/events@0.9.0");
     let bytes = patch(&bytes, b"handler/actions@0.1.0", b"handler/actions@0.9.0");
+    let bytes = patch(&bytes, b"handler/queries@0.1.0", b"handler/queries@0.9.0");
     patch(&bytes, b"handler/schema@0.1.0", b"handler/schema@0.9.0")
 }
 
@@ -150,7 +151,7 @@ async fn versions_are_validated_activated_rolled_back_and_deleted(db: TestDb) {
     assert_eq!(v1.status, 201, "{v1:?}");
     assert_eq!(v1.body["version"], 1);
     assert_eq!(v1.body["active"], false);
-    assert_eq!(v1.body["exports"], json!(["events", "actions", "schema"]));
+    assert_eq!(v1.body["exports"], json!(["events", "actions", "queries", "schema"]));
     assert_eq!(v1.body["wit_version"], "0.1.0");
     assert_eq!(act(&server, "act_1", "Version").await.unwrap()["verdict"], "Allow", "uploaded, not active");
 
@@ -404,7 +405,7 @@ async fn the_cli_deploys_lists_activates_and_rolls_back(db: TestDb) {
     assert!(lines[0].starts_with("VERSION"), "{out}");
     assert!(lines[1].starts_with("1 ") && lines[1].contains(" * "), "{out}");
     assert!(lines[2].starts_with("2 ") && !lines[2].contains(" * "), "{out}");
-    assert!(lines[1].contains("events, actions, schema"), "{out}");
+    assert!(lines[1].contains("events, actions, queries, schema"), "{out}");
 
     let (ok, out, err) = run(&["modules", "activate", "2"]);
     assert!(ok, "{err}");

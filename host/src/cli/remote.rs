@@ -94,6 +94,8 @@ pub struct TenantArgs {
     event_deadline_ms: Option<u64>,
     #[arg(long, value_name = "MS")]
     action_deadline_ms: Option<u64>,
+    #[arg(long, value_name = "MS")]
+    query_deadline_ms: Option<u64>,
     #[arg(long, value_name = "MIB")]
     memory_limit_mib: Option<usize>,
     #[arg(long, value_name = "N")]
@@ -134,6 +136,7 @@ impl TenantArgs {
         };
         set("event_deadline_ms", self.event_deadline_ms.map(|v| json!(v)));
         set("action_deadline_ms", self.action_deadline_ms.map(|v| json!(v)));
+        set("query_deadline_ms", self.query_deadline_ms.map(|v| json!(v)));
         set("memory_limit_bytes", self.memory_limit_mib.map(|v| json!(v.saturating_mul(1024 * 1024))));
         set("max_calls", self.max_calls.map(|v| json!(v)));
         set("max_documents", self.max_documents.map(|v| json!(v)));
@@ -278,13 +281,13 @@ pub async fn modules(cmd: ModulesCommand) -> anyhow::Result<()> {
             }
             writeln!(
                 out,
-                "{:<8} {:<7} {:<16} {:>10} {:<22} {:<6} CREATED",
+                "{:<8} {:<7} {:<16} {:>10} {:<32} {:<6} CREATED",
                 "VERSION", "ACTIVE", "SHA256", "SIZE", "EXPORTS", "WIT"
             )?;
             for v in versions {
                 writeln!(
                     out,
-                    "{:<8} {:<7} {:<16} {:>10} {:<22} {:<6} {}",
+                    "{:<8} {:<7} {:<16} {:>10} {:<32} {:<6} {}",
                     v["version"].to_string(),
                     if v["active"].as_bool() == Some(true) { "*" } else { "" },
                     v["hash"].as_str().unwrap_or("").get(..16).unwrap_or(""),

@@ -9,6 +9,7 @@ pub mod action;
 pub mod admin;
 pub mod caller;
 pub mod error;
+pub mod query;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
             .route("/workos/webhook", post(webhook::receive).fallback(method_not_allowed))
             .route("/workos/action", post(action::decide).fallback(method_not_allowed))
             .route("/me", get(caller::me).fallback(method_not_allowed))
+            .route("/query/{name}", post(query::run).fallback(method_not_allowed))
     };
     Router::new()
         .merge(tenant_routes())

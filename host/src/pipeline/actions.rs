@@ -97,7 +97,7 @@ impl Decider {
     /// decision (in the background).
     pub async fn decide(&self, tenant: &Arc<Tenant>, request: &ActionRequest) -> Decision {
         let started = Instant::now();
-        let decision = match self.deployment(tenant).await {
+        let decision = match self.tenants.deployment_within(tenant, tenant.actions.deadline).await {
             Err(reason) => self.fallback(tenant, reason, None),
             Ok(deployment) => match deployment.current().filter(|live| live.module.handles_actions()) {
                 None => Decision {
@@ -123,22 +123,6 @@ impl Decider {
         let decision = Decision { latency: started.elapsed(), ..decision };
         self.record(&tenant.slug, request, &decision);
         decision
-    }
-
-    /// The tenant's deployment; its first use opens it (a load from the
-    /// compiled-code cache), within the actions deadline.
-    async fn deployment(&self, tenant: &Tenant) -> Result<Arc<Deployment>, String> {
-        if let Some(open) = self.tenants.open_deployment(&tenant.slug) {
-            return Ok(open);
-        }
-        let (tenants, slug) = (self.tenants.clone(), tenant.slug.clone());
-        let opening = tokio::task::spawn_blocking(move || tenants.deployment(&slug));
-        match tokio::time::timeout(tenant.actions.deadline, opening).await {
-            Ok(Ok(Ok(deployment))) => Ok(deployment),
-            Ok(Ok(Err(e))) => Err(format!("the tenant's handler versions could not be loaded: {e}")),
-            Ok(Err(e)) => Err(format!("loading the tenant's handler versions failed: {e}")),
-            Err(_) => Err("loading the tenant's handler versions took longer than the actions deadline".into()),
-        }
     }
 
     /// Runs `live` (the version live when the request arrived) to its end, even

@@ -3,11 +3,13 @@
 //! Owns: [`ingest`] (group commit into the inbox before the acknowledgement),
 //! [`sync`] (what one event does to the directory tables), [`worker`] (claiming
 //! due events, applying them in order with the handler, retrying with backoff,
-//! dead-lettering) and [`actions`] (deciding an Actions request in time).
+//! dead-lettering), [`actions`] (deciding an Actions request in time) and
+//! [`queries`] (answering an app's read-only query).
 //! Must not: parse HTTP or know about signatures.
 
 pub mod actions;
 pub mod ingest;
+pub mod queries;
 pub mod sync;
 pub mod worker;
 

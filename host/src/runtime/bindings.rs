@@ -5,6 +5,6 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "authkit:handler/handler",
+    world: "authkit:handler/full-handler",
     imports: { default: trappable },
 });

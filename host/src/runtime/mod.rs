@@ -30,10 +30,10 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::exports::authkit::handler::{actions, events, schema};
+use self::bindings::exports::authkit::handler::{actions, events, queries, schema};
 pub use self::cache::CacheStats;
 use self::cache::CodeCache;
-pub use self::host::{HostFault, QuotaExceeded};
+pub use self::host::{HostFault, QuotaExceeded, guest_user as stored_guest_user};
 pub use self::log::{LogBuffer, MAX_LOG_BYTES, MAX_LOG_LINES};
 use crate::store::StoreError;
 use crate::store::documents::{Indexes, Limits};
@@ -46,6 +46,7 @@ pub use self::bindings::exports::authkit::handler::actions::{
     Verdict as GuestVerdict,
 };
 pub use self::bindings::exports::authkit::handler::events::Event as GuestEvent;
+pub use self::bindings::exports::authkit::handler::queries::Caller as GuestCaller;
 
 /// Memory and table pages of a freed instance slot that are reset in place
 /// (zeroed or restored from the image) instead of being handed back to the
@@ -65,6 +66,7 @@ const WIT_PACKAGE: &str = "authkit:handler";
 pub const EVENTS_EXPORT: &str = "authkit:handler/events@0.1.0";
 pub const ACTIONS_EXPORT: &str = "authkit:handler/actions@0.1.0";
 pub const SCHEMA_EXPORT: &str = "authkit:handler/schema@0.1.0";
+pub const QUERIES_EXPORT: &str = "authkit:handler/queries@0.1.0";
 
 /// Limits of every invocation (the operator's settings).
 #[derive(Debug, Clone)]
@@ -73,6 +75,8 @@ pub struct InvocationLimits {
     pub event_deadline: Duration,
     /// How long an action handler may run.
     pub action_deadline: Duration,
+    /// How long a query may run.
+    pub query_deadline: Duration,
     /// Largest linear memory a guest may grow to, in bytes.
     pub memory_limit: usize,
     /// `db` and `users` calls per invocation.
@@ -85,6 +89,7 @@ impl Default for InvocationLimits {
         InvocationLimits {
             event_deadline: Duration::from_secs(5),
             action_deadline: Duration::from_secs(1),
+            query_deadline: Duration::from_secs(2),
             memory_limit: 64 * 1024 * 1024,
             max_calls: 1000,
             documents: Limits::default(),
@@ -105,7 +110,7 @@ pub enum LoadError {
     #[error("the component imports something the sandbox does not provide: {0}")]
     Imports(String),
     #[error(
-        "the component exports no handler interface this host serves (it serves `{EVENTS_EXPORT}` and `{ACTIONS_EXPORT}`); it exports: {0}"
+        "the component exports no handler interface this host serves (it serves `{EVENTS_EXPORT}`, `{ACTIONS_EXPORT}` and `{QUERIES_EXPORT}`); it exports: {0}"
     )]
     NoHandler(String),
     #[error(
@@ -123,10 +128,11 @@ pub struct Module {
     pre: InstancePre<Invocation>,
     events: Option<events::GuestIndices>,
     actions: Option<actions::GuestIndices>,
+    queries: Option<queries::GuestIndices>,
     /// The indexes the handler declared (empty without a `schema` export);
     /// shared with every invocation, not copied. Its `find` calls may use these.
     pub indexes: Arc<Indexes>,
-    /// Which handler interfaces it exports: `events`, `actions`, `schema`.
+    /// Which handler interfaces it exports: `events`, `actions`, `queries`, `schema`.
     pub exports: Vec<&'static str>,
 }
 
@@ -137,6 +143,10 @@ impl Module {
 
     pub fn handles_actions(&self) -> bool {
         self.actions.is_some()
+    }
+
+    pub fn handles_queries(&self) -> bool {
+        self.queries.is_some()
     }
 }
 
@@ -166,6 +176,13 @@ pub struct Invoked<T = ()> {
     pub logs: Vec<String>,
     /// Whether the call wrote anything (a read-only call need not commit).
     pub wrote: bool,
+}
+
+/// A query as the guest receives it.
+pub struct Query {
+    pub name: String,
+    pub args_json: String,
+    pub caller: Option<GuestCaller>,
 }
 
 /// An Actions request as the guest receives it.
@@ -212,7 +229,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         sleep::shadow(&mut linker)?;
-        bindings::Handler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| &mut s.host)?;
+        bindings::FullHandler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| &mut s.host)?;
         let ticker = Ticker::start(engine.clone());
         let cache = CodeCache::new(&engine, cache_dir);
         Ok(Runtime { engine, linker, limits, modules: Mutex::default(), cache, _ticker: ticker })
@@ -249,8 +266,9 @@ impl Runtime {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
         let events = events::GuestIndices::new(&pre).ok();
         let actions = actions::GuestIndices::new(&pre).ok();
+        let queries = queries::GuestIndices::new(&pre).ok();
         let schema = schema::GuestIndices::new(&pre).ok();
-        if events.is_none() && actions.is_none() {
+        if events.is_none() && actions.is_none() && queries.is_none() {
             return Err(LoadError::NoHandler(exports.join(", ")));
         }
         let mut module = Module {
@@ -258,12 +276,18 @@ impl Runtime {
             pre,
             events,
             actions,
+            queries,
             indexes: Arc::default(),
-            exports: [("events", EVENTS_EXPORT), ("actions", ACTIONS_EXPORT), ("schema", SCHEMA_EXPORT)]
-                .into_iter()
-                .filter(|(_, name)| exports.iter().any(|e| e == name))
-                .map(|(short, _)| short)
-                .collect(),
+            exports: [
+                ("events", EVENTS_EXPORT),
+                ("actions", ACTIONS_EXPORT),
+                ("queries", QUERIES_EXPORT),
+                ("schema", SCHEMA_EXPORT),
+            ]
+            .into_iter()
+            .filter(|(_, name)| exports.iter().any(|e| e == name))
+            .map(|(short, _)| short)
+            .collect(),
         };
         if let Some(schema) = schema {
             module.indexes = Arc::new(self.declared_indexes(&module, &schema)?);
@@ -281,7 +305,7 @@ impl Runtime {
         let names: Vec<String> =
             component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let ours = |n: &&String| n.starts_with(&format!("{WIT_PACKAGE}/"));
-        if !names.iter().any(|n| n == EVENTS_EXPORT || n == ACTIONS_EXPORT)
+        if !names.iter().any(|n| n == EVENTS_EXPORT || n == ACTIONS_EXPORT || n == QUERIES_EXPORT)
             && let Some(found) = names.iter().find(ours)
         {
             let found = found.split_once('/').map_or(found.as_str(), |(_, rest)| rest);
@@ -360,6 +384,42 @@ impl Runtime {
             }
         })();
         let outcome = outcome.map_err(|e| classify(e, &store, limits, deadline));
+        finish(store, outcome, started, deadline)
+    }
+
+    /// Calls the module's `queries.run` with `tx` as a read-only database:
+    /// every write returns `read-only`. The caller rolls `tx` back.
+    pub fn handle_query(
+        &self,
+        module: &Module,
+        tx: SyncTx,
+        tenant: &str,
+        limits: &InvocationLimits,
+        query: &Query,
+    ) -> Invoked<String> {
+        let started = Instant::now();
+        let deadline = limits.query_deadline;
+        let Some(indices) = &module.queries else {
+            let result = Err(HandlerError::Trap("the handler has no queries export".into()));
+            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false };
+        };
+        // Nothing is written, so the indexes it can read are all that matter.
+        let readable = module.indexes.clone();
+        let mut store = self.store(module, Some(tx), tenant, limits, true, deadline, &readable);
+        let outcome = (|| {
+            let instance = module.pre.instantiate(&mut store)?;
+            indices.load(&mut store, &instance)?.call_run(
+                &mut store,
+                &query.name,
+                &query.args_json,
+                query.caller.as_ref(),
+            )
+        })();
+        let outcome = match outcome {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(message)) => Err(HandlerError::Returned(message)),
+            Err(e) => Err(classify(e, &store, limits, deadline)),
+        };
         finish(store, outcome, started, deadline)
     }
 

@@ -30,6 +30,7 @@ use authkit_host::settings::{DatabaseUrl, Overrides, Settings};
 use authkit_host::store::Store;
 use authkit_host::store::documents::{Documents, Indexes, Limits};
 use authkit_host::store::inbox::NewEvent;
+use authkit_tests::bench::{Latencies, steady};
 use authkit_tests::guests::rust_guest;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -373,19 +374,6 @@ fn actions(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Latencies {
-    p50: f64,
-    p99: f64,
-    max: f64,
-    errors: u64,
-}
-
-impl Latencies {
-    fn print(&self, name: &str) {
-        println!("  {name:<44} {:>9.2} {:>9.2} {:>9.2} {:>7}", self.p50, self.p99, self.max, self.errors);
-    }
-}
-
 fn action_run(
     args: &Args,
     rt: &tokio::runtime::Runtime,
@@ -419,15 +407,7 @@ fn action_run(
         let client = reqwest::Client::new();
         let url = format!("http://{addr}/workos/action");
         let signer = authkit_tests::Emulator::new(ACTION_SECRET);
-        // Wait until the server answers, then warm up for a second.
-        let interval = Duration::from_micros(1_000_000 / args.rate.max(1));
-        let total = args.rate * args.seconds;
-        let warmup = args.rate;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut tasks = Vec::with_capacity((total + warmup) as usize);
-        for i in 0..(total + warmup) {
-            tick.tick().await;
+        steady(args.rate, args.seconds, |i| {
             let user =
                 serde_json::json!({"object": "user", "id": format!("user_{}", i % 1000), "email": "u@example.com"});
             let body = serde_json::to_vec(&json!({
@@ -435,31 +415,9 @@ fn action_run(
                 "ip_address": "127.0.0.1", "user_agent": "bench",
             }))?;
             let signature = signer.signature(authkit_tests::workos::now_ms(), &body);
-            let request = client.post(&url).header("WorkOS-Signature", signature).body(body);
-            tasks.push(tokio::spawn(async move {
-                let started = Instant::now();
-                let ok = match request.send().await {
-                    Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                (i >= warmup, ok, started.elapsed())
-            }));
-        }
-        let mut latencies = Vec::new();
-        let mut errors = 0;
-        for task in tasks {
-            let (measured, ok, elapsed) = task.await?;
-            if !ok {
-                errors += 1;
-            } else if measured {
-                latencies.push(elapsed.as_secs_f64() * 1000.0);
-            }
-        }
-        latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied().unwrap_or(0.0)
-        };
-        anyhow::Ok(Latencies { p50: pct(0.5), p99: pct(0.99), max: latencies.last().copied().unwrap_or(0.0), errors })
+            Ok(client.post(&url).header("WorkOS-Signature", signature).body(body))
+        })
+        .await
     });
     stop.cancel();
     rt.block_on(server)??;

@@ -14,12 +14,13 @@
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "authkit:handler/handler",
+    world: "authkit:handler/full-handler",
 });
 
 use authkit::handler::{db, log};
 use exports::authkit::handler::actions::{AuthenticationContext, Guest as Actions, RegistrationContext, Verdict};
 use exports::authkit::handler::events::{Event, Guest};
+use exports::authkit::handler::queries::{Caller, Guest as Queries};
 use exports::authkit::handler::schema::{Guest as Schema, Index};
 use serde_json::json;
 
@@ -249,6 +250,45 @@ fn misbehave(name: &str, action_id: &str) -> Verdict {
         }
         "Deny" => Verdict::Deny(format!("Zugriff verweigert — {}", "ü".repeat(600))),
         _ => Verdict::Allow,
+    }
+}
+
+/// Queries misbehave by name: `echo` answers what it got, `write` tries to
+/// write (and reports the error it gets), `fail` returns an error, `panic`,
+/// `loop` and `bomb` trap, run past the deadline or out of memory,
+/// `not-json` answers text that is not JSON, `big` answers 5 MB.
+impl Queries for Hostile {
+    fn run(name: String, args_json: String, caller: Option<Caller>) -> Result<String, String> {
+        match name.as_str() {
+            "echo" => {
+                let args: serde_json::Value = serde_json::from_str(&args_json).map_err(|e| e.to_string())?;
+                let caller = caller.map(|c| {
+                    json!({ "user": c.user.id, "email": c.user.email, "session": c.session_id,
+                            "organization": c.organization_id, "role": c.role, "permissions": c.permissions })
+                });
+                Ok(json!({ "name": name, "args": args, "caller": caller, "version": version() }).to_string())
+            }
+            "write" => match db::insert("seen", "{}") {
+                Ok(id) => Ok(json!({ "wrote": id }).to_string()),
+                Err(e) => Err(format!("the write was refused: {e:?}")),
+            },
+            "fail" => Err("told to fail".into()),
+            "panic" => panic!("told to panic"),
+            "loop" =>
+            {
+                #[allow(clippy::empty_loop)]
+                loop {}
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1024 * 1024]);
+                }
+            }
+            "not-json" => Ok("this is not JSON".into()),
+            "big" => Ok(json!({ "blob": "x".repeat(5 * 1024 * 1024) }).to_string()),
+            other => Err(format!("no query {other:?}")),
+        }
     }
 }
 

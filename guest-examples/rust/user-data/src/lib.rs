@@ -10,6 +10,11 @@
 //! reference; sign-ins are allowed, except for a user whose app `users`
 //! document says `"banned": true`.
 //!
+//! Queries: `my-todo-lists` answers the signed-in caller's todo lists
+//! (`POST /query/my-todo-lists` with the user's AuthKit access token), like
+//! the reference's `getAuthUser` plus a query on the user's id. Without a
+//! caller it is an error for the app.
+//!
 //! The host has already brought its own users table up to date with the event
 //! (and it ignores stale updates and users deleted before a late create), so
 //! this handler reads the user from there: whatever order WorkOS delivers the
@@ -17,12 +22,13 @@
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "authkit:handler/handler",
+    world: "authkit:handler/full-handler",
 });
 
 use authkit::handler::{db, log, users};
 use exports::authkit::handler::actions::{AuthenticationContext, Guest as Actions, RegistrationContext, Verdict};
 use exports::authkit::handler::events::{Event, Guest as Events};
+use exports::authkit::handler::queries::{Caller, Guest as Queries};
 use exports::authkit::handler::schema::{Guest as Schema, Index};
 use serde_json::json;
 
@@ -67,6 +73,36 @@ impl Actions for Handler {
             return Verdict::Deny("Gmail accounts are not allowed".into());
         }
         Verdict::Allow
+    }
+}
+
+impl Queries for Handler {
+    fn run(name: String, _args_json: String, caller: Option<Caller>) -> Result<String, String> {
+        match name.as_str() {
+            "my-todo-lists" => {
+                let caller = caller.ok_or("sign in to see your todo lists")?;
+                Ok(json!({ "lists": todo_lists_of(&caller.user.id)? }).to_string())
+            }
+            other => Err(format!("there is no query {other:?}; this handler answers my-todo-lists")),
+        }
+    }
+}
+
+/// Every todo list of the user, oldest first, each with its id.
+fn todo_lists_of(user_id: &str) -> Result<Vec<serde_json::Value>, String> {
+    let (mut lists, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = db::find("todoLists", "userId", &json!(user_id).to_string(), 100, cursor.as_deref())
+            .map_err(|e| format!("{e:?}"))?;
+        for doc in page.documents {
+            let mut list: serde_json::Value = serde_json::from_str(&doc.body).map_err(|e| e.to_string())?;
+            list["id"] = json!(doc.id);
+            lists.push(list);
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(lists),
+        }
     }
 }
 
