@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::sha2::Sha256;
-use rsa::{BoxedUint, PublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -154,7 +153,7 @@ impl Unverified<'_> {
     /// Checks the signature with `key`, then the claims against `rules` at
     /// `now` (unix seconds). The claims are read only after the signature holds.
     pub fn verify(self, key: &RsaKey, rules: &Rules, now: i64) -> Result<Claims, TokenError> {
-        key.0.pkcs1v15_verify::<Sha256>(self.signing_input, &self.signature).map_err(|_| TokenError::Signature)?;
+        key.0.verify_sig(self.signing_input, &self.signature).map_err(|_| TokenError::Signature)?;
         let claims: Claims = serde_json::from_slice(&self.payload)
             .map_err(|e| malformed(format!("its claims are not what AuthKit sends: {e}")))?;
         let leeway_secs = rules.leeway.as_secs();
@@ -175,9 +174,10 @@ impl Unverified<'_> {
     }
 }
 
-/// An RSA public key from a key set.
+/// An RSA public key from a key set, parsed once for RSASSA-PKCS1-v1_5 with
+/// SHA-256 (a 2048 to 8192-bit modulus).
 #[derive(Debug)]
-pub struct RsaKey(PublicKey);
+pub struct RsaKey(ParsedPublicKey);
 
 /// The signing keys of one client id, by `kid`.
 #[derive(Debug, Default)]
@@ -215,9 +215,23 @@ impl KeySet {
             {
                 continue;
             }
-            let number = |text: &str| URL_SAFE_NO_PAD.decode(text).ok().map(|b| BoxedUint::from_be_slice_vartime(&b));
+            let number = |text: &str| {
+                let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+                let first = bytes.iter().position(|b| *b != 0)?;
+                Some(bytes[first..].to_vec())
+            };
             let (Some(n), Some(e)) = (number(&jwk.n), number(&jwk.e)) else { continue };
-            if let Ok(key) = PublicKey::new(n, e) {
+            // 2048 to 8192 bits, odd; an exponent of 3 to 2^33 - 1, odd (as ring and aws-lc check).
+            let usable = (256..=1024).contains(&n.len())
+                && n.last().is_some_and(|b| b % 2 == 1)
+                && e.len() <= 5
+                && e.last().is_some_and(|b| b % 2 == 1)
+                && (e.len() > 1 || e[0] >= 3);
+            if !usable {
+                continue;
+            }
+            if let Ok(key) = (RsaPublicKeyComponents { n: &n, e: &e }).to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+            {
                 keys.insert(jwk.kid, Arc::new(RsaKey(key)));
             }
         }
@@ -273,8 +287,8 @@ mod tests {
 
     #[test]
     fn a_key_set_keeps_only_rs256_signing_keys() {
-        // A 1024-bit modulus (the smallest the RSA crate accepts) and e = 65537.
-        let n = b64(&[0xc5; 128]);
+        // A 2048-bit modulus and e = 65537.
+        let n = b64(&[0xc5; 256]);
         let doc = format!(
             r#"{{"keys":[
                 {{"kty":"RSA","kid":"good","n":"{n}","e":"AQAB","use":"sig","alg":"RS256"}},
@@ -282,9 +296,12 @@ mod tests {
                 {{"kty":"RSA","kid":"enc","n":"{n}","e":"AQAB","use":"enc"}},
                 {{"kty":"RSA","kid":"ps","n":"{n}","e":"AQAB","alg":"PS256"}},
                 {{"kty":"EC","kid":"ec","crv":"P-256","x":"AA","y":"AA"}},
-                {{"kty":"RSA","kid":"short","n":"AQAB","e":"AQAB"}},
+                {{"kty":"RSA","kid":"short","n":"{short}","e":"AQAB"}},
+                {{"kty":"RSA","kid":"even","n":"{even}","e":"AQAB"}},
                 {{"kty":"RSA","kid":"junk","n":"***","e":"AQAB"}}
-            ]}}"#
+            ]}}"#,
+            short = b64(&[0xc5; 128]),
+            even = b64(&[0xc4; 256]),
         );
         let set = KeySet::parse(doc.as_bytes()).unwrap();
         let mut kids: Vec<_> = set.keys.keys().cloned().collect();
