@@ -27,6 +27,8 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 cargo build --locked --release --target wasm32-wasip2 --manifest-path guest-examples/rust/Cargo.toml
+# The JavaScript guest: componentize-js from npm, installed once into guest-examples/js/node_modules.
+(cd guest-examples/js && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm run build)
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -3,7 +3,9 @@
 //! `tests/run.sh` builds them before the tests; when a test runs on its own
 //! (`cargo test`), the first use builds them here (adding the `wasm32-wasip2`
 //! target through rustup if it is missing). They land in the same cargo target
-//! directory as the tests, under `wasm32-wasip2/release/`.
+//! directory as the tests, under `wasm32-wasip2/release/`. The JavaScript
+//! guest is built with componentize-js from npm (installed into
+//! `guest-examples/js/node_modules/` on first use) into `guest-examples/js/dist/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,4 +55,33 @@ fn build_rust_guests(target_dir: &Path) {
         .status()
         .expect("run cargo to build the guests");
     assert!(status.success(), "building the Rust guests failed");
+}
+
+/// The JavaScript reference handler, built (with `npm ci` first if its tools
+/// are not installed yet) when it is missing or older than its sources.
+pub fn js_guest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join("guest-examples/js");
+            let wasm = dir.join("dist/handler.wasm");
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let sources = [dir.join("src/handler.js"), dir.join("build.mjs"), repo_root().join("wit/handler.wit")];
+            let fresh =
+                modified(&wasm).is_some_and(|built| sources.iter().all(|s| modified(s).is_some_and(|m| m <= built)));
+            if !fresh {
+                if !dir.join("node_modules").exists() {
+                    npm(&dir, &["ci", "--no-audit", "--no-fund"]);
+                }
+                npm(&dir, &["run", "build"]);
+            }
+            assert!(wasm.exists(), "{} was not built", wasm.display());
+            wasm
+        })
+        .clone()
+}
+
+fn npm(dir: &Path, args: &[&str]) {
+    let status = Command::new("npm").args(args).current_dir(dir).status().expect("run npm (is Node.js installed?)");
+    assert!(status.success(), "npm {} failed in {}", args.join(" "), dir.display());
 }

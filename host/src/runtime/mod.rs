@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use self::bindings::exports::authkit::handler::{actions, events, queries, schema};
 pub use self::cache::CacheStats;
@@ -228,6 +229,9 @@ impl Runtime {
         let engine = Engine::new(&engine_config(limits.memory_limit))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // Engines such as componentize-js's import `wasi:http` for `fetch`;
+        // linked so such components load, every request refused.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
         sleep::shadow(&mut linker)?;
         bindings::FullHandler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| &mut s.host)?;
         let ticker = Ticker::start(engine.clone());
@@ -447,6 +451,8 @@ impl Runtime {
         let invocation = Invocation {
             deadline_at: Instant::now() + deadline,
             wasi,
+            http: WasiHttpCtx::new(),
+            no_requests: NoOutgoingRequests,
             table: ResourceTable::new(),
             limiter: Limiter { memory_limit: limits.memory_limit, memory_denied: false },
             host,
@@ -504,6 +510,8 @@ pub struct Invocation {
     /// When the call must be over (sleeps are cut short here, see [`sleep`]).
     deadline_at: Instant,
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    no_requests: NoOutgoingRequests,
     table: ResourceTable,
     limiter: Limiter,
     host: host::HostState,
@@ -513,6 +521,37 @@ pub struct Invocation {
 impl WasiView for Invocation {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Invocation {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { hooks: &mut self.no_requests, table: &mut self.table, ctx: &mut self.http }
+    }
+}
+
+/// Handlers have no network: every outgoing `wasi:http` request fails with
+/// `HTTP-request-denied` (the guest sees an error, not a trap).
+struct NoOutgoingRequests;
+
+impl WasiHttpHooks for NoOutgoingRequests {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
