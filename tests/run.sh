@@ -29,6 +29,8 @@ fi
 cargo build --locked --release --target wasm32-wasip2 --manifest-path guest-examples/rust/Cargo.toml
 # The JavaScript guest: componentize-js from npm, installed once into guest-examples/js/node_modules.
 (cd guest-examples/js && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm run build)
+# The Python guest: componentize-py from PyPI, installed once into guest-examples/python/.venv.
+bash guest-examples/python/build.sh
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

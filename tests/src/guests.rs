@@ -5,7 +5,9 @@
 //! target through rustup if it is missing). They land in the same cargo target
 //! directory as the tests, under `wasm32-wasip2/release/`. The JavaScript
 //! guest is built with componentize-js from npm (installed into
-//! `guest-examples/js/node_modules/` on first use) into `guest-examples/js/dist/`.
+//! `guest-examples/js/node_modules/` on first use) into `guest-examples/js/dist/`,
+//! the Python guest with componentize-py from PyPI (installed into
+//! `guest-examples/python/.venv/`) into `guest-examples/python/dist/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,6 +81,31 @@ pub fn js_guest() -> PathBuf {
             wasm
         })
         .clone()
+}
+
+/// The Python reference handler, built by `guest-examples/python/build.sh`
+/// when it is missing or older than its sources.
+pub fn python_guest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join("guest-examples/python");
+            let sources = [dir.join("app.py"), dir.join("build.sh"), repo_root().join("wit/handler.wit")];
+            let wasm = dir.join("dist/handler.wasm");
+            if !built_after(&wasm, &sources) {
+                let status = Command::new("bash").arg(dir.join("build.sh")).status().expect("run build.sh");
+                assert!(status.success(), "building the Python guest failed");
+            }
+            assert!(wasm.exists(), "{} was not built", wasm.display());
+            wasm
+        })
+        .clone()
+}
+
+/// Whether `built` exists and is newer than every one of `sources`.
+fn built_after(built: &Path, sources: &[PathBuf]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    modified(built).is_some_and(|at| sources.iter().all(|s| modified(s).is_some_and(|m| m <= at)))
 }
 
 fn npm(dir: &Path, args: &[&str]) {

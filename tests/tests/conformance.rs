@@ -1,5 +1,5 @@
 //! One conformance scenario, run against the reference handler in every
-//! language it is written in (Rust, JavaScript): the same webhooks, Actions
+//! language it is written in (Rust, JavaScript, Python): the same webhooks, Actions
 //! requests and queries, each language's component deployed to a tenant of
 //! its own on one host. The resulting documents, verdicts and query answers
 //! must be the expected ones, and identical across languages.
@@ -10,7 +10,7 @@ use authkit_host::store::documents::Indexes;
 use authkit_host::store::inbox::EventFilter;
 use authkit_tests::authkit::AuthKit;
 use authkit_tests::documents::{tenant_documents, with_tenant_documents};
-use authkit_tests::guests::{js_guest, rust_guest};
+use authkit_tests::guests::{js_guest, python_guest, rust_guest};
 use authkit_tests::workos::{
     Emulator, authentication_action, now_ms, registration_action, user, verify_action_response,
 };
@@ -138,7 +138,7 @@ async fn every_language_s_reference_handler_gives_the_same_results(db: TestDb) {
         .arg(path.to_str().unwrap());
     let server = TestServer::start_with(&db, options).await;
 
-    let languages = [("rust", rust_guest("user_data")), ("js", js_guest())];
+    let languages = [("rust", rust_guest("user_data")), ("js", js_guest()), ("python", python_guest())];
     let mut outcomes = Vec::new();
     for (tenant, component) in &languages {
         let new = json!({
