@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::workos::now_ms;
+use crate::{ServerOptions, TestDb};
 
 /// RFC 4648 §5 base64url without padding, written out.
 pub fn b64url(bytes: &[u8]) -> String {
@@ -141,6 +142,20 @@ impl AuthKit {
     /// The API base URL to configure the host with.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Options of a host that checks tokens of `client_id` against this
+    /// emulator, with `admin_token` as its root token and `config` (TOML,
+    /// written into the test's directory) as its config file.
+    pub fn host_options(&self, db: &TestDb, client_id: &str, admin_token: &str, config: &str) -> ServerOptions {
+        let path = db.dir.path().join("authkit.toml");
+        std::fs::write(&path, config).unwrap();
+        ServerOptions::default()
+            .env("WORKOS_CLIENT_ID", client_id)
+            .env("WORKOS_API_BASE_URL", &self.base_url())
+            .env("AUTHKIT_ADMIN_TOKEN", admin_token)
+            .arg("--config")
+            .arg(path.to_str().unwrap())
     }
 
     /// The issuer AuthKit puts in a client's tokens.

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use authkit_host::settings::{Overrides, Settings};
+use authkit_host::settings::{DatabaseUrl, Overrides, Settings};
+use authkit_host::store::Store;
+use authkit_host::store::inbox::NewEvent;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -203,4 +206,77 @@ pub async fn steady(
             .unwrap_or(0.0)
     };
     Ok(Latencies { p50: pct(0.5), p99: pct(0.99), max: latencies.last().copied().unwrap_or(0.0), errors })
+}
+
+/// The worker's drain rate (events/s) of a backlog of `events` user.created
+/// events stored before the host starts, with `handler` (or none), on
+/// `database_url` (default: a fresh SQLite file). Timed from the first
+/// committed batch to the last, so start-up (compiling the component) is not
+/// counted as draining.
+pub fn drain(
+    rt: &tokio::runtime::Runtime,
+    events: u32,
+    database_url: Option<String>,
+    handler: Option<std::path::PathBuf>,
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let url = database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("events.db").display()));
+    let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let rows: Vec<NewEvent> = (0..events)
+        .map(|i| {
+            let at = format!("2025-01-01T00:00:{:02}.{:03}Z", (i / 1000) % 60, i % 1000);
+            let data = json!({
+                "object": "user", "id": format!("user_{run}_{i}"), "email": format!("u{i}@example.com"),
+                "email_verified": true, "first_name": "Bench", "last_name": format!("User {i}"),
+                "created_at": at, "updated_at": at,
+            });
+            let id = format!("event_{run}_{i:08}");
+            let payload = json!({"object": "event", "id": id, "event": "user.created", "data": data, "created_at": at});
+            NewEvent {
+                tenant_id: "default".into(),
+                event_id: id,
+                event_type: "user.created".into(),
+                subject: format!("user:user_{run}_{i}"),
+                occurred_at: 1_735_689_600_000 + i64::from(i),
+                received_at: authkit_host::clock::now_ms(),
+                payload: payload.to_string(),
+            }
+        })
+        .collect();
+    rt.block_on(async {
+        for chunk in rows.chunks(512) {
+            store.insert_events(chunk).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let overrides = Overrides { database_url: Some(url), handler, ..Default::default() };
+    let settings = Settings::load_with(&overrides, |_| None)?;
+    let stop = CancellationToken::new();
+    let server = rt.spawn({
+        let stop = stop.clone();
+        async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            authkit_host::run(settings, listener, stop).await
+        }
+    });
+    let backlog = i64::from(events);
+    let (drained, elapsed) = rt.block_on(async {
+        let (mut first, mut left_at_first) = (None, backlog);
+        loop {
+            let left = store.count_unfinished().await?;
+            if first.is_none() && left < backlog {
+                first = Some(Instant::now());
+                left_at_first = left;
+            }
+            if left == 0 {
+                let first = first.unwrap_or_else(Instant::now);
+                return anyhow::Ok((left_at_first, first.elapsed().as_secs_f64()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })?;
+    stop.cancel();
+    rt.block_on(server)??;
+    Ok(drained as f64 / elapsed)
 }

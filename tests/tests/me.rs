@@ -21,14 +21,7 @@ const OTHER_CLIENT: &str = "client_01OTHERTENANT";
 const ROOT: &str = "root-token-for-me-tests";
 
 fn options(db: &TestDb, authkit: &AuthKit, auth: &str) -> ServerOptions {
-    let path = db.dir.path().join("authkit.toml");
-    std::fs::write(&path, format!("[worker]\npoll_interval_ms = 50\n\n[auth]\n{auth}\n")).unwrap();
-    ServerOptions::default()
-        .env("WORKOS_CLIENT_ID", CLIENT)
-        .env("WORKOS_API_BASE_URL", &authkit.base_url())
-        .env("AUTHKIT_ADMIN_TOKEN", ROOT)
-        .arg("--config")
-        .arg(path.to_str().unwrap())
+    authkit.host_options(db, CLIENT, ROOT, &format!("[worker]\npoll_interval_ms = 50\n\n[auth]\n{auth}\n"))
 }
 
 async fn get(server: &TestServer, path: &str, authorization: Option<String>) -> (u16, Value, Option<String>) {

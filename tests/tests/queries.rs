@@ -19,16 +19,8 @@ const CLIENT: &str = "client_01QUERIESTEST";
 const ROOT: &str = "root-token-for-query-tests";
 
 fn options(db: &TestDb, authkit: &AuthKit, guest: &str, queries: &str) -> ServerOptions {
-    let path = db.dir.path().join("authkit.toml");
-    std::fs::write(&path, format!("[worker]\npoll_interval_ms = 50\n\n[queries]\n{queries}\n")).unwrap();
-    ServerOptions::default()
-        .env("WORKOS_CLIENT_ID", CLIENT)
-        .env("WORKOS_API_BASE_URL", &authkit.base_url())
-        .env("AUTHKIT_ADMIN_TOKEN", ROOT)
-        .arg("--config")
-        .arg(path.to_str().unwrap())
-        .arg("--handler")
-        .arg(rust_guest(guest).to_str().unwrap())
+    let config = format!("[worker]\npoll_interval_ms = 50\n\n[queries]\n{queries}\n");
+    authkit.host_options(db, CLIENT, ROOT, &config).arg("--handler").arg(rust_guest(guest).to_str().unwrap())
 }
 
 /// `POST path` with `token` (if any) and `body`.

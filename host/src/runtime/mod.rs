@@ -177,6 +177,8 @@ pub struct Invoked<T = ()> {
     pub logs: Vec<String>,
     /// Whether the call wrote anything (a read-only call need not commit).
     pub wrote: bool,
+    /// The largest linear memory the guest had during the call, in bytes.
+    pub peak_memory: usize,
 }
 
 /// A query as the guest receives it.
@@ -345,7 +347,7 @@ impl Runtime {
     ) -> Invoked {
         let started = Instant::now();
         let Some(indices) = &module.events else {
-            return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), wrote: false };
+            return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), wrote: false, peak_memory: 0 };
         };
         let deadline = limits.event_deadline;
         let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
@@ -376,7 +378,7 @@ impl Runtime {
         let deadline = limits.action_deadline;
         let Some(indices) = &module.actions else {
             let result = Err(HandlerError::Trap("the handler has no actions export".into()));
-            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false };
+            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0 };
         };
         let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
         let outcome = (|| {
@@ -405,7 +407,7 @@ impl Runtime {
         let deadline = limits.query_deadline;
         let Some(indices) = &module.queries else {
             let result = Err(HandlerError::Trap("the handler has no queries export".into()));
-            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false };
+            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0 };
         };
         // Nothing is written, so the indexes it can read are all that matter.
         let readable = module.indexes.clone();
@@ -454,7 +456,7 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             no_requests: NoOutgoingRequests,
             table: ResourceTable::new(),
-            limiter: Limiter { memory_limit: limits.memory_limit, memory_denied: false },
+            limiter: Limiter { memory_limit: limits.memory_limit, memory_denied: false, peak: 0 },
             host,
             log,
         };
@@ -480,7 +482,7 @@ fn finish<T>(
     };
     let data = store.into_data();
     let logs = data.log.lock().unwrap_or_else(|p| p.into_inner()).finish();
-    Invoked { wrote: data.host.wrote(), tx: data.host.tx, result, logs }
+    Invoked { wrote: data.host.wrote(), tx: data.host.tx, result, logs, peak_memory: data.limiter.peak }
 }
 
 /// Turns a failed call into the reason an operator can act on.
@@ -560,12 +562,16 @@ impl WasiHttpHooks for NoOutgoingRequests {
 struct Limiter {
     memory_limit: usize,
     memory_denied: bool,
+    /// The largest memory size granted so far (its creation counts too).
+    peak: usize,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired <= self.memory_limit;
-        if !allowed {
+        if allowed {
+            self.peak = self.peak.max(desired);
+        } else {
             self.memory_denied = true;
         }
         Ok(allowed)
