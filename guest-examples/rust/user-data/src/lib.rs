@@ -19,26 +19,49 @@
 //! (and it ignores stale updates and users deleted before a late create), so
 //! this handler reads the user from there: whatever order WorkOS delivers the
 //! events in, the app's table ends with the newest data.
+//!
+//! Written with the `authkit-guest` kit (`../kit`): typed documents with
+//! serde, and the bindings in one line.
 
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "authkit:handler/full-handler",
-});
+authkit_guest::bindings!("../../../wit", "authkit:handler/full-handler");
 
-use authkit::handler::{db, log, users};
+use authkit_guest::{Error, Table, log, users};
 use exports::authkit::handler::actions::{AuthenticationContext, Guest as Actions, RegistrationContext, Verdict};
 use exports::authkit::handler::events::{Event, Guest as Events};
 use exports::authkit::handler::queries::{Caller, Guest as Queries};
 use exports::authkit::handler::schema::{Guest as Schema, Index};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+const USERS: Table = Table("users");
+const TODO_LISTS: Table = Table("todoLists");
+
+/// A document of the app's `users` table.
+#[derive(Serialize, Deserialize)]
+struct AppUser {
+    #[serde(rename = "authId")]
+    auth_id: String,
+    email: Option<String>,
+    name: String,
+    /// Set by the app; sign-ins of a banned user are denied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    banned: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TodoList {
+    name: String,
+    #[serde(rename = "userId")]
+    user_id: String,
+}
 
 struct Handler;
 
 impl Schema for Handler {
     fn indexes() -> Vec<Index> {
         vec![
-            Index { table: "users".into(), field: "authId".into() },
-            Index { table: "todoLists".into(), field: "userId".into() },
+            Index { table: USERS.0.into(), field: "authId".into() },
+            Index { table: TODO_LISTS.0.into(), field: "userId".into() },
         ]
     }
 }
@@ -46,24 +69,24 @@ impl Schema for Handler {
 impl Events for Handler {
     fn handle(event: Event) -> Result<(), String> {
         let Some(user) = &event.user else {
-            log::log(log::Level::Info, &format!("{} {}: nothing to do", event.event_type, event.id));
+            log::info(&format!("{} {}: nothing to do", event.event_type, event.id));
             return Ok(());
         };
-        match event.event_type.as_str() {
+        Ok(match event.event_type.as_str() {
             "user.created" => created(&user.id),
             "user.updated" => updated(&user.id),
             "user.deleted" => deleted(&user.id),
             _ => Ok(()),
-        }
+        }?)
     }
 }
 
 impl Actions for Handler {
     fn authenticate(ctx: AuthenticationContext) -> Verdict {
-        match find_app_user(&ctx.user.id) {
-            Ok(Some(doc)) if is_banned(&doc.body) => Verdict::Deny("This account has been suspended.".into()),
+        match USERS.find_one::<AppUser>("authId", &ctx.user.id) {
+            Ok(Some(doc)) if doc.body.banned => Verdict::Deny("This account has been suspended.".into()),
             Ok(_) => Verdict::Allow,
-            // Could not read the app's table: let the host apply its fallback.
+            // Could not read the users table: let the host apply its fallback.
             Err(e) => panic!("cannot read the users table: {e}"),
         }
     }
@@ -81,86 +104,63 @@ impl Queries for Handler {
         match name.as_str() {
             "my-todo-lists" => {
                 let caller = caller.ok_or("sign in to see your todo lists")?;
-                Ok(json!({ "lists": todo_lists_of(&caller.user.id)? }).to_string())
+                let lists: Vec<_> = TODO_LISTS
+                    .find::<serde_json::Value>("userId", &caller.user.id)?
+                    .into_iter()
+                    .map(|doc| {
+                        let mut list = doc.body;
+                        list["id"] = json!(doc.id);
+                        list
+                    })
+                    .collect();
+                Ok(json!({ "lists": lists }).to_string())
             }
             other => Err(format!("there is no query {other:?}; this handler answers my-todo-lists")),
         }
     }
 }
 
-/// Every todo list of the user, oldest first, each with its id.
-fn todo_lists_of(user_id: &str) -> Result<Vec<serde_json::Value>, String> {
-    let (mut lists, mut cursor) = (Vec::new(), None);
-    loop {
-        let page = db::find("todoLists", "userId", &json!(user_id).to_string(), 100, cursor.as_deref())
-            .map_err(|e| format!("{e:?}"))?;
-        for doc in page.documents {
-            let mut list: serde_json::Value = serde_json::from_str(&doc.body).map_err(|e| e.to_string())?;
-            list["id"] = json!(doc.id);
-            lists.push(list);
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(lists),
-        }
-    }
-}
-
-fn is_banned(body: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|doc| doc["banned"] == json!(true))
-}
-
-/// The app's view of a WorkOS user.
-fn app_fields(user: &users::User) -> serde_json::Value {
+/// The app's view of a WorkOS user. As a patch it leaves `banned` alone.
+fn app_user(user: &users::User) -> AppUser {
     let first = user.first_name.as_deref().unwrap_or_default();
     let last = user.last_name.as_deref().unwrap_or_default();
-    json!({ "email": user.email, "name": format!("{first} {last}").trim() })
+    let name = format!("{first} {last}").trim().to_string();
+    AppUser { auth_id: user.id.clone(), email: user.email.clone(), name, banned: false }
 }
 
-fn created(id: &str) -> Result<(), String> {
-    let Some(user) = users::get(id).map_err(|e| format!("{e:?}"))? else {
+fn created(id: &str) -> Result<(), Error> {
+    let Some(user) = users::get(id)? else {
         // Deleted before this (late) create was handled: nothing to keep.
-        log::log(log::Level::Info, &format!("user {id} is already deleted"));
+        log::info(&format!("user {id} is already deleted"));
         return Ok(());
     };
-    let fields = app_fields(&user);
-    if let Some(existing) = find_app_user(id)? {
-        db::patch("users", &existing.id, &fields.to_string()).map_err(|e| format!("{e:?}"))?;
-        return Ok(());
+    if let Some(existing) = USERS.find_one::<AppUser>("authId", &id)? {
+        return USERS.patch(&existing.id, &app_user(&user));
     }
-    let mut doc = fields;
-    doc["authId"] = json!(id);
-    db::insert("users", &doc.to_string()).map_err(|e| format!("{e:?}"))?;
+    USERS.insert(&app_user(&user))?;
     let first = user.first_name.as_deref().unwrap_or("Your");
-    let list = json!({ "name": format!("{first}'s Todo List"), "userId": id });
-    db::insert("todoLists", &list.to_string()).map_err(|e| format!("{e:?}"))?;
+    TODO_LISTS.insert(&TodoList { name: format!("{first}'s Todo List"), user_id: id.to_string() })?;
     Ok(())
 }
 
-fn updated(id: &str) -> Result<(), String> {
-    let Some(existing) = find_app_user(id)? else {
-        log::log(log::Level::Warn, &format!("User not found: {id}"));
+fn updated(id: &str) -> Result<(), Error> {
+    let Some(existing) = USERS.find_one::<AppUser>("authId", &id)? else {
+        log::warn(&format!("User not found: {id}"));
         return Ok(());
     };
-    let Some(user) = users::get(id).map_err(|e| format!("{e:?}"))? else {
-        return Ok(());
-    };
-    db::patch("users", &existing.id, &app_fields(&user).to_string()).map_err(|e| format!("{e:?}"))?;
-    Ok(())
+    match users::get(id)? {
+        Some(user) => USERS.patch(&existing.id, &app_user(&user)),
+        None => Ok(()),
+    }
 }
 
-fn deleted(id: &str) -> Result<(), String> {
-    let Some(existing) = find_app_user(id)? else {
-        log::log(log::Level::Warn, &format!("User not found: {id}"));
+fn deleted(id: &str) -> Result<(), Error> {
+    let Some(existing) = USERS.find_one::<AppUser>("authId", &id)? else {
+        log::warn(&format!("User not found: {id}"));
         return Ok(());
     };
-    db::delete("users", &existing.id).map_err(|e| format!("{e:?}"))?;
+    USERS.delete(&existing.id)?;
     Ok(())
-}
-
-fn find_app_user(id: &str) -> Result<Option<db::Document>, String> {
-    let page = db::find("users", "authId", &json!(id).to_string(), 1, None).map_err(|e| format!("{e:?}"))?;
-    Ok(page.documents.into_iter().next())
 }
 
 export!(Handler);
