@@ -5,8 +5,9 @@
 //!   it implements, sharing the host imports (and their types) with this crate;
 //! - [`Table`]: typed documents with serde, `users.insert(&AppUser { .. })`,
 //!   `users.find_one::<AppUser>("authId", id)`;
-//! - [`data`]: an event's `data` decoded into a serde type, [`WorkosUser`] for
-//!   `user.*` events;
+//! - serde on every record of the WIT (the event, the user, the Actions
+//!   contexts, the caller), and [`data`]: an event's `data` decoded into a
+//!   serde type, [`WorkosUser`] for `user.*` events;
 //! - [`Error`]: one error type for host refusals and JSON, that turns into the
 //!   `String` error a handler returns;
 //! - [`log`]: `log::info(..)` and friends.
@@ -19,12 +20,13 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use wit_bindgen;
+pub use {serde, wit_bindgen};
 
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "authkit:handler/host",
-    pub_export_macro: false,
+    // The host's records (users::User, db::Document...) with serde.
+    additional_derives: [serde::Serialize, serde::Deserialize],
 });
 
 /// The raw host imports, as generated.
@@ -34,8 +36,8 @@ pub use self::authkit::handler::{db as raw_db, log as raw_log, types, users};
 /// of the WIT at `path` (relative to the crate's manifest), reusing this kit's
 /// import bindings so [`Table`], [`users`] and the exports' records share types.
 /// Then implement the exported `Guest` traits and call `export!(YourType)`.
-/// Depend on this crate under its own name, `authkit-guest`: the generated
-/// code names it.
+/// Depend on this crate under its own name, `authkit-guest` (the generated
+/// code names it), and on `serde` (its derives on the records name it).
 #[macro_export]
 macro_rules! bindings {
     ($path:literal, $world:literal) => {
@@ -43,6 +45,8 @@ macro_rules! bindings {
             path: $path,
             world: $world,
             runtime_path: "authkit_guest::wit_bindgen::rt",
+            // The exports' records (the event, the Actions contexts, the caller) with serde.
+            additional_derives: [authkit_guest::serde::Serialize, authkit_guest::serde::Deserialize],
             with: {
                 "authkit:handler/types@0.1.0": authkit_guest::types,
                 "authkit:handler/db@0.1.0": authkit_guest::raw_db,
