@@ -30,7 +30,8 @@ pub async fn run(State(state): State<AppState>, req: Request) -> Result<Response
     let args_json = if body.iter().all(u8::is_ascii_whitespace) {
         "null".to_string()
     } else {
-        let text = String::from_utf8(body.to_vec())
+        // `Vec::from(Bytes)` takes the buffer over without copying when it is not shared.
+        let text = String::from_utf8(Vec::from(body))
             .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
         serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}"))

@@ -87,7 +87,6 @@ pub async fn run(tenants: &Arc<Tenants>, tenant: &Arc<Tenant>, request: QueryReq
             }
         };
         let query = Query { name: request.name, args_json: request.args_json, caller };
-        let live = live;
         let invoked =
             deployment.runtime().handle_query(&live.module, tx, &task_tenant.slug, &task_tenant.limits, &query);
         // Dropping the transaction rolls it back: a query never commits.

@@ -355,11 +355,7 @@ impl Runtime {
             let instance = module.pre.instantiate(&mut store)?;
             indices.load(&mut store, &instance)?.call_handle(&mut store, event)
         })();
-        let outcome = match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(HandlerError::Returned(message)),
-            Err(e) => Err(classify(e, &store, limits, deadline)),
-        };
+        let outcome = returned(outcome, &store, limits, deadline);
         finish(store, outcome, started, deadline)
     }
 
@@ -421,11 +417,7 @@ impl Runtime {
                 query.caller.as_ref(),
             )
         })();
-        let outcome = match outcome {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(message)) => Err(HandlerError::Returned(message)),
-            Err(e) => Err(classify(e, &store, limits, deadline)),
-        };
+        let outcome = returned(outcome, &store, limits, deadline);
         finish(store, outcome, started, deadline)
     }
 
@@ -483,6 +475,21 @@ fn finish<T>(
     let data = store.into_data();
     let logs = data.log.lock().unwrap_or_else(|p| p.into_inner()).finish();
     Invoked { wrote: data.host.wrote(), tx: data.host.tx, result, logs, peak_memory: data.limiter.peak }
+}
+
+/// The outcome of an export that returns `result<T, string>`: the guest's
+/// error, or the reason a failed call failed.
+fn returned<T>(
+    outcome: wasmtime::Result<Result<T, String>>,
+    store: &Store<Invocation>,
+    limits: &InvocationLimits,
+    deadline: Duration,
+) -> Result<T, HandlerError> {
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(HandlerError::Returned(message)),
+        Err(e) => Err(classify(e, store, limits, deadline)),
+    }
 }
 
 /// Turns a failed call into the reason an operator can act on.

@@ -81,7 +81,13 @@ impl KeyCache {
     /// The key `kid` of `client_id`, from the cache or, when it is not there
     /// (or the cached set is old), from a fetch if one is allowed now.
     pub async fn key(&self, client_id: &str, kid: &str) -> Result<Arc<RsaKey>, KeyError> {
-        let entry = lock(&self.entries).entry(client_id.to_string()).or_default().clone();
+        let entry = {
+            let mut entries = lock(&self.entries);
+            match entries.get(client_id) {
+                Some(entry) => entry.clone(),
+                None => entries.entry(client_id.to_string()).or_default().clone(),
+            }
+        };
         let cached = read(&entry.keys).clone();
         if let Some((set, fetched)) = &cached
             && fetched.elapsed() < self.max_age
