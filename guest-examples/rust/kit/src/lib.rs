@@ -4,7 +4,9 @@
 //! - [`bindings!`]: one line that generates a handler's bindings for the world
 //!   it implements, sharing the host imports (and their types) with this crate;
 //! - [`Table`]: typed documents with serde, `users.insert(&AppUser { .. })`,
-//!   `users.find_one::<AppUser>("authId", id)`;
+//!   `users.find_one::<AppUser>("authId", id)`, and the by-field writes most
+//!   handlers need: `upsert_one`, `patch_one`, `delete_one`;
+//! - [`indexes!`]: a handler's declared indexes (its `schema` export) in one line;
 //! - serde on every record of the WIT (the event, the user, the Actions
 //!   contexts, the caller), and [`data`]: an event's `data` decoded into a
 //!   serde type, [`WorkosUser`] for `user.*` events;
@@ -54,6 +56,23 @@ macro_rules! bindings {
                 "authkit:handler/log@0.1.0": authkit_guest::raw_log,
             },
         });
+    };
+}
+
+/// Implements the `schema` export for a handler type, from its tables and the
+/// fields to index: `authkit_guest::indexes!(Handler { USERS => "authId" });`.
+/// Use it in a crate whose [`bindings!`] world exports `schema`.
+#[macro_export]
+macro_rules! indexes {
+    ($handler:ty { $($table:expr => $field:literal),* $(,)? }) => {
+        impl exports::authkit::handler::schema::Guest for $handler {
+            fn indexes() -> ::std::vec::Vec<exports::authkit::handler::schema::Index> {
+                ::std::vec![$(exports::authkit::handler::schema::Index {
+                    table: $crate::Table::name(&$table).into(),
+                    field: $field.into(),
+                }),*]
+            }
+        }
     };
 }
 
@@ -108,8 +127,33 @@ pub struct Doc<T> {
     pub body: T,
 }
 
+impl Doc<serde_json::Value> {
+    /// The body with the document's id added as `"id"` (for answers to the app).
+    pub fn with_id(self) -> serde_json::Value {
+        let mut body = self.body;
+        if let Some(object) = body.as_object_mut() {
+            object.insert("id".into(), self.id.into());
+        }
+        body
+    }
+}
+
+/// What [`Table::upsert_one`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upserted {
+    /// No document matched: this new one was stored under this id.
+    Inserted(String),
+    /// The first matching document (this id) was patched.
+    Patched(String),
+}
+
 fn decode<T: DeserializeOwned>(doc: raw_db::Document) -> Result<Doc<T>, Error> {
-    Ok(Doc { body: serde_json::from_str(&doc.body)?, id: doc.id, created_at: doc.created_at, updated_at: doc.updated_at })
+    Ok(Doc {
+        body: serde_json::from_str(&doc.body)?,
+        id: doc.id,
+        created_at: doc.created_at,
+        updated_at: doc.updated_at,
+    })
 }
 
 /// One of the handler's document tables.
@@ -117,6 +161,11 @@ fn decode<T: DeserializeOwned>(doc: raw_db::Document) -> Result<Doc<T>, Error> {
 pub struct Table(pub &'static str);
 
 impl Table {
+    /// The table's name.
+    pub fn name(&self) -> &'static str {
+        self.0
+    }
+
     /// Stores `body` (which must serialize to a JSON object); returns its id.
     pub fn insert(&self, body: &impl Serialize) -> Result<String, Error> {
         Ok(raw_db::insert(self.0, &serde_json::to_string(body)?)?)
@@ -164,6 +213,33 @@ impl Table {
     pub fn find_one<T: DeserializeOwned>(&self, field: &str, value: &impl Serialize) -> Result<Option<Doc<T>>, Error> {
         let page = raw_db::find(self.0, field, &serde_json::to_string(value)?, 1, None)?;
         page.documents.into_iter().next().map(decode).transpose()
+    }
+
+    /// Patches the first document whose `field` equals `value` with `body`, or
+    /// inserts `body` if there is none (two host calls).
+    pub fn upsert_one(&self, field: &str, value: &impl Serialize, body: &impl Serialize) -> Result<Upserted, Error> {
+        match self.first_id(field, value)? {
+            Some(id) => self.patch(&id, body).map(|()| Upserted::Patched(id)),
+            None => self.insert(body).map(Upserted::Inserted),
+        }
+    }
+
+    /// Patches the first document whose `field` equals `value`; `false` if there is none.
+    pub fn patch_one(&self, field: &str, value: &impl Serialize, fields: &impl Serialize) -> Result<bool, Error> {
+        let Some(id) = self.first_id(field, value)? else { return Ok(false) };
+        self.patch(&id, fields)?;
+        Ok(true)
+    }
+
+    /// Deletes the first document whose `field` equals `value`; `false` if there is none.
+    pub fn delete_one(&self, field: &str, value: &impl Serialize) -> Result<bool, Error> {
+        let Some(id) = self.first_id(field, value)? else { return Ok(false) };
+        self.delete(&id)
+    }
+
+    fn first_id(&self, field: &str, value: &impl Serialize) -> Result<Option<String>, Error> {
+        let page = raw_db::find(self.0, field, &serde_json::to_string(value)?, 1, None)?;
+        Ok(page.documents.into_iter().next().map(|doc| doc.id))
     }
 }
 

@@ -20,16 +20,16 @@
 //! this handler reads the user from there: whatever order WorkOS delivers the
 //! events in, the app's table ends with the newest data.
 //!
-//! Written with the `authkit-guest` kit (`../kit`): typed documents with
-//! serde, and the bindings in one line.
+//! Written with the `authkit-guest` kit (`../kit`): the bindings and the
+//! declared indexes in one line each, typed documents with serde, and by-field
+//! writes (`upsert_one`, `patch_one`, `delete_one`).
 
 authkit_guest::bindings!("../../../wit", "authkit:handler/full-handler");
 
-use authkit_guest::{Error, Table, log, users};
+use authkit_guest::{Doc, Error, Table, Upserted, log, users};
 use exports::authkit::handler::actions::{AuthenticationContext, Guest as Actions, RegistrationContext, Verdict};
 use exports::authkit::handler::events::{Event, Guest as Events};
 use exports::authkit::handler::queries::{Caller, Guest as Queries};
-use exports::authkit::handler::schema::{Guest as Schema, Index};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -57,14 +57,7 @@ struct TodoList {
 
 struct Handler;
 
-impl Schema for Handler {
-    fn indexes() -> Vec<Index> {
-        vec![
-            Index { table: USERS.0.into(), field: "authId".into() },
-            Index { table: TODO_LISTS.0.into(), field: "userId".into() },
-        ]
-    }
-}
+authkit_guest::indexes!(Handler { USERS => "authId", TODO_LISTS => "userId" });
 
 impl Events for Handler {
     fn handle(event: Event) -> Result<(), String> {
@@ -101,22 +94,12 @@ impl Actions for Handler {
 
 impl Queries for Handler {
     fn run(name: String, _args_json: String, caller: Option<Caller>) -> Result<String, String> {
-        match name.as_str() {
-            "my-todo-lists" => {
-                let caller = caller.ok_or("sign in to see your todo lists")?;
-                let lists: Vec<_> = TODO_LISTS
-                    .find::<serde_json::Value>("userId", &caller.user.id)?
-                    .into_iter()
-                    .map(|doc| {
-                        let mut list = doc.body;
-                        list["id"] = json!(doc.id);
-                        list
-                    })
-                    .collect();
-                Ok(json!({ "lists": lists }).to_string())
-            }
-            other => Err(format!("there is no query {other:?}; this handler answers my-todo-lists")),
+        if name != "my-todo-lists" {
+            return Err(format!("there is no query {name:?}; this handler answers my-todo-lists"));
         }
+        let caller = caller.ok_or("sign in to see your todo lists")?;
+        let lists = TODO_LISTS.find("userId", &caller.user.id)?.into_iter().map(Doc::with_id);
+        Ok(json!({ "lists": lists.collect::<Vec<_>>() }).to_string())
     }
 }
 
@@ -134,32 +117,26 @@ fn created(id: &str) -> Result<(), Error> {
         log::info(&format!("user {id} is already deleted"));
         return Ok(());
     };
-    if let Some(existing) = USERS.find_one::<AppUser>("authId", &id)? {
-        return USERS.patch(&existing.id, &app_user(&user));
+    if let Upserted::Inserted(_) = USERS.upsert_one("authId", &id, &app_user(&user))? {
+        let first = user.first_name.as_deref().unwrap_or("Your");
+        TODO_LISTS.insert(&TodoList { name: format!("{first}'s Todo List"), user_id: id.to_string() })?;
     }
-    USERS.insert(&app_user(&user))?;
-    let first = user.first_name.as_deref().unwrap_or("Your");
-    TODO_LISTS.insert(&TodoList { name: format!("{first}'s Todo List"), user_id: id.to_string() })?;
     Ok(())
 }
 
 fn updated(id: &str) -> Result<(), Error> {
-    let Some(existing) = USERS.find_one::<AppUser>("authId", &id)? else {
+    // A user the host no longer has was deleted after this update: nothing to do.
+    let Some(user) = users::get(id)? else { return Ok(()) };
+    if !USERS.patch_one("authId", &id, &app_user(&user))? {
         log::warn(&format!("User not found: {id}"));
-        return Ok(());
-    };
-    match users::get(id)? {
-        Some(user) => USERS.patch(&existing.id, &app_user(&user)),
-        None => Ok(()),
     }
+    Ok(())
 }
 
 fn deleted(id: &str) -> Result<(), Error> {
-    let Some(existing) = USERS.find_one::<AppUser>("authId", &id)? else {
+    if !USERS.delete_one("authId", &id)? {
         log::warn(&format!("User not found: {id}"));
-        return Ok(());
-    };
-    USERS.delete(&existing.id)?;
+    }
     Ok(())
 }
 
