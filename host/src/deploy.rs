@@ -29,7 +29,8 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::locks::{lock, read, write};
-use crate::runtime::{CacheStats, LoadError, Module, Runtime, WIT_VERSION};
+use crate::runtime::limits::InvalidLimit;
+use crate::runtime::{CacheStats, InvocationLimits, LoadError, Module, ModuleLimits, Runtime, WIT_VERSION};
 use crate::store::StoreError;
 use crate::store::documents::{DocError, Documents, Indexes};
 use crate::store::exec::{SyncDb, SyncTx};
@@ -43,6 +44,15 @@ const KEEP_LOADED: usize = 4;
 pub struct Live {
     pub version: i64,
     pub module: Arc<Module>,
+    /// What this version sets over its tenant's limits.
+    pub limits: ModuleLimits,
+}
+
+impl Live {
+    /// The limits a call of this version runs under: `tenant`'s, with the version's own applied.
+    pub fn limits_over(&self, tenant: &InvocationLimits) -> InvocationLimits {
+        self.limits.over(tenant)
+    }
 }
 
 /// Why a change was refused. Nothing changed.
@@ -62,6 +72,8 @@ pub enum DeployError {
     Unloadable { version: i64, reason: String },
     #[error("failed to build the version's indexes: {0}")]
     Indexes(DocError),
+    #[error("invalid limit: {0}")]
+    InvalidLimit(#[from] InvalidLimit),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -93,7 +105,7 @@ pub struct Deployment {
     changes: Mutex<()>,
     /// The last few versions that were live, kept loaded so that switching
     /// back and forth (or rolling back) needs no load from the cache.
-    recent: Mutex<Vec<(i64, Arc<Module>)>>,
+    recent: Mutex<Vec<Live>>,
     max_bytes: usize,
 }
 
@@ -124,9 +136,9 @@ impl Deployment {
         let active = modules::active(&mut tx, tenant)?;
         tx.commit()?;
         if let Some(version) = active {
-            let module = deployment.load_version(version)?;
-            info!(version, sha256 = %module.hash, "active handler version loaded");
-            *write(&deployment.live) = Some(Live { version, module });
+            let live = deployment.load_version(version)?;
+            info!(version, sha256 = %live.module.hash, "active handler version loaded");
+            *write(&deployment.live) = Some(live);
         }
         Ok(deployment)
     }
@@ -158,12 +170,14 @@ impl Deployment {
         }
     }
 
-    /// Validates and stores a component as a new version (or finds the stored
-    /// version with the same bytes), and activates it if asked.
-    pub fn upload(&self, bytes: &[u8], activate: bool) -> Result<Uploaded, DeployError> {
+    /// Validates and stores a component as a new version with its own `limits`
+    /// (or finds the stored version with the same bytes and limits), and
+    /// activates it if asked.
+    pub fn upload(&self, bytes: &[u8], limits: ModuleLimits, activate: bool) -> Result<Uploaded, DeployError> {
         if bytes.len() > self.max_bytes {
             return Err(DeployError::TooLarge { size: bytes.len(), limit: self.max_bytes });
         }
+        limits.check(self.runtime.limits().max_memory_limit)?;
         let _change = lock(&self.changes);
         let module = self.runtime.load(bytes)?;
         let now = clock::now_ms();
@@ -172,7 +186,7 @@ impl Deployment {
         let mut maintained = adds_indexes.then(|| write(&self.maintained));
         let mut tx = self.db.begin()?;
         modules::lock_tenant(&mut tx, &self.tenant)?;
-        let (version, created) = match modules::find_by_hash(&mut tx, &self.tenant, &module.hash)? {
+        let (version, created) = match modules::find_by_hash(&mut tx, &self.tenant, &module.hash, &limits)? {
             Some(existing) => (existing.version, false),
             None => {
                 let declared: Vec<(String, String)> =
@@ -185,6 +199,7 @@ impl Deployment {
                     indexes: &declared,
                     bytes,
                     now,
+                    limits,
                 };
                 (modules::insert(&mut tx, &new)?, true)
             }
@@ -200,7 +215,7 @@ impl Deployment {
         tx.commit()?;
         drop(maintained);
         if activate {
-            self.go_live(version, module);
+            self.go_live(Live { version, module, limits });
         }
         info!(version, created, activate, sha256 = %info.hash, "handler version uploaded");
         Ok(Uploaded { info, created })
@@ -209,7 +224,7 @@ impl Deployment {
     /// Makes a stored version the live one.
     pub fn activate(&self, version: i64) -> Result<ModuleInfo, DeployError> {
         let _change = lock(&self.changes);
-        let module = self.load_version(version)?;
+        let live = self.load_version(version)?;
         let mut tx = self.db.begin()?;
         modules::lock_tenant(&mut tx, &self.tenant)?;
         let mut info = modules::get(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?;
@@ -218,7 +233,7 @@ impl Deployment {
             info.active = true;
         }
         tx.commit()?;
-        self.go_live(version, module);
+        self.go_live(live);
         Ok(info)
     }
 
@@ -231,7 +246,7 @@ impl Deployment {
             modules::plan_rollback(&mut tx, &self.tenant)?
         };
         let (target, _) = planned.ok_or(DeployError::NothingToRollBack)?;
-        let module = self.load_version(target)?;
+        let live = self.load_version(target)?;
         let mut tx = self.db.begin()?;
         modules::lock_tenant(&mut tx, &self.tenant)?;
         let Some((again, seqs)) = modules::plan_rollback(&mut tx, &self.tenant)? else {
@@ -245,7 +260,7 @@ impl Deployment {
         modules::pop_activations(&mut tx, &seqs, clock::now_ms())?;
         let info = modules::get(&mut tx, &self.tenant, target)?.ok_or(DeployError::NotFound(target))?;
         tx.commit()?;
-        self.go_live(target, module);
+        self.go_live(live);
         Ok(info)
     }
 
@@ -288,9 +303,9 @@ impl Deployment {
         let current = self.current().map(|l| l.version);
         match active {
             Some(version) if current != Some(version) => {
-                let module = self.load_version(version)?;
+                let live = self.load_version(version)?;
                 info!(version, "adopting the handler version activated by another host process");
-                self.go_live(version, module);
+                self.go_live(live);
             }
             None if current.is_some() => {
                 warn!("no handler version is active in the database any more; stopping the handler");
@@ -301,28 +316,31 @@ impl Deployment {
         Ok(())
     }
 
-    fn go_live(&self, version: i64, module: Arc<Module>) {
+    fn go_live(&self, live: Live) {
+        let version = live.version;
         {
             let mut recent = lock(&self.recent);
-            recent.retain(|(v, _)| *v != version);
-            recent.push((version, module.clone()));
+            recent.retain(|l| l.version != version);
+            recent.push(live.clone());
             if recent.len() > KEEP_LOADED {
                 recent.remove(0);
             }
         }
-        let previous = write(&self.live).replace(Live { version, module });
+        let previous = write(&self.live).replace(live);
         info!(version, previous = previous.map(|p| p.version), "handler version live");
     }
 
-    fn load_version(&self, version: i64) -> Result<Arc<Module>, DeployError> {
-        if let Some((_, module)) = lock(&self.recent).iter().find(|(v, _)| *v == version) {
-            return Ok(module.clone());
+    fn load_version(&self, version: i64) -> Result<Live, DeployError> {
+        if let Some(live) = lock(&self.recent).iter().find(|l| l.version == version) {
+            return Ok(live.clone());
         }
-        let bytes = {
+        let (bytes, limits) = {
             let mut tx = self.db.begin_read_mostly()?;
             modules::bytes(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?
         };
-        self.runtime.load(&bytes).map_err(|e| DeployError::Unloadable { version, reason: e.to_string() })
+        let module =
+            self.runtime.load(&bytes).map_err(|e| DeployError::Unloadable { version, reason: e.to_string() })?;
+        Ok(Live { version, module, limits })
     }
 
     /// Makes the tenant's maintained indexes exactly `pairs`: builds the new

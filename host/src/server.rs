@@ -23,7 +23,7 @@ use crate::http::{self, AppState};
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::worker::Worker;
-use crate::runtime::{InvocationLimits, Runtime};
+use crate::runtime::{InvocationLimits, ModuleLimits, Runtime};
 use crate::settings::{Settings, env};
 use crate::store::Store;
 use crate::store::documents::Limits;
@@ -134,6 +134,7 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
         action_deadline: settings.actions.deadline,
         query_deadline: settings.queries.deadline,
         memory_limit: h.memory_limit,
+        max_memory_limit: h.max_memory_limit,
         max_calls: h.max_calls,
         documents: Limits {
             max_document_bytes: h.max_document_bytes,
@@ -180,7 +181,7 @@ async fn open_default(tenants: &Arc<Tenants>) -> anyhow::Result<Arc<Deployment>>
 async fn deploy_at_start(deployment: &Arc<Deployment>, path: &std::path::Path) -> anyhow::Result<()> {
     let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read the handler {}", path.display()))?;
     let d = deployment.clone();
-    let uploaded = tokio::task::spawn_blocking(move || d.upload(&bytes, true))
+    let uploaded = tokio::task::spawn_blocking(move || d.upload(&bytes, ModuleLimits::default(), true))
         .await
         .context("the handler loader panicked")?
         .with_context(|| format!("the handler {} cannot be used", path.display()))?;

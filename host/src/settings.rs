@@ -174,8 +174,12 @@ pub struct HandlerSettings {
     /// the host's tables.
     pub path: Option<PathBuf>,
     pub event_deadline: Duration,
-    /// Largest linear memory of a guest, in bytes.
+    /// Largest linear memory of a guest, in bytes: the default of every
+    /// tenant and handler version that sets none of its own.
     pub memory_limit: usize,
+    /// The highest memory limit a tenant or a handler version may set, in bytes
+    /// (interpreted guests may need more than the default).
+    pub max_memory_limit: usize,
     /// `db` and `users` calls per invocation.
     pub max_calls: u32,
     /// Largest document, in bytes of JSON.
@@ -190,6 +194,7 @@ impl Default for HandlerSettings {
             path: None,
             event_deadline: Duration::from_secs(5),
             memory_limit: 64 * 1024 * 1024,
+            max_memory_limit: 512 * 1024 * 1024,
             max_calls: 1000,
             max_document_bytes: 1024 * 1024,
             max_documents: None,
@@ -391,6 +396,7 @@ struct FileHandler {
     path: Option<PathBuf>,
     event_deadline_ms: Option<u64>,
     memory_limit_mib: Option<usize>,
+    max_memory_limit_mib: Option<usize>,
     max_calls: Option<u32>,
     max_document_bytes: Option<usize>,
     max_documents: Option<u64>,
@@ -518,6 +524,10 @@ impl Settings {
             path: overrides.handler.clone().or_else(|| env(env::HANDLER).map(PathBuf::from)).or(file.handler.path),
             event_deadline: ms(file.handler.event_deadline_ms, hd.event_deadline),
             memory_limit: file.handler.memory_limit_mib.map_or(hd.memory_limit, |mib| mib.saturating_mul(1024 * 1024)),
+            max_memory_limit: file
+                .handler
+                .max_memory_limit_mib
+                .map_or(hd.max_memory_limit, |mib| mib.saturating_mul(1024 * 1024)),
             max_calls: file.handler.max_calls.unwrap_or(hd.max_calls),
             max_document_bytes: file.handler.max_document_bytes.unwrap_or(hd.max_document_bytes),
             max_documents: file.handler.max_documents.or(hd.max_documents),
@@ -626,6 +636,12 @@ impl Settings {
         }
         if !(1024 * 1024..=4096 * 1024 * 1024).contains(&self.handler.memory_limit) {
             return invalid("handler.memory_limit_mib", "must be between 1 and 4096");
+        }
+        if !(self.handler.memory_limit..=4096 * 1024 * 1024).contains(&self.handler.max_memory_limit) {
+            return invalid(
+                "handler.max_memory_limit_mib",
+                "must be at least handler.memory_limit_mib and at most 4096",
+            );
         }
         if self.actions.deadline < Duration::from_millis(10) || self.actions.deadline > Duration::from_secs(30) {
             return invalid("actions.deadline_ms", "must be between 10 and 30000");
@@ -843,6 +859,8 @@ mod tests {
         assert!(err("v.toml", "[actions]\nfallback = \"maybe\"\n").contains("actions.fallback"));
         assert!(err("d.toml", "[actions]\ndeadline_ms = 0\n").contains("actions.deadline_ms"));
         assert!(err("m.toml", "[handler]\nmemory_limit_mib = 0\n").contains("handler.memory_limit_mib"));
+        let low_ceiling = "[handler]\nmemory_limit_mib = 100\nmax_memory_limit_mib = 50\n";
+        assert!(err("m.toml", low_ceiling).contains("handler.max_memory_limit_mib"));
         assert!(err("c.toml", "[handler]\nmax_calls = 0\n").contains("handler.max_calls"));
         assert!(err("c.toml", "[handler]\nmax_documents = 0\n").contains("handler.max_documents"));
     }

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::deploy::{DeployError, Deployment};
 use crate::locks::{lock, read, write};
+use crate::runtime::limits::{self, ACTION_DEADLINE_MS, EVENT_DEADLINE_MS, QUERY_DEADLINE_MS};
 use crate::runtime::{InvocationLimits, Runtime};
 use crate::settings::{ActionSettings, ConfiguredVerdict, DEFAULT_FALLBACK_MESSAGE, Settings};
 use crate::store::exec::SyncDb;
@@ -515,21 +516,23 @@ impl Tenants {
         let mut limits = self.runtime.limits().clone();
         let mut actions = self.settings.actions.clone();
         if let Some(ms) = o.event_deadline_ms {
-            limits.event_deadline = within("options.event_deadline_ms", ms, 10, 300_000)?;
+            limits.event_deadline = within("options.event_deadline_ms", ms, EVENT_DEADLINE_MS)?;
         }
         if let Some(ms) = o.action_deadline_ms {
-            actions.deadline = within("options.action_deadline_ms", ms, 10, 30_000)?;
+            actions.deadline = within("options.action_deadline_ms", ms, ACTION_DEADLINE_MS)?;
             limits.action_deadline = actions.deadline;
         }
         if let Some(ms) = o.query_deadline_ms {
-            limits.query_deadline = within("options.query_deadline_ms", ms, 10, 60_000)?;
+            limits.query_deadline = within("options.query_deadline_ms", ms, QUERY_DEADLINE_MS)?;
         }
         if let Some(bytes) = o.memory_limit_bytes {
-            let cap = self.runtime.limits().memory_limit;
+            let cap = self.runtime.limits().max_memory_limit;
             if !(1024 * 1024..=cap).contains(&bytes) {
                 return Err(TenantError::invalid(
                     "options.memory_limit_bytes",
-                    format!("must be between 1 MiB and the host's limit of {cap} bytes (handler.memory_limit_mib)"),
+                    format!(
+                        "must be between 1 MiB and the host's ceiling of {cap} bytes (handler.max_memory_limit_mib)"
+                    ),
                 ));
             }
             limits.memory_limit = bytes;
@@ -599,12 +602,8 @@ pub fn validate_slug(slug: &str) -> Result<(), TenantError> {
     }
 }
 
-fn within(key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, TenantError> {
-    if (min..=max).contains(&ms) {
-        Ok(Duration::from_millis(ms))
-    } else {
-        Err(TenantError::invalid(key, format!("must be between {min} and {max}")))
-    }
+fn within(key: &'static str, ms: u64, range: (u64, u64)) -> Result<Duration, TenantError> {
+    limits::deadline_within(key, ms, range).map_err(|e| TenantError::invalid(key, e.reason))
 }
 
 /// An empty string is refused rather than stored as a secret nobody can sign with.

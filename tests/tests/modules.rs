@@ -1,6 +1,7 @@
 //! Handler versions over the admin API and CLI, with real components: upload,
 //! validation, activation, roll back, deletion, the compiled-code cache across
-//! restarts, `dev --watch`, and a swap storm under load with no failed request.
+//! restarts, `dev --watch`, a swap storm under load with no failed request, and
+//! the limits a version sets for itself.
 //!
 //! Distinct versions of one component are made by patching the version stamp
 //! of the `hostile` fixture (see its `VERSION`): same code, different bytes.
@@ -25,6 +26,7 @@ on_both_backends!(
     the_cli_deploys_lists_activates_and_rolls_back,
     dev_watch_deploys_each_good_build_and_refuses_bad_ones,
     another_process_on_the_same_database_adopts_an_activation,
+    a_version_runs_under_its_own_limits,
 );
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -483,4 +485,88 @@ async fn serves(server: &TestServer, version: u32) {
         async move { (act(server, &id, "Version").await.ok()?["error_message"] == expected.as_str()).then_some(()) }
     })
     .await
+}
+
+/// `POST /query/{name}` with `args` and no caller: the status and the body.
+async fn query(server: &TestServer, name: &str, args: Value) -> (u16, Value) {
+    let (status, body, _) =
+        server.authorized("POST", &format!("/query/{name}"), None, Some(args.to_string().into_bytes())).await;
+    (status, body)
+}
+
+async fn a_version_runs_under_its_own_limits(db: TestDb) {
+    // The tenant's limits: the default 64 MiB of memory, queries stopped at 300 ms.
+    let server = TestServer::start_with(&db, options(&db, "[queries]\ndeadline_ms = 300")).await;
+    let (hold, spin) = (json!({ "mib": 100 }), json!({ "ms": 700 }));
+
+    let reply = upload(&server, stamped(1), true).await;
+    assert_eq!((reply.status, &reply.body["limits"]), (201, &json!({})), "{reply:?}");
+    let (status, body) = query(&server, "hold", hold.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("query_failed")), "100 MiB over 64: {body}");
+    let (status, body) = query(&server, "spin", spin.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("query_timeout")), "700 ms over 300: {body}");
+
+    // The same bytes with limits of their own are a new version, which runs under them.
+    let own = "/admin/modules?activate=true&memory_limit_mib=160&query_deadline_ms=3000";
+    let with_limits = |bytes| server.admin("POST", own, Some(TOKEN), Some(bytes));
+    let reply = with_limits(stamped(1)).await;
+    assert_eq!((reply.status, &reply.body["version"]), (201, &json!(2)), "{reply:?}");
+    assert_eq!(reply.body["limits"], json!({ "memory_limit_bytes": 160 * 1024 * 1024, "query_deadline_ms": 3000 }));
+    assert_eq!(query(&server, "hold", hold.clone()).await, (200, json!({ "held": 100 })));
+    assert_eq!(query(&server, "spin", spin.clone()).await, (200, json!({ "spun_ms": 700 })));
+    // Above its own cap it fails as before; the same bytes and limits again are the same version.
+    assert_eq!(query(&server, "hold", json!({ "mib": 200 })).await.0, 500);
+    let reply = with_limits(stamped(1)).await;
+    assert_eq!((reply.status, &reply.body["version"], &reply.body["created"]), (200, &json!(2), &json!(false)));
+
+    // Limits the host does not allow are refused by name, and nothing is stored.
+    for bad in [
+        "memory_limit_mib=4096",
+        "memory_limit_mib=0",
+        "event_deadline_ms=5",
+        "action_deadline_ms=30001",
+        "query_deadline_ms=many",
+    ] {
+        let reply = server.admin("POST", &format!("/admin/modules?{bad}"), Some(TOKEN), Some(stamped(3))).await;
+        assert_eq!((reply.status, reply.code()), (400, "invalid_limit"), "{bad}: {reply:?}");
+        let field = bad.split('=').next().unwrap().trim_end_matches("_mib");
+        assert!(reply.body["error"]["message"].as_str().unwrap().contains(field), "{bad}: {reply:?}");
+    }
+    assert_eq!(versions(&server).await.len(), 2);
+
+    // The limits go with the version: rolled back to version 1, the tenant's apply again.
+    assert_eq!(server.admin("POST", "/admin/modules/rollback", Some(TOKEN), None).await.status, 200);
+    assert_eq!(query(&server, "hold", hold.clone()).await.0, 500);
+    // ... and they hold after a restart, which loads the active version from the database.
+    assert_eq!(server.admin("POST", "/admin/modules/2/activate", Some(TOKEN), None).await.status, 200);
+    drop(server);
+    let server = TestServer::start_with(&db, options(&db, "[queries]\ndeadline_ms = 300")).await;
+    assert_eq!(query(&server, "hold", hold).await, (200, json!({ "held": 100 })));
+
+    // The CLI sets them with flags and shows them.
+    let file = db.dir.path().join("v4.wasm");
+    std::fs::write(&file, stamped(4)).unwrap();
+    let url = server.url("");
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "deploy",
+            file.to_str().unwrap(),
+            "--memory-limit-mib",
+            "128",
+            "--event-deadline-ms",
+            "9000",
+            "--url",
+            &url,
+            "--token",
+            TOKEN,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("own limits") && out.contains("event_deadline_ms=9000"), "{out}");
+    let listed = versions(&server).await;
+    assert_eq!(
+        listed.last().unwrap()["limits"],
+        json!({ "memory_limit_bytes": 128 * 1024 * 1024, "event_deadline_ms": 9000 })
+    );
 }

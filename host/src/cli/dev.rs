@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::deploy::Deployment;
+use crate::runtime::ModuleLimits;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_millis(200);
@@ -21,7 +22,7 @@ const POLL: Duration = Duration::from_millis(200);
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// Deploys `path` now and after every change, until `stop`.
-pub async fn watch(deployment: Arc<Deployment>, path: PathBuf, stop: CancellationToken) {
+pub async fn watch(deployment: Arc<Deployment>, path: PathBuf, limits: ModuleLimits, stop: CancellationToken) {
     println!("[dev] watching {}", path.display());
     let mut deployed: Option<(Option<SystemTime>, u64)> = None;
     let mut seen = stamp(&path);
@@ -34,7 +35,7 @@ pub async fn watch(deployment: Arc<Deployment>, path: PathBuf, stop: Cancellatio
             }
             let now = stamp(&path);
             if now == seen {
-                deploy(&deployment, &path).await;
+                deploy(&deployment, &path, limits).await;
                 deployed = seen;
             }
             seen = now;
@@ -54,7 +55,7 @@ fn stamp(path: &Path) -> Option<(Option<SystemTime>, u64)> {
     Some((meta.modified().ok(), meta.len()))
 }
 
-async fn deploy(deployment: &Arc<Deployment>, path: &Path) {
+async fn deploy(deployment: &Arc<Deployment>, path: &Path, limits: ModuleLimits) {
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -64,7 +65,7 @@ async fn deploy(deployment: &Arc<Deployment>, path: &Path) {
     };
     let d = deployment.clone();
     let live = deployment.current().map(|l| l.version);
-    match tokio::task::spawn_blocking(move || d.upload(&bytes, true)).await {
+    match tokio::task::spawn_blocking(move || d.upload(&bytes, limits, true)).await {
         Ok(Ok(uploaded)) if !uploaded.created && live == Some(uploaded.info.version) => {
             println!("[dev] {} unchanged: version {} stays live", path.display(), uploaded.info.version);
         }

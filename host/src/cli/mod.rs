@@ -19,6 +19,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::clock;
+use crate::runtime::ModuleLimits;
 use crate::settings::{Overrides, Settings};
 use crate::store::Store;
 use crate::store::inbox::{EventFilter, Status};
@@ -84,6 +85,9 @@ struct DevArgs {
     /// Address to listen on (also AUTHKIT_LISTEN; default 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// The limits each deployed version sets for itself, as with `deploy`.
+    #[command(flatten)]
+    limits: remote::ModuleLimitArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,18 +210,18 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Deploy(args) => remote::deploy(args).await,
         Command::Modules(cmd) => remote::modules(cmd).await,
         Command::Tenants(cmd) => remote::tenants(*cmd).await,
-        Command::Dev(args) => run_dev(settings, args.watch).await,
+        Command::Dev(args) => run_dev(settings, args.watch, args.limits.limits()).await,
     }
 }
 
-async fn run_dev(settings: Settings, file: PathBuf) -> anyhow::Result<()> {
+async fn run_dev(settings: Settings, file: PathBuf, limits: ModuleLimits) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(settings.listen).await.with_context(|| format!("failed to listen on {}", settings.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let stop = shutdown.clone();
     crate::server::run_with(settings, listener, shutdown, move |deployment| {
-        tokio::spawn(dev::watch(deployment, file, stop));
+        tokio::spawn(dev::watch(deployment, file, limits, stop));
     })
     .await
 }

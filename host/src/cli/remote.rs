@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::clock;
+use crate::runtime::ModuleLimits;
 use crate::settings::env;
 
 /// Where the host is and how to authenticate.
@@ -164,7 +165,51 @@ pub struct DeployArgs {
     #[arg(long)]
     no_activate: bool,
     #[command(flatten)]
+    limits: ModuleLimitArgs,
+    #[command(flatten)]
     remote: Remote,
+}
+
+/// Limits a version sets for itself over its tenant's (interpreted guests may
+/// need more memory or time than the tenant's default).
+#[derive(Debug, Default, Args)]
+pub struct ModuleLimitArgs {
+    /// This version's memory cap, up to the host's handler.max_memory_limit_mib.
+    #[arg(long, value_name = "MIB")]
+    memory_limit_mib: Option<usize>,
+    /// This version's event deadline.
+    #[arg(long = "event-deadline-ms", value_name = "MS")]
+    module_event_deadline_ms: Option<u64>,
+    /// This version's Actions deadline.
+    #[arg(long = "action-deadline-ms", value_name = "MS")]
+    module_action_deadline_ms: Option<u64>,
+    /// This version's query deadline.
+    #[arg(long = "query-deadline-ms", value_name = "MS")]
+    module_query_deadline_ms: Option<u64>,
+}
+
+impl ModuleLimitArgs {
+    pub fn limits(&self) -> ModuleLimits {
+        ModuleLimits {
+            memory_limit_bytes: self.memory_limit_mib.map(|mib| mib.saturating_mul(1024 * 1024)),
+            event_deadline_ms: self.module_event_deadline_ms,
+            action_deadline_ms: self.module_action_deadline_ms,
+            query_deadline_ms: self.module_query_deadline_ms,
+        }
+    }
+
+    /// As the upload's query parameters (`&name=value` for each one set).
+    fn query(&self) -> String {
+        [
+            ("memory_limit_mib", self.memory_limit_mib.map(|v| v as u64)),
+            ("event_deadline_ms", self.module_event_deadline_ms),
+            ("action_deadline_ms", self.module_action_deadline_ms),
+            ("query_deadline_ms", self.module_query_deadline_ms),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| format!("&{name}={v}")))
+        .collect()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,7 +292,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let activate = !args.no_activate;
     let request = client
         .http
-        .post(client.tenant_url(&format!("/admin/modules?activate={activate}")))
+        .post(client.tenant_url(&format!("/admin/modules?activate={activate}{}", args.limits.query())))
         .header("content-type", "application/wasm")
         .body(bytes);
     let uploaded = client.send(request).await?;
@@ -427,8 +472,15 @@ fn print_live(client: &Client, info: &Value) {
 
 /// `sha256 1a2b3c4d…, 41.2 KiB, exports events, actions`
 pub fn describe(info: &Value) -> String {
+    let limits = match info["limits"].as_object() {
+        Some(set) if !set.is_empty() => {
+            let set: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(", own limits {}", set.join(" "))
+        }
+        _ => String::new(),
+    };
     format!(
-        "sha256 {}…, {:.1} KiB, exports {}",
+        "sha256 {}…, {:.1} KiB, exports {}{limits}",
         info["hash"].as_str().unwrap_or("").get(..12).unwrap_or(""),
         info["size"].as_f64().unwrap_or(0.0) / 1024.0,
         exports(info)

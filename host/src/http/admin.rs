@@ -14,7 +14,9 @@
 //! Routes of one tenant, unprefixed for `default` or under `/t/{tenant}`:
 //! - `GET /admin/modules`: every version, oldest first.
 //! - `POST /admin/modules[?activate=true]`: the body is a component's raw bytes → 201 (200 when
-//!   the same bytes were already stored).
+//!   the same bytes with the same limits were already stored). The version's own limits, each
+//!   optional: `memory_limit_mib`, `event_deadline_ms`, `action_deadline_ms`, `query_deadline_ms`
+//!   (400 `invalid_limit` outside the host's bounds).
 //! - `POST /admin/modules/{version}/activate`, `POST /admin/modules/rollback`.
 //! - `DELETE /admin/modules/{version}` → 204; the active version is 409.
 //! - `GET /admin/status`: the active version and the compiled-code cache's counters.
@@ -50,6 +52,7 @@ use super::webhook::read_body;
 use super::{AppState, TENANT_PREFIX, tenant_of, unknown_tenant};
 use crate::clock;
 use crate::deploy::{DeployError, Deployment};
+use crate::runtime::ModuleLimits;
 use crate::settings::env;
 use crate::store::inbox::{EventFilter, Status};
 use crate::tenants::{NewTenant, Tenant, TenantChange, TenantError};
@@ -181,6 +184,7 @@ impl From<DeployError> for ApiError {
             DeployError::Active(_) => (StatusCode::CONFLICT, "module_active"),
             DeployError::NothingToRollBack => (StatusCode::CONFLICT, "no_previous_version"),
             DeployError::Unloadable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "module_unloadable"),
+            DeployError::InvalidLimit(_) => (StatusCode::BAD_REQUEST, "invalid_limit"),
             DeployError::Indexes(_) | DeployError::Store(_) => {
                 error!(error = %e, "a handler version change failed");
                 return storage_unavailable();
@@ -268,6 +272,7 @@ async fn upload(
         Ok(TenantAdmin(tenant)) => tenant,
         Err(refused) => return Ok(refused),
     };
+    let limits = module_limits(&query)?;
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -275,7 +280,7 @@ async fn upload(
             "send the component's bytes as the request body",
         ));
     }
-    let uploaded = blocking(&state, &tenant, move |d| d.upload(&bytes, activate)).await?;
+    let uploaded = blocking(&state, &tenant, move |d| d.upload(&bytes, limits, activate)).await?;
     let status = if uploaded.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(uploaded)).into_response())
 }
@@ -418,6 +423,32 @@ async fn revoke_token(
 /// The `{id}` of a tenant-scoped route (`/t/{tenant}/...` has two parameters).
 fn id_param(params: &HashMap<String, String>) -> String {
     params.get("id").cloned().unwrap_or_default()
+}
+
+/// A version's own limits, from the upload's `memory_limit_mib`,
+/// `event_deadline_ms`, `action_deadline_ms` and `query_deadline_ms` (each optional).
+fn module_limits(query: &HashMap<String, String>) -> Result<ModuleLimits, ApiError> {
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        query
+            .get(name)
+            .map(|text| {
+                text.parse::<u64>().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_limit",
+                        format!("{name}={text:?}: use a whole number"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    Ok(ModuleLimits {
+        memory_limit_bytes: number("memory_limit_mib")?
+            .map(|mib| usize::try_from(mib).unwrap_or(usize::MAX).saturating_mul(1024 * 1024)),
+        event_deadline_ms: number("event_deadline_ms")?,
+        action_deadline_ms: number("action_deadline_ms")?,
+        query_deadline_ms: number("query_deadline_ms")?,
+    })
 }
 
 fn limit_param(query: &HashMap<String, String>) -> Result<i64, ApiError> {

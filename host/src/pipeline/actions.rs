@@ -139,6 +139,9 @@ impl Decider {
         let claim = Arc::new(AtomicU8::new(PENDING));
         let (db, task_tenant, guest, task_claim) =
             (self.db.clone(), tenant.clone(), guest_action(request), claim.clone());
+        // The version's own limits over the tenant's; its Actions deadline bounds the race below too.
+        let limits = live.limits_over(&tenant.limits);
+        let deadline = limits.action_deadline;
         let mut task =
             tokio::task::spawn_blocking(move || -> Result<(GuestVerdict, String), (String, Option<String>)> {
                 // Released when the call ends, not when the request is answered.
@@ -148,8 +151,14 @@ impl Decider {
                 let tx = db
                     .begin_read_mostly()
                     .map_err(|e| (format!("the host could not open a transaction: {e}"), None))?;
-                let (slug, limits) = (&task_tenant.slug, &task_tenant.limits);
-                let invoked = deployment.runtime().handle_action(&live.module, tx, slug, limits, &maintained, &guest);
+                let invoked = deployment.runtime().handle_action(
+                    &live.module,
+                    tx,
+                    &task_tenant.slug,
+                    &limits,
+                    &maintained,
+                    &guest,
+                );
                 let logs = serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into());
                 let verdict = invoked.result.map_err(|e| (e.to_string(), Some(logs.clone())))?;
                 // Only the side that claims first acts: the handler's writes commit
@@ -167,7 +176,6 @@ impl Decider {
                 Ok((verdict, logs))
             });
         // The deadline counts from the request's arrival (opening the tenant's versions included).
-        let deadline = tenant.actions.deadline;
         let joined = match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), &mut task).await {
             Ok(joined) => joined,
             Err(_) => {

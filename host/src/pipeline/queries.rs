@@ -68,6 +68,8 @@ pub async fn run(tenants: &Arc<Tenants>, tenant: &Arc<Tenant>, request: QueryReq
         cap: tenants.settings().queries.max_concurrent,
     })?;
     let (db, task_tenant) = (tenants.db().clone(), tenant.clone());
+    // The version's own limits (a longer deadline, more memory) over the tenant's.
+    let limits = live.limits_over(&tenant.limits);
     let task = tokio::task::spawn_blocking(move || {
         let _running = permit;
         let mut tx = db.begin_read_mostly().map_err(|e| QueryError::Unavailable(e.to_string()))?;
@@ -87,8 +89,7 @@ pub async fn run(tenants: &Arc<Tenants>, tenant: &Arc<Tenant>, request: QueryReq
             }
         };
         let query = Query { name: request.name, args_json: request.args_json, caller };
-        let invoked =
-            deployment.runtime().handle_query(&live.module, tx, &task_tenant.slug, &task_tenant.limits, &query);
+        let invoked = deployment.runtime().handle_query(&live.module, tx, &task_tenant.slug, &limits, &query);
         // Dropping the transaction rolls it back: a query never commits.
         drop(invoked.tx);
         let answer = invoked.result.map_err(|e| match e {

@@ -326,8 +326,14 @@ impl Worker {
             return (Some(tx), Ok((synced, None)));
         };
         let guest_event = guest_event(&event, action, claimed);
-        let invoked =
-            deployment.runtime().handle_event(&live.module, tx, &tenant.slug, &tenant.limits, maintained, &guest_event);
+        let invoked = deployment.runtime().handle_event(
+            &live.module,
+            tx,
+            &tenant.slug,
+            &live.limits_over(&tenant.limits),
+            maintained,
+            &guest_event,
+        );
         let logs = Some(serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into()));
         let result = match invoked.result {
             Ok(()) => Ok((if synced == outcome::RECORDED { outcome::HANDLED } else { synced }, logs)),

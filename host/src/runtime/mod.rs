@@ -16,6 +16,7 @@
 pub mod bindings;
 mod cache;
 mod host;
+pub mod limits;
 mod log;
 mod sleep;
 
@@ -35,6 +36,7 @@ use self::bindings::exports::authkit::handler::{actions, events, queries, schema
 pub use self::cache::CacheStats;
 use self::cache::CodeCache;
 pub use self::host::{HostFault, QuotaExceeded, guest_user as stored_guest_user};
+pub use self::limits::ModuleLimits;
 pub use self::log::{LogBuffer, MAX_LOG_BYTES, MAX_LOG_LINES};
 use crate::store::StoreError;
 use crate::store::documents::{Indexes, Limits};
@@ -80,6 +82,9 @@ pub struct InvocationLimits {
     pub query_deadline: Duration,
     /// Largest linear memory a guest may grow to, in bytes.
     pub memory_limit: usize,
+    /// The highest `memory_limit` a tenant or a handler version may set; the
+    /// engine's instance pool is sized for it. Only the operator's value counts.
+    pub max_memory_limit: usize,
     /// `db` and `users` calls per invocation.
     pub max_calls: u32,
     pub documents: Limits,
@@ -92,6 +97,7 @@ impl Default for InvocationLimits {
             action_deadline: Duration::from_secs(1),
             query_deadline: Duration::from_secs(2),
             memory_limit: 64 * 1024 * 1024,
+            max_memory_limit: 512 * 1024 * 1024,
             max_calls: 1000,
             documents: Limits::default(),
         }
@@ -228,7 +234,7 @@ pub fn engine_config(memory_limit: usize) -> Config {
 impl Runtime {
     /// `cache_dir`: where compiled code is kept across restarts (`None`: compile on every load).
     pub fn new(limits: InvocationLimits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Runtime> {
-        let engine = Engine::new(&engine_config(limits.memory_limit))?;
+        let engine = Engine::new(&engine_config(limits.max_memory_limit.max(limits.memory_limit)))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         // Engines such as componentize-js's import `wasi:http` for `fetch`;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::exec::{Row, SyncTx, Value};
 use super::{Result, StoreError};
+use crate::runtime::ModuleLimits;
 
 /// A version as `modules list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct ModuleInfo {
     pub wit_version: String,
     pub created_at: i64,
     pub active: bool,
+    /// The limits this version sets over its tenant's (empty: none).
+    pub limits: ModuleLimits,
 }
 
 /// A version about to be stored.
@@ -35,9 +38,10 @@ pub struct NewModule<'a> {
     pub indexes: &'a [(String, String)],
     pub bytes: &'a [u8],
     pub now: i64,
+    pub limits: ModuleLimits,
 }
 
-const INFO: &str = "SELECT version, hash, size, exports, wit_version, created_at FROM modules";
+const INFO: &str = "SELECT version, hash, size, exports, wit_version, created_at, limits FROM modules";
 
 /// Serializes version changes of one tenant across host processes (Postgres;
 /// on SQLite the write gate already does).
@@ -48,11 +52,14 @@ pub fn lock_tenant(tx: &mut SyncTx, tenant: &str) -> Result<()> {
     Ok(())
 }
 
-/// The live (not deleted) version with these exact bytes, if any.
-pub fn find_by_hash(tx: &mut SyncTx, tenant: &str, hash: &str) -> Result<Option<ModuleInfo>> {
+/// The live (not deleted) version with these exact bytes and limits, if any.
+pub fn find_by_hash(tx: &mut SyncTx, tenant: &str, hash: &str, limits: &ModuleLimits) -> Result<Option<ModuleInfo>> {
     let row = tx.query_one(
-        &format!("{INFO} WHERE tenant_id = $1 AND hash = $2 AND deleted_at IS NULL ORDER BY version DESC LIMIT 1"),
-        &[tenant.into(), hash.into()],
+        &format!(
+            "{INFO} WHERE tenant_id = $1 AND hash = $2 AND limits = $3 AND deleted_at IS NULL \
+             ORDER BY version DESC LIMIT 1"
+        ),
+        &[tenant.into(), hash.into(), limits_json(limits).into()],
     )?;
     row.map(|r| info(r, None)).transpose()
 }
@@ -66,8 +73,8 @@ pub fn insert(tx: &mut SyncTx, m: &NewModule) -> Result<i64> {
         .ok_or_else(|| StoreError::Corrupt("no next module version".into()))?;
     let indexes = serde_json::to_string(m.indexes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.execute(
-        "INSERT INTO modules (tenant_id, version, hash, size, exports, wit_version, indexes, bytes, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO modules (tenant_id, version, hash, size, exports, wit_version, indexes, bytes, created_at, limits) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             m.tenant.into(),
             next.into(),
@@ -78,6 +85,7 @@ pub fn insert(tx: &mut SyncTx, m: &NewModule) -> Result<i64> {
             indexes.into(),
             Value::Bytes(m.bytes.to_vec()),
             m.now.into(),
+            limits_json(&m.limits).into(),
         ],
     )?;
     Ok(next)
@@ -102,13 +110,27 @@ pub fn get(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<ModuleI
     row.map(|r| info(r, active)).transpose()
 }
 
-/// The bytes of a live version.
-pub fn bytes(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<Vec<u8>>> {
+/// The bytes and the limits of a live version.
+pub fn bytes(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<(Vec<u8>, ModuleLimits)>> {
     let row = tx.query_one(
-        "SELECT bytes FROM modules WHERE tenant_id = $1 AND version = $2 AND deleted_at IS NULL",
+        "SELECT bytes, limits FROM modules WHERE tenant_id = $1 AND version = $2 AND deleted_at IS NULL",
         &[tenant.into(), version.into()],
     )?;
-    Ok(row.and_then(|r| r.into_iter().next()).and_then(Value::into_bytes))
+    let Some(mut row) = row.map(Vec::into_iter) else { return Ok(None) };
+    let bytes = row.next().and_then(Value::into_bytes);
+    let limits = parse_limits(row.next().and_then(Value::into_string))?;
+    Ok(bytes.map(|b| (b, limits)))
+}
+
+/// Canonical JSON (fields in declaration order, unset ones left out), so equal
+/// limits are equal text.
+fn limits_json(limits: &ModuleLimits) -> String {
+    serde_json::to_string(limits).expect("limits serialize")
+}
+
+fn parse_limits(text: Option<String>) -> Result<ModuleLimits> {
+    let text = text.ok_or_else(|| StoreError::Corrupt("a module's limits are missing".into()))?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("a module's limits do not parse: {e}")))
 }
 
 /// The active version: the newest activation not rolled back.
@@ -198,6 +220,7 @@ fn info(row: Row, active: Option<i64>) -> Result<ModuleInfo> {
     let exports = next().into_string().ok_or_else(corrupt)?;
     let wit_version = next().into_string().ok_or_else(corrupt)?;
     let created_at = next().as_i64().ok_or_else(corrupt)?;
+    let limits = parse_limits(next().into_string())?;
     Ok(ModuleInfo {
         version,
         hash,
@@ -206,5 +229,6 @@ fn info(row: Row, active: Option<i64>) -> Result<ModuleInfo> {
         wit_version,
         created_at,
         active: active == Some(version),
+        limits,
     })
 }

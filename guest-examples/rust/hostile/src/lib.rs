@@ -285,6 +285,22 @@ impl Queries for Hostile {
                     hoard.push(vec![1u8; 1024 * 1024]);
                 }
             }
+            // Needs `mib` MiB of memory, then answers: fits a memory cap or not.
+            "hold" => {
+                let mib = number(&args_json, "mib")?;
+                let hoard: Vec<Vec<u8>> = (0..mib).map(|i| vec![i as u8; 1024 * 1024]).collect();
+                Ok(json!({ "held": hoard.len() }).to_string())
+            }
+            // Computes for `ms` milliseconds, then answers: fits a deadline or not.
+            "spin" => {
+                let ms = number(&args_json, "ms")?;
+                let started = std::time::Instant::now();
+                let mut turns = 0u64;
+                while started.elapsed() < std::time::Duration::from_millis(ms) {
+                    turns = std::hint::black_box(turns + 1);
+                }
+                Ok(json!({ "spun_ms": ms }).to_string())
+            }
             "not-json" => Ok("this is not JSON".into()),
             "big" => Ok(json!({ "blob": "x".repeat(5 * 1024 * 1024) }).to_string()),
             other => Err(format!("no query {other:?}")),
@@ -293,3 +309,9 @@ impl Queries for Hostile {
 }
 
 export!(Hostile);
+
+/// The whole number `field` of a query's JSON arguments.
+fn number(args_json: &str, field: &str) -> Result<u64, String> {
+    let args: serde_json::Value = serde_json::from_str(args_json).map_err(|e| e.to_string())?;
+    args[field].as_u64().ok_or_else(|| format!("give {field} as a whole number"))
+}
