@@ -365,6 +365,32 @@ impl Runtime {
         finish(store, outcome, started, deadline)
     }
 
+    /// For the benchmarks only: what reusing an instance would save. Calls
+    /// `events.handle` for each of `events` on one instance in one store (which
+    /// the host never does: see ARCHITECTURE, "Instances are never reused") and
+    /// returns each call's time, without the instance start. The transaction is
+    /// rolled back.
+    #[doc(hidden)]
+    pub fn time_calls_on_one_instance(
+        &self,
+        module: &Module,
+        tx: SyncTx,
+        limits: &InvocationLimits,
+        events: &[GuestEvent],
+    ) -> wasmtime::Result<Vec<Duration>> {
+        let indices = module.events.as_ref().ok_or_else(|| wasmtime::Error::msg("the module handles no events"))?;
+        let mut store = self.store(module, Some(tx), "default", limits, false, limits.event_deadline, &module.indexes);
+        let instance = module.pre.instantiate(&mut store)?;
+        let handler = indices.load(&mut store, &instance)?;
+        let mut times = Vec::with_capacity(events.len());
+        for event in events {
+            let started = Instant::now();
+            handler.call_handle(&mut store, event)?.map_err(wasmtime::Error::msg)?;
+            times.push(started.elapsed());
+        }
+        Ok(times)
+    }
+
     /// Calls the module's `actions` export with `tx` as its database; the
     /// caller commits only when the result is a verdict.
     pub fn handle_action(

@@ -4,7 +4,9 @@
 //! invocation (a fresh instance and one `events.handle` of a user.created,
 //! after the host's own sync in the same transaction, as the worker does), the
 //! next ones, the worker's steady drain rate of a user.created backlog, and
-//! the guest's peak linear memory. Prints figures; asserts nothing.
+//! the guest's peak linear memory; and, for comparison only, calls on one
+//! instance (what reusing instances, which the host does not, would cost).
+//! Prints figures; asserts nothing.
 //!
 //! Usage: `cargo run --release -p authkit-tests --bin bench-languages -- [--events 2000]`
 //! (the guests are built first if they are missing, as the tests do).
@@ -64,6 +66,17 @@ fn created(i: u32) -> GuestEvent {
     }
 }
 
+/// The host's own sync of user `i`'s user.created, as the worker does before the handler.
+fn sync_user(tx: &mut authkit_host::store::exec::SyncTx, i: u32) -> anyhow::Result<()> {
+    let envelope = json!({ "object": "event", "id": format!("event_bench_{i}"), "event": "user.created",
+        "data": { "object": "user", "id": format!("user_bench_{i}"), "email": "b@example.com",
+                  "first_name": "Bench", "updated_at": "2025-01-01T00:00:00.000Z" },
+        "created_at": "2025-01-01T00:00:00.000Z" });
+    let parsed = Event::parse(envelope.to_string().as_bytes())?;
+    sync::apply(tx, "default", &parsed, &parsed.sync_action()?, authkit_host::clock::now_ms())?;
+    Ok(())
+}
+
 struct Row {
     name: &'static str,
     size: usize,
@@ -71,6 +84,8 @@ struct Row {
     cached: Duration,
     first: Duration,
     next: Duration,
+    /// A call on an instance that already exists (what reuse would cost).
+    reused: Duration,
     drain: f64,
     peak: usize,
 }
@@ -108,12 +123,7 @@ fn measure(
     for i in 0..21 {
         let mut tx = db.begin()?;
         let event = created(i);
-        let envelope = json!({ "object": "event", "id": event.id, "event": "user.created",
-            "data": { "object": "user", "id": format!("user_bench_{i}"), "email": "b@example.com",
-                      "first_name": "Bench", "updated_at": "2025-01-01T00:00:00.000Z" },
-            "created_at": "2025-01-01T00:00:00.000Z" });
-        let parsed = Event::parse(envelope.to_string().as_bytes())?;
-        sync::apply(&mut tx, "default", &parsed, &parsed.sync_action()?, authkit_host::clock::now_ms())?;
+        sync_user(&mut tx, i)?;
         let started = Instant::now();
         let invoked = runtime.handle_event(&module, tx, "default", &limits, &maintained, &event);
         times.push(started.elapsed());
@@ -122,9 +132,17 @@ fn measure(
         invoked.tx.context("the transaction")?.commit()?;
     }
     let first = times.remove(0);
+    // For comparison only: calls on one instance, as reuse would make them.
+    let mut tx = db.begin()?;
+    for i in 100..121 {
+        sync_user(&mut tx, i)?;
+    }
+    let more: Vec<GuestEvent> = (100..121).map(created).collect();
+    let mut on_one = runtime.time_calls_on_one_instance(&module, tx, &limits, &more).map_err(err)?;
+    on_one.remove(0);
     drop((module, runtime));
     let drain = drain(rt, events, None, Some(path))?;
-    Ok(Row { name, size: bytes.len(), cold, cached, first, next: median(times), drain, peak })
+    Ok(Row { name, size: bytes.len(), cold, cached, first, next: median(times), reused: median(on_one), drain, peak })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,25 +155,27 @@ fn main() -> anyhow::Result<()> {
     }
     println!("the reference handler in each language (events, actions, my-todo-lists), measured in this run");
     println!(
-        "{:<11} {:>10} {:>11} {:>11} {:>12} {:>11} {:>14} {:>10}",
-        "language", "size", "compile", "from cache", "first call", "next calls", "drain", "peak mem"
+        "{:<11} {:>10} {:>11} {:>11} {:>12} {:>11} {:>14} {:>14} {:>10}",
+        "language", "size", "compile", "from cache", "first call", "next calls", "same instance", "drain", "peak mem"
     );
     for r in &rows {
         println!(
-            "{:<11} {:>7.2} MB {:>8.0} ms {:>8.1} ms {:>9.2} ms {:>8.3} ms {:>7.0} ev/s {:>6.1} MiB",
+            "{:<11} {:>7.2} MB {:>8.0} ms {:>8.1} ms {:>9.2} ms {:>8.3} ms {:>11.3} ms {:>9.0} ev/s {:>6.1} MiB",
             r.name,
             r.size as f64 / 1e6,
             ms(r.cold),
             ms(r.cached),
             ms(r.first),
             ms(r.next),
+            ms(r.reused),
             r.drain,
             r.peak as f64 / (1024.0 * 1024.0)
         );
     }
     println!(
-        "(first call: a fresh instance and one events.handle of a user.created; next calls: the median of the next 20; \
-         drain: the worker applying a {events}-event user.created backlog with the handler, end to end on SQLite)"
+        "(first call: a fresh instance and one events.handle of a user.created; next calls: the median of the next 20, \
+         each on a fresh instance as the host runs them; same instance: the median of 20 calls on one instance, \
+         which the host never does, to show what reuse would save; drain: the worker applying a {events}-event user.created backlog with the handler, end to end on SQLite)"
     );
     Ok(())
 }
