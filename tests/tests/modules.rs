@@ -495,25 +495,27 @@ async fn query(server: &TestServer, name: &str, args: Value) -> (u16, Value) {
 }
 
 async fn a_version_runs_under_its_own_limits(db: TestDb) {
-    // The tenant's limits: the default 64 MiB of memory, queries stopped at 300 ms.
-    let server = TestServer::start_with(&db, options(&db, "[queries]\ndeadline_ms = 300")).await;
-    let (hold, spin) = (json!({ "mib": 100 }), json!({ "ms": 700 }));
+    // The tenant's limits: the default 64 MiB of memory, queries stopped at 1.5 s
+    // (room for a loaded machine to reach the memory cap first).
+    let tenant_limits = "[queries]\ndeadline_ms = 1500";
+    let server = TestServer::start_with(&db, options(&db, tenant_limits)).await;
+    let (hold, spin) = (json!({ "mib": 100 }), json!({ "ms": 2000 }));
 
     let reply = upload(&server, stamped(1), true).await;
     assert_eq!((reply.status, &reply.body["limits"]), (201, &json!({})), "{reply:?}");
     let (status, body) = query(&server, "hold", hold.clone()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (500, Some("query_failed")), "100 MiB over 64: {body}");
     let (status, body) = query(&server, "spin", spin.clone()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("query_timeout")), "700 ms over 300: {body}");
+    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("query_timeout")), "2 s over 1.5: {body}");
 
     // The same bytes with limits of their own are a new version, which runs under them.
-    let own = "/admin/modules?activate=true&memory_limit_mib=160&query_deadline_ms=3000";
+    let own = "/admin/modules?activate=true&memory_limit_mib=160&query_deadline_ms=8000";
     let with_limits = |bytes| server.admin("POST", own, Some(TOKEN), Some(bytes));
     let reply = with_limits(stamped(1)).await;
     assert_eq!((reply.status, &reply.body["version"]), (201, &json!(2)), "{reply:?}");
-    assert_eq!(reply.body["limits"], json!({ "memory_limit_bytes": 160 * 1024 * 1024, "query_deadline_ms": 3000 }));
+    assert_eq!(reply.body["limits"], json!({ "memory_limit_bytes": 160 * 1024 * 1024, "query_deadline_ms": 8000 }));
     assert_eq!(query(&server, "hold", hold.clone()).await, (200, json!({ "held": 100 })));
-    assert_eq!(query(&server, "spin", spin.clone()).await, (200, json!({ "spun_ms": 700 })));
+    assert_eq!(query(&server, "spin", spin.clone()).await, (200, json!({ "spun_ms": 2000 })));
     // Above its own cap it fails as before; the same bytes and limits again are the same version.
     assert_eq!(query(&server, "hold", json!({ "mib": 200 })).await.0, 500);
     let reply = with_limits(stamped(1)).await;
@@ -540,7 +542,7 @@ async fn a_version_runs_under_its_own_limits(db: TestDb) {
     // ... and they hold after a restart, which loads the active version from the database.
     assert_eq!(server.admin("POST", "/admin/modules/2/activate", Some(TOKEN), None).await.status, 200);
     drop(server);
-    let server = TestServer::start_with(&db, options(&db, "[queries]\ndeadline_ms = 300")).await;
+    let server = TestServer::start_with(&db, options(&db, tenant_limits)).await;
     assert_eq!(query(&server, "hold", hold).await, (200, json!({ "held": 100 })));
 
     // The CLI sets them with flags and shows them.
