@@ -52,7 +52,7 @@ pub struct TenantOptions {
     pub action_deadline_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_deadline_ms: Option<u64>,
-    /// Largest linear memory of the tenant's guests; at most the host's `handler.memory_limit_mib`.
+    /// Largest linear memory of the tenant's guests; at most the host's `handler.max_memory_limit_mib`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
