@@ -336,7 +336,7 @@ impl Deployment {
         }
         let (bytes, limits) = {
             let mut tx = self.db.begin_read_mostly()?;
-            modules::bytes(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?
+            modules::load(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?
         };
         let module =
             self.runtime.load(&bytes).map_err(|e| DeployError::Unloadable { version, reason: e.to_string() })?;

@@ -566,6 +566,9 @@ async fn a_version_runs_under_its_own_limits(db: TestDb) {
     );
     assert!(ok, "{err}");
     assert!(out.contains("own limits") && out.contains("event_deadline_ms=9000"), "{out}");
+    let (ok, out, err) = cli(&db, &["modules", "list", "--url", &url, "--token", TOKEN]);
+    assert!(ok, "{err}");
+    assert!(out.lines().last().unwrap().ends_with("event_deadline_ms=9000 memory_limit_bytes=134217728"), "{out}");
     let listed = versions(&server).await;
     assert_eq!(
         listed.last().unwrap()["limits"],

@@ -326,13 +326,13 @@ pub async fn modules(cmd: ModulesCommand) -> anyhow::Result<()> {
             }
             writeln!(
                 out,
-                "{:<8} {:<7} {:<16} {:>10} {:<32} {:<6} CREATED",
-                "VERSION", "ACTIVE", "SHA256", "SIZE", "EXPORTS", "WIT"
+                "{:<8} {:<7} {:<16} {:>10} {:<32} {:<6} {:<24} OWN LIMITS",
+                "VERSION", "ACTIVE", "SHA256", "SIZE", "EXPORTS", "WIT", "CREATED"
             )?;
             for v in versions {
                 writeln!(
                     out,
-                    "{:<8} {:<7} {:<16} {:>10} {:<32} {:<6} {}",
+                    "{:<8} {:<7} {:<16} {:>10} {:<32} {:<6} {:<24} {}",
                     v["version"].to_string(),
                     if v["active"].as_bool() == Some(true) { "*" } else { "" },
                     v["hash"].as_str().unwrap_or("").get(..16).unwrap_or(""),
@@ -340,6 +340,7 @@ pub async fn modules(cmd: ModulesCommand) -> anyhow::Result<()> {
                     exports(&v),
                     v["wit_version"].as_str().unwrap_or(""),
                     v["created_at"].as_i64().map(clock::format_ms).unwrap_or_default(),
+                    own_limits(&v).unwrap_or_else(|| "-".into()),
                 )?;
             }
         }
@@ -472,19 +473,19 @@ fn print_live(client: &Client, info: &Value) {
 
 /// `sha256 1a2b3c4d…, 41.2 KiB, exports events, actions`
 pub fn describe(info: &Value) -> String {
-    let limits = match info["limits"].as_object() {
-        Some(set) if !set.is_empty() => {
-            let set: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!(", own limits {}", set.join(" "))
-        }
-        _ => String::new(),
-    };
+    let limits = own_limits(info).map(|l| format!(", own limits {l}")).unwrap_or_default();
     format!(
         "sha256 {}…, {:.1} KiB, exports {}{limits}",
         info["hash"].as_str().unwrap_or("").get(..12).unwrap_or(""),
         info["size"].as_f64().unwrap_or(0.0) / 1024.0,
         exports(info)
     )
+}
+
+/// The limits a version sets for itself, `name=value` separated by spaces; `None` if it sets none.
+fn own_limits(info: &Value) -> Option<String> {
+    let set = info["limits"].as_object().filter(|set| !set.is_empty())?;
+    Some(set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
 }
 
 fn exports(info: &Value) -> String {

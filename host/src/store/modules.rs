@@ -110,8 +110,8 @@ pub fn get(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<ModuleI
     row.map(|r| info(r, active)).transpose()
 }
 
-/// The bytes and the limits of a live version.
-pub fn bytes(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<(Vec<u8>, ModuleLimits)>> {
+/// The bytes and the limits of a live version: what loading it needs.
+pub fn load(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<(Vec<u8>, ModuleLimits)>> {
     let row = tx.query_one(
         "SELECT bytes, limits FROM modules WHERE tenant_id = $1 AND version = $2 AND deleted_at IS NULL",
         &[tenant.into(), version.into()],
