@@ -164,12 +164,14 @@ impl Latencies {
 
 /// Sends `rate` requests a second for one second of warm-up and then
 /// `seconds` measured, open loop (a request goes out on its tick whether or
-/// not earlier ones are answered). `request(i)` makes the `i`th request; a
-/// response that is not a success counts as an error.
+/// not earlier ones are answered). `request(i)` makes the `i`th request and
+/// says what its response body must contain, if anything; a response that is
+/// not a success, or lacks that text, counts as an error (so a benchmark
+/// cannot time a path other than the one it means to).
 pub async fn steady(
     rate: u64,
     seconds: u64,
-    mut request: impl FnMut(u64) -> anyhow::Result<reqwest::RequestBuilder>,
+    mut request: impl FnMut(u64) -> anyhow::Result<(reqwest::RequestBuilder, Option<String>)>,
 ) -> anyhow::Result<Latencies> {
     let interval = Duration::from_micros(1_000_000 / rate.max(1));
     let (total, warmup) = (rate * seconds, rate);
@@ -178,14 +180,17 @@ pub async fn steady(
     let mut tasks = Vec::with_capacity((total + warmup) as usize);
     for i in 0..(total + warmup) {
         tick.tick().await;
-        let request = request(i)?;
+        let (request, expect) = request(i)?;
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let ok = match request.send().await {
-                Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
-                Err(_) => false,
+            let body = match request.send().await {
+                Ok(resp) if resp.status().is_success() => resp.bytes().await.ok(),
+                _ => None,
             };
-            (i >= warmup, ok, started.elapsed())
+            let elapsed = started.elapsed();
+            let ok = body
+                .is_some_and(|body| expect.is_none_or(|text| body.windows(text.len()).any(|w| w == text.as_bytes())));
+            (i >= warmup, ok, elapsed)
         }));
     }
     let mut latencies = Vec::new();

@@ -93,14 +93,23 @@ async fn the_example_allows_and_denies_with_signed_verdicts(db: TestDb) {
     })
     .await;
     let indexes = Indexes::new([("users".to_string(), "authId".to_string())]).unwrap();
-    with_documents(&store, indexes, move |docs| docs.patch("users", &app_user.0, r#"{"banned": true}"#).unwrap()).await;
+    with_documents(&store, indexes.clone(), move |docs| {
+        docs.patch("users", &app_user.0, r#"{"banned": true}"#).unwrap()
+    })
+    .await;
     let (banned, _) = act(&server, authenticate("act_4", "user_b", "Bea"), AUTH_RESPONSE).await;
     assert_eq!(banned["verdict"], "Deny");
     assert_eq!(banned["error_message"], "This account has been suspended.");
     let (stranger, _) = act(&server, authenticate("act_5", "user_z", "Zed"), AUTH_RESPONSE).await;
     assert_eq!(stranger["verdict"], "Allow");
+    // A document the app wrote itself, with nothing but the id and the flag,
+    // is decided by the handler too (not by the fallback, which also denies).
+    with_documents(&store, indexes, |docs| docs.insert("users", r#"{"authId": "user_y", "banned": true}"#).unwrap())
+        .await;
+    let (flagged, _) = act(&server, authenticate("act_6", "user_y", "Yan"), AUTH_RESPONSE).await;
+    assert_eq!(flagged["error_message"], "This account has been suspended.");
 
-    let recorded = decisions(&db, 5).await;
+    let recorded = decisions(&db, 6).await;
     assert!(recorded.iter().all(|d| d["source"] == "handler"), "{recorded:?}");
     let act_1 = recorded.iter().find(|d| d["action_id"] == "act_1").unwrap();
     assert_eq!((act_1["kind"].as_str(), act_1["verdict"].as_str()), (Some("user_registration"), Some("Deny")));

@@ -304,7 +304,18 @@ fn actions(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         with.p99,
         if with.p99 < 5.0 { "met" } else { "NOT met" }
     );
+    if base.errors + with.errors > 0 {
+        bail!("some requests failed or got another verdict than the path should give; the figures above are not valid");
+    }
     Ok(())
+}
+
+/// The verdict the path must give for the `i`th request: without a handler the
+/// no-handler verdict (allow); with the example, deny for the banned tenth of
+/// the users and allow for the rest (the fallback, deny, would fail the others).
+fn expected_verdict(handler: bool, i: u64) -> String {
+    let verdict = if handler && (i % 1000).is_multiple_of(10) { "Deny" } else { "Allow" };
+    format!("\"verdict\":\"{verdict}\"")
 }
 
 fn action_run(
@@ -316,16 +327,23 @@ fn action_run(
     let url =
         args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("actions.db").display()));
     let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
-    // An app users table of 1,000 (indexed by authId, as the example declares).
+    // An app users table of 1,000 (indexed by authId, as the example declares),
+    // its documents as the example writes them.
     let db = store.sync_db(rt.handle().clone())?;
     let indexes = Indexes::new([("users".to_string(), "authId".to_string())]).map_err(anyhow::Error::msg)?;
     let mut tx = db.begin()?;
     let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() };
     docs.sync_indexes()?;
     for i in 0..1000 {
-        docs.insert("users", &json!({"authId": format!("user_{i}"), "banned": i % 10 == 0}).to_string())?;
+        let mut doc =
+            json!({"authId": format!("user_{i}"), "email": format!("u{i}@example.com"), "name": format!("User {i}")});
+        if i % 10 == 0 {
+            doc["banned"] = json!(true);
+        }
+        docs.insert("users", &doc.to_string())?;
     }
     tx.commit()?;
+    let has_handler = handler.is_some();
     let overrides = Overrides { database_url: Some(url), handler, no_worker: true, ..Default::default() };
     let settings =
         Settings::load_with(&overrides, |k| (k == "WORKOS_ACTION_SECRET").then(|| ACTION_SECRET.to_string()))?;
@@ -348,7 +366,10 @@ fn action_run(
                 "ip_address": "127.0.0.1", "user_agent": "bench",
             }))?;
             let signature = signer.signature(authkit_tests::workos::now_ms(), &body);
-            Ok(client.post(&url).header("WorkOS-Signature", signature).body(body))
+            Ok((
+                client.post(&url).header("WorkOS-Signature", signature).body(body),
+                Some(expected_verdict(has_handler, i)),
+            ))
         })
         .await
     });

@@ -85,14 +85,15 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  {:<44} {:>9} {:>9} {:>9} {:>7}", "route", "p50 ms", "p99 ms", "max ms", "errors");
     let client = &host.client;
-    let baseline = steady(args.rate, args.seconds, |_| Ok(client.get(host.url("/healthz")))).await?;
+    let baseline = steady(args.rate, args.seconds, |_| Ok((client.get(host.url("/healthz")), None))).await?;
     baseline.print("GET /healthz (verifies nothing)");
     let bearer = |i: u64| format!("Bearer {}", tokens[(i % USERS) as usize]);
     let me =
-        steady(args.rate, args.seconds, |i| Ok(client.get(host.url("/me")).header("authorization", bearer(i)))).await?;
+        steady(args.rate, args.seconds, |i| Ok((client.get(host.url("/me")).header("authorization", bearer(i)), None)))
+            .await?;
     me.print("GET /me (RS256 + users table)");
     let query = steady(args.rate, args.seconds, |i| {
-        Ok(client.post(host.url("/query/my-todo-lists")).header("authorization", bearer(i)))
+        Ok((client.post(host.url("/query/my-todo-lists")).header("authorization", bearer(i)), None))
     })
     .await?;
     query.print("POST /query/my-todo-lists (token + guest)");

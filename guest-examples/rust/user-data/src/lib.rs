@@ -48,6 +48,13 @@ struct AppUser {
     banned: bool,
 }
 
+/// The one field of an app user that sign-ins look at.
+#[derive(Deserialize)]
+struct BanFlag {
+    #[serde(default)]
+    banned: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 struct TodoList {
     name: String,
@@ -76,7 +83,9 @@ impl Events for Handler {
 
 impl Actions for Handler {
     fn authenticate(ctx: AuthenticationContext) -> Verdict {
-        match USERS.find_one::<AppUser>("authId", &ctx.user.id) {
+        // Only `banned` matters here: a document that lacks the other fields
+        // (written by the app, or by an older version) still decides.
+        match USERS.find_one::<BanFlag>("authId", &ctx.user.id) {
             Ok(Some(doc)) if doc.body.banned => Verdict::Deny("This account has been suspended.".into()),
             Ok(_) => Verdict::Allow,
             // Could not read the users table: let the host apply its fallback.
