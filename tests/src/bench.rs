@@ -162,6 +162,10 @@ impl Latencies {
     }
 }
 
+/// One request of a steady load, and the text its response body must contain,
+/// if any.
+pub type Probe = (reqwest::RequestBuilder, Option<String>);
+
 /// Sends `rate` requests a second for one second of warm-up and then
 /// `seconds` measured, open loop (a request goes out on its tick whether or
 /// not earlier ones are answered). `request(i)` makes the `i`th request and
@@ -171,14 +175,76 @@ impl Latencies {
 pub async fn steady(
     rate: u64,
     seconds: u64,
-    mut request: impl FnMut(u64) -> anyhow::Result<(reqwest::RequestBuilder, Option<String>)>,
+    mut request: impl FnMut(u64) -> anyhow::Result<Probe>,
 ) -> anyhow::Result<Latencies> {
+    let mut samples = Samples::default();
+    samples.errors += send_at(rate, 0, rate, &mut request).await?.errors;
+    samples.extend(send_at(rate, rate, rate * seconds, &mut request).await?);
+    Ok(samples.latencies())
+}
+
+/// [`steady`] for several paths in one run, taking turns: one second of
+/// warm-up each, then `seconds` measured for each path, in `slices` turns per
+/// path, a path sending at `rate` in its turn and nothing in the others'. On a
+/// shared, noisy machine the noise then falls on every path alike, where runs
+/// one after the other let it favour one. Figures are per path, in order.
+pub async fn interleaved(
+    rate: u64,
+    seconds: u64,
+    slices: u64,
+    paths: &mut [&mut dyn FnMut(u64) -> anyhow::Result<Probe>],
+) -> anyhow::Result<Vec<Latencies>> {
+    let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::default()).collect();
+    for (path, samples) in paths.iter_mut().zip(&mut samples) {
+        samples.errors += send_at(rate, 0, rate, path).await?.errors;
+    }
+    let per_slice = (rate * seconds).div_ceil(slices.max(1));
+    for slice in 0..slices.max(1) {
+        for (path, samples) in paths.iter_mut().zip(&mut samples) {
+            samples.extend(send_at(rate, rate + slice * per_slice, per_slice, path).await?);
+        }
+    }
+    Ok(samples.into_iter().map(|s| s.latencies()).collect())
+}
+
+/// Latencies (ms) of the answered requests, and how many failed.
+#[derive(Default)]
+struct Samples {
+    ms: Vec<f64>,
+    errors: u64,
+}
+
+impl Samples {
+    fn extend(&mut self, other: Samples) {
+        self.ms.extend(other.ms);
+        self.errors += other.errors;
+    }
+
+    fn latencies(mut self) -> Latencies {
+        self.ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            self.ms
+                .get(((self.ms.len() as f64 * p) as usize).min(self.ms.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Latencies { p50: pct(0.5), p99: pct(0.99), max: self.ms.last().copied().unwrap_or(0.0), errors: self.errors }
+    }
+}
+
+/// Sends requests `first..first + count` at `rate` a second, open loop, and
+/// waits for every answer.
+async fn send_at(
+    rate: u64,
+    first: u64,
+    count: u64,
+    request: &mut (impl FnMut(u64) -> anyhow::Result<Probe> + ?Sized),
+) -> anyhow::Result<Samples> {
     let interval = Duration::from_micros(1_000_000 / rate.max(1));
-    let (total, warmup) = (rate * seconds, rate);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = Vec::with_capacity((total + warmup) as usize);
-    for i in 0..(total + warmup) {
+    let mut tasks = Vec::with_capacity(count as usize);
+    for i in first..first + count {
         tick.tick().await;
         let (request, expect) = request(i)?;
         tasks.push(tokio::spawn(async move {
@@ -190,27 +256,17 @@ pub async fn steady(
             let elapsed = started.elapsed();
             let ok = body
                 .is_some_and(|body| expect.is_none_or(|text| body.windows(text.len()).any(|w| w == text.as_bytes())));
-            (i >= warmup, ok, elapsed)
+            ok.then_some(elapsed)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
+    let mut samples = Samples::default();
     for task in tasks {
-        let (measured, ok, elapsed) = task.await?;
-        if !ok {
-            errors += 1;
-        } else if measured {
-            latencies.push(elapsed.as_secs_f64() * 1000.0);
+        match task.await? {
+            Some(elapsed) => samples.ms.push(elapsed.as_secs_f64() * 1000.0),
+            None => samples.errors += 1,
         }
     }
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Ok(Latencies { p50: pct(0.5), p99: pct(0.99), max: latencies.last().copied().unwrap_or(0.0), errors })
+    Ok(samples)
 }
 
 /// The worker's drain rate (events/s) of a backlog of `events` user.created

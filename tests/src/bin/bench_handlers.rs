@@ -12,7 +12,8 @@
 //!    documents.
 //! 4. actions: signed authentication requests at a steady 200/s over loopback,
 //!    answered by the User data example (it reads the app's users table), against
-//!    the no-handler path.
+//!    the no-handler path; two hosts, taking turns so noise falls on both alike.
+//!    Every response's verdict is checked: a fallback would count as an error.
 //!
 //! Usage: `cargo run --release -p authkit-tests --bin bench-handlers -- [--only invoke,events,lookup,actions]
 //! [--iterations 20000] [--events 10000] [--large 1000000] [--seconds 20] [--rate 200] [--database-url URL]`
@@ -29,7 +30,7 @@ use authkit_host::runtime::{GuestEvent, InvocationLimits, Runtime};
 use authkit_host::settings::{DatabaseUrl, Overrides, Settings};
 use authkit_host::store::Store;
 use authkit_host::store::documents::{Documents, Indexes, Limits};
-use authkit_tests::bench::{Latencies, drain, steady};
+use authkit_tests::bench::{Latencies, Probe, drain, interleaved};
 use authkit_tests::guests::rust_guest;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -286,16 +287,25 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
 
 const ACTION_SECRET: &str = "sk_action_bench";
 
-/// Phase 4: Actions latency at a steady rate, without and with a handler.
+/// Phase 4: Actions latency at a steady rate, without and with a handler: two
+/// hosts, taking turns of a few seconds each (see [`interleaved`]).
 fn actions(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     println!(
-        "\nactions: signed authentication requests at {}/s for {}s over loopback (open loop)",
+        "\nactions: signed authentication requests at {}/s for {}s per path over loopback (open loop, \
+         the paths taking {ACTION_SLICES} turns each)",
         args.rate, args.seconds
     );
     println!("  {:<44} {:>9} {:>9} {:>9} {:>7}", "path", "p50 ms", "p99 ms", "max ms", "errors");
-    let base = action_run(args, rt, None)?;
+    let base_host = ActionHost::start(args, rt, None)?;
+    let handler_host = ActionHost::start(args, rt, Some(rust_guest("user_data")))?;
+    let figures = {
+        let (mut base_path, mut handler_path) = (base_host.requests(), handler_host.requests());
+        rt.block_on(interleaved(args.rate, args.seconds, ACTION_SLICES, &mut [&mut base_path, &mut handler_path]))
+    };
+    base_host.stop(rt)?;
+    handler_host.stop(rt)?;
+    let [base, with] = <[Latencies; 2]>::try_from(figures?).map_err(|_| anyhow::anyhow!("two paths, two figures"))?;
     base.print("no handler (the configured no-handler verdict)");
-    let with = action_run(args, rt, Some(rust_guest("user_data")))?;
     with.print("User data example (reads the app's users table)");
     let ratio = with.p50 / base.p50;
     println!(
@@ -310,6 +320,9 @@ fn actions(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turns each Actions path takes in the measured time.
+const ACTION_SLICES: u64 = 10;
+
 /// The verdict the path must give for the `i`th request: without a handler the
 /// no-handler verdict (allow); with the example, deny for the banned tenth of
 /// the users and allow for the rest (the fallback, deny, would fail the others).
@@ -318,47 +331,63 @@ fn expected_verdict(handler: bool, i: u64) -> String {
     format!("\"verdict\":\"{verdict}\"")
 }
 
-fn action_run(
-    args: &Args,
-    rt: &tokio::runtime::Runtime,
-    handler: Option<std::path::PathBuf>,
-) -> anyhow::Result<Latencies> {
-    let dir = tempfile::tempdir()?;
-    let url =
-        args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("actions.db").display()));
-    let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
-    // An app users table of 1,000 (indexed by authId, as the example declares),
-    // its documents as the example writes them.
-    let db = store.sync_db(rt.handle().clone())?;
-    let indexes = Indexes::new([("users".to_string(), "authId".to_string())]).map_err(anyhow::Error::msg)?;
-    let mut tx = db.begin()?;
-    let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() };
-    docs.sync_indexes()?;
-    for i in 0..1000 {
-        let mut doc =
-            json!({"authId": format!("user_{i}"), "email": format!("u{i}@example.com"), "name": format!("User {i}")});
-        if i % 10 == 0 {
-            doc["banned"] = json!(true);
+/// A host in this process answering Actions, on its own SQLite file (or
+/// `--database-url`) holding an app users table of 1,000.
+struct ActionHost {
+    addr: std::net::SocketAddr,
+    handler: bool,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl ActionHost {
+    fn start(
+        args: &Args,
+        rt: &tokio::runtime::Runtime,
+        handler: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<ActionHost> {
+        let dir = tempfile::tempdir()?;
+        let url = args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("actions.db").display()));
+        let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
+        // An app users table of 1,000 (indexed by authId, as the example declares),
+        // its documents as the example writes them.
+        let db = store.sync_db(rt.handle().clone())?;
+        let indexes = Indexes::new([("users".to_string(), "authId".to_string())]).map_err(anyhow::Error::msg)?;
+        let mut tx = db.begin()?;
+        let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &indexes, limits: Limits::default() };
+        docs.sync_indexes()?;
+        for i in 0..1000 {
+            let mut doc = json!({"authId": format!("user_{i}"), "email": format!("u{i}@example.com"), "name": format!("User {i}")});
+            if i % 10 == 0 {
+                doc["banned"] = json!(true);
+            }
+            docs.insert("users", &doc.to_string())?;
         }
-        docs.insert("users", &doc.to_string())?;
+        tx.commit()?;
+        let has_handler = handler.is_some();
+        let overrides = Overrides { database_url: Some(url), handler, no_worker: true, ..Default::default() };
+        let settings =
+            Settings::load_with(&overrides, |k| (k == "WORKOS_ACTION_SECRET").then(|| ACTION_SECRET.to_string()))?;
+        let stop = CancellationToken::new();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let server = rt.spawn({
+            let stop = stop.clone();
+            async move { authkit_host::run(settings, listener, stop).await }
+        });
+        Ok(ActionHost { addr, handler: has_handler, stop, server, client: reqwest::Client::new(), _dir: dir })
     }
-    tx.commit()?;
-    let has_handler = handler.is_some();
-    let overrides = Overrides { database_url: Some(url), handler, no_worker: true, ..Default::default() };
-    let settings =
-        Settings::load_with(&overrides, |k| (k == "WORKOS_ACTION_SECRET").then(|| ACTION_SECRET.to_string()))?;
-    let stop = CancellationToken::new();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let server = rt.spawn({
-        let stop = stop.clone();
-        async move { authkit_host::run(settings, listener, stop).await }
-    });
-    let result = rt.block_on(async {
-        let client = reqwest::Client::new();
-        let url = format!("http://{addr}/workos/action");
+
+    /// The `i`th signed authentication request, for one of the 1,000 users.
+    fn requests(&self) -> impl FnMut(u64) -> anyhow::Result<Probe> + '_ {
+        let url = format!("http://{}/workos/action", self.addr);
         let signer = authkit_tests::Emulator::new(ACTION_SECRET);
-        steady(args.rate, args.seconds, |i| {
+        move |i| {
             let user =
                 serde_json::json!({"object": "user", "id": format!("user_{}", i % 1000), "email": "u@example.com"});
             let body = serde_json::to_vec(&json!({
@@ -367,13 +396,14 @@ fn action_run(
             }))?;
             let signature = signer.signature(authkit_tests::workos::now_ms(), &body);
             Ok((
-                client.post(&url).header("WorkOS-Signature", signature).body(body),
-                Some(expected_verdict(has_handler, i)),
+                self.client.post(&url).header("WorkOS-Signature", signature).body(body),
+                Some(expected_verdict(self.handler, i)),
             ))
-        })
-        .await
-    });
-    stop.cancel();
-    rt.block_on(server)??;
-    result
+        }
+    }
+
+    fn stop(self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+        self.stop.cancel();
+        rt.block_on(self.server)?
+    }
 }
