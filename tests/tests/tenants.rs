@@ -20,6 +20,7 @@ on_both_backends!(
     another_process_on_the_same_database_follows_tenant_changes,
     one_tenant_cannot_take_every_actions_call,
     a_tenant_cannot_store_more_documents_than_its_quota,
+    an_actions_call_made_ready_ahead_follows_changed_limits,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -616,4 +617,37 @@ async fn a_tenant_cannot_store_more_documents_than_its_quota(db: TestDb) {
     let users = tenant_documents(&store, acme, "users").await;
     assert_eq!(users.iter().map(|(_, d)| d["authId"].as_str().unwrap()).collect::<Vec<_>>(), ["user_b"]);
     assert_eq!(tenant_documents(&store, acme, "todoLists").await.len(), 2);
+}
+
+/// After an Actions call the host makes the next call's instance ahead, under
+/// the tenant's limits of that moment. Once the limits change (here the
+/// document quota), that instance must not serve: the next call runs under
+/// the new limits. The hostile fixture's `Write` sign-in inserts one document.
+async fn an_actions_call_made_ready_ahead_follows_changed_limits(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    create(&server, "acme", "whsec_acme", "sk_acme", json!({ "max_documents": 10 })).await;
+    deploy(&server, "acme", stamped(1)).await;
+    for _ in 0..2 {
+        let (status, payload) = act(&server, "acme", "sk_acme", "Write", "sk_acme").await;
+        assert_eq!((status, payload.unwrap()["verdict"].clone()), (200, json!("Allow")), "within the quota");
+    }
+    let change = json!({ "options": { "max_documents": 2 } });
+    let patched = server.admin("PATCH", "/admin/tenants/acme", Some(ROOT), body(change)).await;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    let (status, payload) = act(&server, "acme", "sk_acme", "Write", "sk_acme").await;
+    let payload = payload.unwrap();
+    assert_eq!((status, payload["verdict"].clone()), (200, json!("Deny")), "the new quota applies: {payload}");
+    // Room again: the call after runs, under the limits of now.
+    let change = json!({ "options": { "max_documents": 3 } });
+    assert_eq!(server.admin("PATCH", "/admin/tenants/acme", Some(ROOT), body(change)).await.status, 200);
+    let (_, payload) = act(&server, "acme", "sk_acme", "Write", "sk_acme").await;
+    assert_eq!(payload.unwrap()["verdict"], "Allow");
+    let store = db.store().await;
+    let decisions = eventually("acme's decisions recorded", Duration::from_secs(10), || async {
+        let d = store.list_decisions("acme", 100).await.unwrap();
+        (d.len() == 4).then_some(d)
+    })
+    .await;
+    let quota = decisions.iter().filter(|d| d.error.as_deref().unwrap_or("").contains("document quota of 2")).count();
+    assert_eq!(quota, 1, "one call was stopped by the lowered quota: {decisions:?}");
 }

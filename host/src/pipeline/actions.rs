@@ -7,9 +7,16 @@
 //! serialize the response (see [`crate::workos::action`]), or parse HTTP.
 //!
 //! Decisions are recorded by one background task in batches, one transaction
-//! per batch: a recorder that committed each decision on its own needed one
-//! fsync per action, and on SQLite its queue at the write gate starved webhook
-//! acknowledgements and the worker when the disk was slow.
+//! per batch, gathered over [`RECORD_LINGER`]: a recorder that committed each
+//! decision on its own needed one fsync per action, and on SQLite its queue at
+//! the write gate starved webhook acknowledgements and the worker when the
+//! disk was slow. A decision is listed at most about that long after it was
+//! sent; one that was sent but not yet recorded when the process dies is lost
+//! from the list (the verdict itself was already answered).
+//!
+//! After answering, the blocking thread that ran a handler makes the next
+//! call's store and instance ([`crate::runtime::Runtime::ready_next_action`]),
+//! so a request does not wait for that.
 //!
 //! The handler runs on a blocking thread inside a transaction. The request waits
 //! for it at most the actions deadline; past it, the fallback is sent at once and
@@ -29,7 +36,7 @@ use crate::clock;
 use crate::deploy::{Deployment, Live};
 use crate::runtime::{
     GuestAction, GuestAuthentication, GuestClient, GuestMembership, GuestOrganization, GuestRegistration,
-    GuestUserData, GuestVerdict,
+    GuestUserData, GuestVerdict, InvocationLimits, Spent,
 };
 use crate::settings::ConfiguredVerdict;
 use crate::store::Store;
@@ -71,6 +78,11 @@ const PENDING: u8 = 0;
 const HANDLER_WON: u8 = 1;
 const ABANDONED: u8 = 2;
 
+/// The recorder waits this long after a decision for others to share its
+/// commit. Each commit changes the database, so it also makes every reading
+/// connection's page cache stale: at a steady rate of Actions, a commit per
+/// decision had every handler read its pages again, and cost a sync each.
+const RECORD_LINGER: Duration = Duration::from_millis(200);
 /// At most this many decisions are recorded in one transaction.
 const RECORD_BATCH: usize = 256;
 /// A batch the database refused is tried this many times in all.
@@ -142,48 +154,28 @@ impl Decider {
         // The version's own limits over the tenant's; its Actions deadline bounds the race below too.
         let limits = live.limits_over(&tenant.limits);
         let deadline = limits.action_deadline;
-        let mut task =
-            tokio::task::spawn_blocking(move || -> Result<(GuestVerdict, String), (String, Option<String>)> {
-                // Released when the call ends, not when the request is answered.
-                let _running = permit;
-                // Held until the commit, taken before the write gate (see `deploy`).
-                let maintained = deployment.writing();
-                let tx = db
-                    .begin_read_mostly()
-                    .map_err(|e| (format!("the host could not open a transaction: {e}"), None))?;
-                let invoked = deployment.runtime().handle_action(
-                    &live.module,
-                    tx,
-                    &task_tenant.slug,
-                    &limits,
-                    &maintained,
-                    &guest,
-                );
-                let logs = serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into());
-                let verdict = invoked.result.map_err(|e| (e.to_string(), Some(logs.clone())))?;
-                // Only the side that claims first acts: the handler's writes commit
-                // only if its verdict is the one sent.
-                if task_claim.compare_exchange(PENDING, HANDLER_WON, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                    return Err(("the verdict came after the deadline".into(), Some(logs)));
-                }
-                if let Some(tx) = invoked.tx
-                    && invoked.wrote
-                {
-                    tx.commit().map_err(|e| {
-                        (format!("the handler's writes could not be committed: {e}"), Some(logs.clone()))
-                    })?;
-                }
-                Ok((verdict, logs))
-            });
+        // The result comes back on its own channel, so the blocking thread can
+        // make the next call's instance after answering (see below).
+        let (done, mut result) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let runtime = deployment.runtime().clone();
+            let (outcome, spent) =
+                call_handler(&deployment, &db, &live, &task_tenant.slug, &limits, &guest, &task_claim);
+            // The verdict goes out first; the rest is off the request's path.
+            let _ = done.send(outcome);
+            drop(permit);
+            drop(spent);
+            runtime.ready_next_action(&live.module, &task_tenant.slug, &limits);
+        });
         // The deadline counts from the request's arrival (opening the tenant's versions included).
-        let joined = match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), &mut task).await {
+        let joined = match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), &mut result).await {
             Ok(joined) => joined,
             Err(_) => {
                 if claim.compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     return self.fallback(tenant, format!("no verdict within {} ms", deadline.as_millis()), None);
                 }
                 // The handler claimed the decision a moment ago; its commit is under way.
-                task.await
+                result.await
             }
         };
         match joined {
@@ -198,7 +190,7 @@ impl Decider {
                 latency: Duration::ZERO,
             },
             Ok(Err((reason, logs))) => self.fallback(tenant, reason, logs),
-            Err(e) => self.fallback(tenant, format!("the handler task failed: {e}"), None),
+            Err(_) => self.fallback(tenant, "the handler's thread ended without an answer".into(), None),
         }
     }
 
@@ -237,6 +229,13 @@ impl Decider {
 async fn record_batches(store: Store, mut queue: mpsc::UnboundedReceiver<NewDecision>) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while queue.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        // Gather what comes in the next moment into the same commit.
+        tokio::time::sleep(RECORD_LINGER).await;
+        while batch.len() < RECORD_BATCH
+            && let Ok(decision) = queue.try_recv()
+        {
+            batch.push(decision);
+        }
         let mut attempt = 1;
         loop {
             match store.record_decisions(&batch).await {
@@ -255,6 +254,48 @@ async fn record_batches(store: Store, mut queue: mpsc::UnboundedReceiver<NewDeci
         }
         batch.clear();
     }
+}
+
+/// A handler's verdict and log lines (JSON), or why there is none and the log
+/// lines if it ran.
+type Called = Result<(GuestVerdict, String), (String, Option<String>)>;
+
+/// One handler call in its own transaction. Only the side that claims the
+/// decision first acts: the handler's writes commit only if its verdict is
+/// the one sent. Also gives back the spent store, for the caller to drop when
+/// the verdict is on its way.
+fn call_handler(
+    deployment: &Deployment,
+    db: &SyncDb,
+    live: &Live,
+    tenant: &str,
+    limits: &InvocationLimits,
+    guest: &GuestAction,
+    claim: &AtomicU8,
+) -> (Called, Option<Spent>) {
+    // Held until the commit, taken before the write gate (see `deploy`).
+    let maintained = deployment.writing();
+    let tx = match db.begin_read_mostly() {
+        Ok(tx) => tx,
+        Err(e) => return (Err((format!("the host could not open a transaction: {e}"), None)), None),
+    };
+    let mut invoked = deployment.runtime().handle_action(&live.module, tx, tenant, limits, &maintained, guest);
+    let spent = invoked.spent.take();
+    let logs = serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into());
+    let verdict = match invoked.result {
+        Ok(verdict) => verdict,
+        Err(e) => return (Err((e.to_string(), Some(logs))), spent),
+    };
+    if claim.compare_exchange(PENDING, HANDLER_WON, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return (Err(("the verdict came after the deadline".into(), Some(logs))), spent);
+    }
+    if let Some(tx) = invoked.tx
+        && invoked.wrote
+        && let Err(e) = tx.commit()
+    {
+        return (Err((format!("the handler's writes could not be committed: {e}"), Some(logs))), spent);
+    }
+    (Ok((verdict, logs)), spent)
 }
 
 fn configured(v: &ConfiguredVerdict) -> Verdict {

@@ -99,6 +99,13 @@ impl HostState {
         }
     }
 
+    /// Lends a call made ready without a transaction its transaction, and the
+    /// indexes its writes keep up to date.
+    pub fn lend(&mut self, tx: SyncTx, maintained: Arc<Indexes>) {
+        self.tx = Some(tx);
+        self.indexes.maintained = maintained;
+    }
+
     pub fn wrote(&self) -> bool {
         self.wrote
     }

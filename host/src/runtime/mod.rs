@@ -4,7 +4,8 @@
 //! images, epoch interruption), the [`Linker`] with WASI (nothing granted) and
 //! the WIT imports, compiled modules cached by content hash, and one invocation:
 //! a fresh `Store` from the module's `InstancePre`, its deadline and memory cap,
-//! its call budget and its captured log. Must not: decide what an event means,
+//! its call budget and its captured log; and a few Actions calls' stores made
+//! ready ahead (each still serves one call). Must not: decide what an event means,
 //! commit or roll back (the caller owns the transaction it lends to a call), or
 //! know HTTP or WorkOS signing.
 //!
@@ -20,7 +21,7 @@ pub mod limits;
 mod log;
 mod sleep;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -60,6 +61,10 @@ pub use self::bindings::exports::authkit::handler::queries::Caller as GuestCalle
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 * 1024;
 
+/// Most Actions calls kept made ahead, over every tenant (one per tenant and
+/// version that answers Actions, the most recently used).
+pub const MAX_READY_ACTIONS: usize = 32;
+
 /// How often the epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -72,7 +77,7 @@ pub const SCHEMA_EXPORT: &str = "authkit:handler/schema@0.1.0";
 pub const QUERIES_EXPORT: &str = "authkit:handler/queries@0.1.0";
 
 /// Limits of every invocation (the operator's settings).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InvocationLimits {
     /// How long an event handler may run.
     pub event_deadline: Duration,
@@ -185,7 +190,14 @@ pub struct Invoked<T = ()> {
     pub wrote: bool,
     /// The largest linear memory the guest had during the call, in bytes.
     pub peak_memory: usize,
+    /// The used store and instance. Dropping it gives the instance's slot back
+    /// to the pool (resetting its memory), which a caller in a hurry may do
+    /// after answering.
+    pub spent: Option<Spent>,
 }
+
+/// A store whose one call is over; it can only be dropped.
+pub struct Spent(#[allow(dead_code)] Store<Invocation>);
 
 /// A query as the guest receives it.
 pub struct Query {
@@ -207,6 +219,8 @@ pub struct Runtime {
     /// Loaded modules by content hash, while something still holds them.
     modules: Mutex<HashMap<String, Weak<Module>>>,
     cache: CodeCache,
+    /// Actions calls made ready ahead, oldest first (see [`Runtime::ready_next_action`]).
+    ready_actions: Mutex<VecDeque<ReadyAction>>,
     /// Kept for its `Drop`, which stops the epoch thread.
     _ticker: Ticker,
 }
@@ -244,7 +258,15 @@ impl Runtime {
         bindings::FullHandler::add_to_linker::<Invocation, HasSelf<host::HostState>>(&mut linker, |s| &mut s.host)?;
         let ticker = Ticker::start(engine.clone());
         let cache = CodeCache::new(&engine, cache_dir);
-        Ok(Runtime { engine, linker, limits, modules: Mutex::default(), cache, _ticker: ticker })
+        Ok(Runtime {
+            engine,
+            linker,
+            limits,
+            modules: Mutex::default(),
+            cache,
+            ready_actions: Mutex::default(),
+            _ticker: ticker,
+        })
     }
 
     /// What the compiled-code cache did since start.
@@ -353,7 +375,14 @@ impl Runtime {
     ) -> Invoked {
         let started = Instant::now();
         let Some(indices) = &module.events else {
-            return Invoked { tx: Some(tx), result: Ok(()), logs: Vec::new(), wrote: false, peak_memory: 0 };
+            return Invoked {
+                tx: Some(tx),
+                result: Ok(()),
+                logs: Vec::new(),
+                wrote: false,
+                peak_memory: 0,
+                spent: None,
+            };
         };
         let deadline = limits.event_deadline;
         let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
@@ -393,6 +422,10 @@ impl Runtime {
 
     /// Calls the module's `actions` export with `tx` as its database; the
     /// caller commits only when the result is a verdict.
+    ///
+    /// A store and instance made ahead for this module, tenant and limits
+    /// (see [`Runtime::ready_next_action`]) is used if one is kept; otherwise
+    /// they are made now.
     pub fn handle_action(
         &self,
         module: &Module,
@@ -406,19 +439,65 @@ impl Runtime {
         let deadline = limits.action_deadline;
         let Some(indices) = &module.actions else {
             let result = Err(HandlerError::Trap("the handler has no actions export".into()));
-            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0 };
+            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0, spent: None };
         };
-        let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
-        let outcome = (|| {
-            let instance = module.pre.instantiate(&mut store)?;
-            let guest = indices.load(&mut store, &instance)?;
-            match action {
-                GuestAction::Authenticate(ctx) => guest.call_authenticate(&mut store, ctx),
-                GuestAction::Register(ctx) => guest.call_register_user(&mut store, ctx),
+        let (store, outcome) = match self.take_ready(module, tenant, limits) {
+            Some(ReadyAction { mut store, guest, .. }) => {
+                let data = store.data_mut();
+                data.deadline_at = Instant::now() + deadline;
+                data.host.lend(tx, maintained.clone());
+                store.set_epoch_deadline(epoch_ticks(deadline));
+                let outcome = call_action(&guest, &mut store, action);
+                (store, outcome)
             }
-        })();
+            None => {
+                let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
+                let outcome = module
+                    .pre
+                    .instantiate(&mut store)
+                    .and_then(|instance| indices.load(&mut store, &instance))
+                    .and_then(|guest| call_action(&guest, &mut store, action));
+                (store, outcome)
+            }
+        };
         let outcome = outcome.map_err(|e| classify(e, &store, limits, deadline));
         finish(store, outcome, started, deadline)
+    }
+
+    /// Makes the store and instance of `module`'s next Actions call for
+    /// `tenant` under `limits` ahead of time, with no transaction, and keeps
+    /// it for that call: Actions answer while WorkOS waits, and making them
+    /// is a good part of a call's time. At most [`MAX_READY_ACTIONS`] are kept
+    /// (the oldest goes), so they hold few of the pool's slots. Nothing is
+    /// kept if the module cannot be instantiated so; the call then makes its
+    /// own, as usual. Instantiating a component runs none of its exports.
+    pub fn ready_next_action(&self, module: &Module, tenant: &str, limits: &InvocationLimits) {
+        let Some(indices) = &module.actions else { return };
+        let mut store = self.store(module, None, tenant, limits, false, limits.action_deadline, &Arc::default());
+        let Ok(guest) = module.pre.instantiate(&mut store).and_then(|instance| indices.load(&mut store, &instance))
+        else {
+            return;
+        };
+        let ready = ReadyAction {
+            store,
+            guest,
+            module_hash: module.hash.clone(),
+            tenant: tenant.to_string(),
+            limits: limits.clone(),
+        };
+        let evicted = {
+            let mut kept = self.ready_actions.lock().unwrap_or_else(|p| p.into_inner());
+            kept.push_back(ready);
+            (kept.len() > MAX_READY_ACTIONS).then(|| kept.pop_front())
+        };
+        // Dropped outside the lock: freeing an instance resets its memory.
+        drop(evicted);
+    }
+
+    fn take_ready(&self, module: &Module, tenant: &str, limits: &InvocationLimits) -> Option<ReadyAction> {
+        let mut kept = self.ready_actions.lock().unwrap_or_else(|p| p.into_inner());
+        let at = kept.iter().position(|r| r.module_hash == module.hash && r.tenant == tenant && r.limits == *limits)?;
+        kept.remove(at)
     }
 
     /// Calls the module's `queries.run` with `tx` as a read-only database:
@@ -435,7 +514,7 @@ impl Runtime {
         let deadline = limits.query_deadline;
         let Some(indices) = &module.queries else {
             let result = Err(HandlerError::Trap("the handler has no queries export".into()));
-            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0 };
+            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0, spent: None };
         };
         // Nothing is written, so the indexes it can read are all that matter.
         let readable = module.indexes.clone();
@@ -486,16 +565,43 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, invocation);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64);
+        store.set_epoch_deadline(epoch_ticks(deadline));
         store.epoch_deadline_trap();
         store
     }
 }
 
+fn call_action(
+    guest: &actions::Guest,
+    store: &mut Store<Invocation>,
+    action: &GuestAction,
+) -> wasmtime::Result<GuestVerdict> {
+    match action {
+        GuestAction::Authenticate(ctx) => guest.call_authenticate(store, ctx),
+        GuestAction::Register(ctx) => guest.call_register_user(store, ctx),
+    }
+}
+
+/// Epoch ticks for a deadline: at least one.
+fn epoch_ticks(deadline: Duration) -> u64 {
+    deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64
+}
+
+/// The store and instance of an Actions call, made before its request
+/// arrived (see [`Runtime::ready_action`]): never called yet, and used by
+/// one call only, as every instance is.
+pub struct ReadyAction {
+    store: Store<Invocation>,
+    guest: actions::Guest,
+    module_hash: String,
+    tenant: String,
+    limits: InvocationLimits,
+}
+
 /// Ends a call: its result (a call that returns after its deadline, as a guest
 /// that slept through it may, counts as past it), log and transaction.
 fn finish<T>(
-    store: Store<Invocation>,
+    mut store: Store<Invocation>,
     outcome: Result<T, HandlerError>,
     started: Instant,
     deadline: Duration,
@@ -504,9 +610,10 @@ fn finish<T>(
         Ok(_) if started.elapsed() > deadline => Err(HandlerError::Deadline(deadline)),
         other => other,
     };
-    let data = store.into_data();
+    let data = store.data_mut();
     let logs = data.log.lock().unwrap_or_else(|p| p.into_inner()).finish();
-    Invoked { wrote: data.host.wrote(), tx: data.host.tx, result, logs, peak_memory: data.limiter.peak }
+    let (wrote, tx, peak_memory) = (data.host.wrote(), data.host.tx.take(), data.limiter.peak);
+    Invoked { wrote, tx, result, logs, peak_memory, spent: Some(Spent(store)) }
 }
 
 /// The outcome of an export that returns `result<T, string>`: the guest's

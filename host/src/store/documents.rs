@@ -26,7 +26,7 @@ use super::exec::{SyncTx, Value};
 use crate::clock;
 
 /// Per-call limits (the WIT `db` interface documents the defaults).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Largest document, in bytes of JSON.
     pub max_document_bytes: usize,
