@@ -16,6 +16,9 @@
 //!    yet loaded, then again with all loaded), from first send to last applied;
 //!    resident memory with every tenant loaded.
 //!
+//! It fails if any event ended dead-lettered, so the rates are of events the
+//! handler applied.
+//!
 //! Resident memory is the measuring process's (phases 2 and 3 run in a fresh
 //! one), host and load generator together. `--cold 0` skips phase 2's samples.
 //!
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use authkit_host::settings::DatabaseUrl;
 use authkit_host::store::Store;
+use authkit_host::store::inbox::{EventFilter, Status};
 use authkit_tests::bench::{Host, TOKEN, median, ms, resident_mib, with_custom_section};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::workos::{Emulator, authentication_action, now_ms, user};
@@ -317,7 +321,25 @@ async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         100.0 * spread_warm / single
     );
     println!("memory: resident {rss:.0} MiB with every tenant loaded (peak {peak:.0} MiB)");
+    every_event_applied(&store, tenants).await?;
     Arc::into_inner(host).context("no request still holds the host")?.stop().await?;
+    Ok(())
+}
+
+/// Drained counts dead events as finished: make sure none is, so the figures
+/// above are of events the handler applied, not of failures.
+async fn every_event_applied(store: &Store, tenants: usize) -> anyhow::Result<()> {
+    for i in 0..tenants {
+        let filter = EventFilter { tenant: slug(i), status: Some(Status::Dead), event_type: None, limit: 1 };
+        if let Some(dead) = store.list_events(&filter).await?.first() {
+            bail!(
+                "event {} of {} was dead-lettered ({}); the figures above are not valid",
+                dead.event_id,
+                slug(i),
+                dead.last_error.as_deref().unwrap_or("no error recorded")
+            );
+        }
+    }
     Ok(())
 }
 
