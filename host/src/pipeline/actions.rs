@@ -158,14 +158,13 @@ impl Decider {
         // make the next call's instance after answering (see below).
         let (done, mut result) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let runtime = deployment.runtime().clone();
             let (outcome, spent) =
                 call_handler(&deployment, &db, &live, &task_tenant.slug, &limits, &guest, &task_claim);
             // The verdict goes out first; the rest is off the request's path.
             let _ = done.send(outcome);
             drop(permit);
             drop(spent);
-            runtime.ready_next_action(&live.module, &task_tenant.slug, &limits);
+            deployment.runtime().ready_next_action(&live.module, &task_tenant.slug, &limits);
         });
         // The deadline counts from the request's arrival (opening the tenant's versions included).
         let joined = match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), &mut result).await {
