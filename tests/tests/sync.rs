@@ -30,12 +30,27 @@ const T1: &str = "2025-01-01T00:00:01.000Z";
 const T2: &str = "2025-01-01T00:00:02.000Z";
 const T3: &str = "2025-01-01T00:00:03.000Z";
 
-/// Waits until the inbox has nothing pending.
+/// Waits until the inbox has nothing pending. If it never empties, the
+/// failure names each unfinished event with its attempts and last error.
 async fn settle(store: &Store) {
-    eventually("the worker to finish", Duration::from_secs(30), || async {
-        (store.count_unfinished().await.unwrap() == 0).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.count_unfinished().await.unwrap() > 0 {
+        if tokio::time::Instant::now() > deadline {
+            let events = store.list_events(&EventFilter::default()).await.unwrap();
+            let stuck: Vec<String> = events
+                .iter()
+                .filter(|e| e.status != "done" && e.status != "dead")
+                .map(|e| {
+                    format!(
+                        "{} {} {} attempts={} next_attempt_at={} error={:?}",
+                        e.event_id, e.event_type, e.status, e.attempts, e.next_attempt_at, e.last_error
+                    )
+                })
+                .collect();
+            panic!("timed out after 30s waiting for the worker to finish; unfinished:\n{}", stuck.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn event(store: &Store, id: &str) -> InboxEvent {
