@@ -61,9 +61,9 @@ pub use self::bindings::exports::authkit::handler::queries::Caller as GuestCalle
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 * 1024;
 
-/// Most Actions calls kept made ahead, over every tenant (one per tenant and
-/// version that answers Actions, the most recently used).
-pub const MAX_READY_ACTIONS: usize = 32;
+/// Most Actions calls kept made ahead, over every tenant (the most recently
+/// made; a tenant's go when it makes one for another version or limits).
+const MAX_READY_ACTIONS: usize = 32;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(5);
@@ -194,6 +194,13 @@ pub struct Invoked<T = ()> {
     /// to the pool (resetting its memory), which a caller in a hurry may do
     /// after answering.
     pub spent: Option<Spent>,
+}
+
+impl<T> Invoked<T> {
+    /// The outcome when no guest code ran: the transaction back untouched.
+    fn not_called(tx: SyncTx, result: Result<T, HandlerError>) -> Invoked<T> {
+        Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0, spent: None }
+    }
 }
 
 /// A store whose one call is over; it can only be dropped.
@@ -375,14 +382,7 @@ impl Runtime {
     ) -> Invoked {
         let started = Instant::now();
         let Some(indices) = &module.events else {
-            return Invoked {
-                tx: Some(tx),
-                result: Ok(()),
-                logs: Vec::new(),
-                wrote: false,
-                peak_memory: 0,
-                spent: None,
-            };
+            return Invoked::not_called(tx, Ok(()));
         };
         let deadline = limits.event_deadline;
         let mut store = self.store(module, Some(tx), tenant, limits, false, deadline, maintained);
@@ -438,8 +438,7 @@ impl Runtime {
         let started = Instant::now();
         let deadline = limits.action_deadline;
         let Some(indices) = &module.actions else {
-            let result = Err(HandlerError::Trap("the handler has no actions export".into()));
-            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0, spent: None };
+            return Invoked::not_called(tx, Err(HandlerError::Trap("the handler has no actions export".into())));
         };
         let (store, outcome) = match self.take_ready(module, tenant, limits) {
             Some(ReadyAction { mut store, guest, .. }) => {
@@ -468,7 +467,8 @@ impl Runtime {
     /// `tenant` under `limits` ahead of time, with no transaction, and keeps
     /// it for that call: Actions answer while WorkOS waits, and making them
     /// is a good part of a call's time. At most [`MAX_READY_ACTIONS`] are kept
-    /// (the oldest goes), so they hold few of the pool's slots. Nothing is
+    /// (the oldest goes, and so do the tenant's for another version or other
+    /// limits), so they hold few of the pool's slots. Nothing is
     /// kept if the module cannot be instantiated so; the call then makes its
     /// own, as usual. Instantiating a component runs none of its exports.
     pub fn ready_next_action(&self, module: &Module, tenant: &str, limits: &InvocationLimits) {
@@ -485,10 +485,17 @@ impl Runtime {
             tenant: tenant.to_string(),
             limits: limits.clone(),
         };
-        let evicted = {
+        let evicted: VecDeque<ReadyAction> = {
             let mut kept = self.ready_actions.lock().unwrap_or_else(|p| p.into_inner());
+            // This tenant's instances of another version or limits can no longer serve.
+            let (mut stale, fresh): (VecDeque<_>, VecDeque<_>) =
+                kept.drain(..).partition(|r| r.tenant == ready.tenant && !r.serves(&ready));
+            *kept = fresh;
             kept.push_back(ready);
-            (kept.len() > MAX_READY_ACTIONS).then(|| kept.pop_front())
+            if kept.len() > MAX_READY_ACTIONS {
+                stale.extend(kept.pop_front());
+            }
+            stale
         };
         // Dropped outside the lock: freeing an instance resets its memory.
         drop(evicted);
@@ -513,8 +520,7 @@ impl Runtime {
         let started = Instant::now();
         let deadline = limits.query_deadline;
         let Some(indices) = &module.queries else {
-            let result = Err(HandlerError::Trap("the handler has no queries export".into()));
-            return Invoked { tx: Some(tx), result, logs: Vec::new(), wrote: false, peak_memory: 0, spent: None };
+            return Invoked::not_called(tx, Err(HandlerError::Trap("the handler has no queries export".into())));
         };
         // Nothing is written, so the indexes it can read are all that matter.
         let readable = module.indexes.clone();
@@ -588,14 +594,21 @@ fn epoch_ticks(deadline: Duration) -> u64 {
 }
 
 /// The store and instance of an Actions call, made before its request
-/// arrived (see [`Runtime::ready_action`]): never called yet, and used by
-/// one call only, as every instance is.
-pub struct ReadyAction {
+/// arrived (see [`Runtime::ready_next_action`]): never called yet, and used
+/// by one call only, as every instance is.
+struct ReadyAction {
     store: Store<Invocation>,
     guest: actions::Guest,
     module_hash: String,
     tenant: String,
     limits: InvocationLimits,
+}
+
+impl ReadyAction {
+    /// Whether it could serve the calls `other` was made for.
+    fn serves(&self, other: &ReadyAction) -> bool {
+        self.module_hash == other.module_hash && self.tenant == other.tenant && self.limits == other.limits
+    }
 }
 
 /// Ends a call: its result (a call that returns after its deadline, as a guest
