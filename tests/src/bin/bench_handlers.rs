@@ -243,7 +243,7 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             let mut tx = db.begin()?;
             let mut docs = Documents { tx: &mut tx, tenant: &tenant, indexes: &indexes, limits: Limits::default() };
             for _ in 0..10_000.min(n - i) {
-                docs.insert(table, &json!({"k": format!("key_{i}"), "v": i}).to_string())?;
+                docs.insert(table, &json!({"k": format!("{table}_{i}"), "v": i}).to_string())?;
                 i += 1;
             }
             tx.commit()?;
@@ -261,7 +261,7 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         let lookups = 10_000u32;
         let t = Instant::now();
         for j in 0..lookups {
-            let key = json!(format!("key_{}", (j.wrapping_mul(2_654_435_761)) % n)).to_string();
+            let key = json!(format!("{table}_{}", (j.wrapping_mul(2_654_435_761)) % n)).to_string();
             let page = docs.find(table, "k", &key, 10, None)?;
             assert_eq!(page.documents.len(), 1);
         }
