@@ -143,8 +143,8 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
         },
     };
     let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handlers")?;
-    let cache_dir = settings.modules.cache_dir.clone();
-    let runtime = tokio::task::spawn_blocking(move || Runtime::new(limits, cache_dir))
+    let (slots, cache_dir) = (h.instance_slots, settings.modules.cache_dir.clone());
+    let runtime = tokio::task::spawn_blocking(move || Runtime::new(limits, slots, cache_dir))
         .await
         .context("the runtime start panicked")?
         .map_err(|e| anyhow::anyhow!("failed to start the WebAssembly runtime: {e:#}"))?;

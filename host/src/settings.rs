@@ -39,6 +39,7 @@ pub mod env {
     pub const HANDLER: &str = "AUTHKIT_HANDLER";
     pub const ADMIN_TOKEN: &str = "AUTHKIT_ADMIN_TOKEN";
     pub const CACHE_DIR: &str = "AUTHKIT_CACHE_DIR";
+    pub const INSTANCE_SLOTS: &str = "AUTHKIT_INSTANCE_SLOTS";
     /// The CLI's admin commands: where the server is.
     pub const URL: &str = "AUTHKIT_URL";
     /// The CLI's tenant for admin commands (default: `default`).
@@ -186,6 +187,11 @@ pub struct HandlerSettings {
     pub max_document_bytes: usize,
     /// Each tenant's document quota, all its tables together (`None`: none).
     pub max_documents: Option<u64>,
+    /// Instances the engine's pool holds: at most this many run at once, and
+    /// each handler version keeps the slot it last ran in while the pool has
+    /// room, so its next call skips mapping its memory again. About twice the
+    /// number of handler versions in use is right (see the README).
+    pub instance_slots: u32,
 }
 
 impl Default for HandlerSettings {
@@ -198,6 +204,7 @@ impl Default for HandlerSettings {
             max_calls: 1000,
             max_document_bytes: 1024 * 1024,
             max_documents: None,
+            instance_slots: crate::runtime::DEFAULT_INSTANCE_SLOTS,
         }
     }
 }
@@ -400,6 +407,7 @@ struct FileHandler {
     max_calls: Option<u32>,
     max_document_bytes: Option<usize>,
     max_documents: Option<u64>,
+    instance_slots: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -531,6 +539,11 @@ impl Settings {
             max_calls: file.handler.max_calls.unwrap_or(hd.max_calls),
             max_document_bytes: file.handler.max_document_bytes.unwrap_or(hd.max_document_bytes),
             max_documents: file.handler.max_documents.or(hd.max_documents),
+            instance_slots: env(env::INSTANCE_SLOTS)
+                .map(|v| parse_number::<u32>("handler.instance_slots", &v))
+                .transpose()?
+                .or(file.handler.instance_slots)
+                .unwrap_or(hd.instance_slots),
         };
 
         let ad = ActionSettings::default();
@@ -642,6 +655,11 @@ impl Settings {
                 "handler.max_memory_limit_mib",
                 "must be at least handler.memory_limit_mib and at most 4096",
             );
+        }
+        let slots = crate::runtime::MIN_INSTANCE_SLOTS..=crate::runtime::MAX_INSTANCE_SLOTS;
+        if !slots.contains(&self.handler.instance_slots) {
+            let reason = format!("must be between {} and {}", slots.start(), slots.end());
+            return invalid("handler.instance_slots", &reason);
         }
         if self.actions.deadline < Duration::from_millis(10) || self.actions.deadline > Duration::from_secs(30) {
             return invalid("actions.deadline_ms", "must be between 10 and 30000");
@@ -791,6 +809,9 @@ mod tests {
         );
         assert!(err(Overrides::default(), &[("AUTHKIT_WEBHOOK_TOLERANCE_SECS", "0")]).contains("tolerance"));
         assert!(err(Overrides::default(), &[("AUTHKIT_WORKER_ENABLED", "maybe")]).contains("worker.enabled"));
+        for slots in ["0", "15", "10001", "many"] {
+            assert!(err(Overrides::default(), &[("AUTHKIT_INSTANCE_SLOTS", slots)]).contains("handler.instance_slots"));
+        }
         let dir = tempdir();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "listn = \"x\"").unwrap();
@@ -845,9 +866,10 @@ mod tests {
         let s = file(
             "ok.toml",
             "[actions]\nfallback = \"allow\"\nno_handler = \"deny\"\nno_handler_message = \"not yet\"\ndeadline_ms = 250\n\
-             [handler]\nmemory_limit_mib = 32\nevent_deadline_ms = 800\n",
+             [handler]\nmemory_limit_mib = 32\nevent_deadline_ms = 800\ninstance_slots = 2500\n",
         )
         .unwrap();
+        assert_eq!(s.handler.instance_slots, 2500);
         assert_eq!(s.actions.fallback, ConfiguredVerdict::Allow);
         assert_eq!(s.actions.no_handler, ConfiguredVerdict::Deny("not yet".into()));
         assert_eq!(s.actions.deadline, Duration::from_millis(250));

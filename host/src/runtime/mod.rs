@@ -65,6 +65,15 @@ const KEEP_RESIDENT_TABLE_BYTES: usize = 64 * 1024;
 /// made; a tenant's go when it makes one for another version or limits).
 const MAX_READY_ACTIONS: usize = 32;
 
+/// The engine pool's instance slots when the operator sets none
+/// (`handler.instance_slots`): wasmtime's own default.
+pub const DEFAULT_INSTANCE_SLOTS: u32 = 1000;
+/// Below this, a few concurrent calls would use up the pool.
+pub const MIN_INSTANCE_SLOTS: u32 = 16;
+/// Each slot reserves (not commits) several GiB of address space for its
+/// linear memory; this many stays well inside a 47-bit address space.
+pub const MAX_INSTANCE_SLOTS: u32 = 10_000;
+
 /// How often the epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -236,9 +245,21 @@ pub struct Runtime {
 /// pooling allocator with copy-on-write memory images, each slot's memory
 /// reserved up to `memory_limit`. Public so a benchmark's bare lower bound can
 /// run on exactly the same engine.
-pub fn engine_config(memory_limit: usize) -> Config {
+///
+/// The pool has `slots` of each kind (component and core instances,
+/// memories, tables), and every slot may stay warm: a slot keeps the mapping
+/// of the module it last ran, so that module's next call reuses it, and a
+/// slot's resident memory is bounded by the keep-resident sizes above. With
+/// wasmtime's default of 100 warm slots, a host cycling through more handler
+/// versions than that remapped a memory image on most calls.
+pub fn engine_config(memory_limit: usize, slots: u32) -> Config {
     let mut pool = PoolingAllocationConfig::default();
-    pool.max_memory_size(memory_limit)
+    pool.total_component_instances(slots)
+        .total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .max_unused_warm_slots(slots)
+        .max_memory_size(memory_limit)
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES)
         // Reset only the pages a call touched (Linux 6.7+; else the first KEEP_RESIDENT_BYTES).
@@ -254,8 +275,9 @@ pub fn engine_config(memory_limit: usize) -> Config {
 
 impl Runtime {
     /// `cache_dir`: where compiled code is kept across restarts (`None`: compile on every load).
-    pub fn new(limits: InvocationLimits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Runtime> {
-        let engine = Engine::new(&engine_config(limits.max_memory_limit.max(limits.memory_limit)))?;
+    /// `slots`: the instance pool's size (see [`engine_config`]).
+    pub fn new(limits: InvocationLimits, slots: u32, cache_dir: Option<PathBuf>) -> wasmtime::Result<Runtime> {
+        let engine = Engine::new(&engine_config(limits.max_memory_limit.max(limits.memory_limit), slots))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         // Engines such as componentize-js's import `wasi:http` for `fetch`;
@@ -766,5 +788,29 @@ impl Ticker {
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest component there is: the magic and the component layer's version.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    #[test]
+    fn the_pool_holds_as_many_instances_as_it_has_slots() {
+        let engine = Engine::new(&engine_config(64 * 1024 * 1024, MIN_INSTANCE_SLOTS)).unwrap();
+        let component = wasmtime::component::Component::new(&engine, EMPTY_COMPONENT).unwrap();
+        let linker = Linker::<()>::new(&engine);
+        let instantiate = || {
+            let mut store = Store::new(&engine, ());
+            linker.instantiate(&mut store, &component).map(|_| store)
+        };
+        let live: Vec<_> = (0..MIN_INSTANCE_SLOTS).map(|_| instantiate().unwrap()).collect();
+        let refused = instantiate().err().expect("the pool has one slot fewer than asked for");
+        assert!(format!("{refused:#}").contains("instance"), "{refused:#}");
+        drop(live);
+        instantiate().expect("a freed slot is used again");
     }
 }

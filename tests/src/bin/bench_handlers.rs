@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use authkit_host::runtime::bindings::exports::authkit::handler::events;
-use authkit_host::runtime::{GuestEvent, InvocationLimits, Runtime};
+use authkit_host::runtime::{DEFAULT_INSTANCE_SLOTS, GuestEvent, InvocationLimits, Runtime};
 use authkit_host::settings::{DatabaseUrl, Overrides, Settings};
 use authkit_host::store::Store;
 use authkit_host::store::documents::{Documents, Indexes, Limits};
@@ -117,7 +117,7 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let n = args.iterations;
 
     // The bare lower bound: the host's engine settings, nothing in the store, no WASI.
-    let config = authkit_host::runtime::engine_config(InvocationLimits::default().memory_limit);
+    let config = authkit_host::runtime::engine_config(InvocationLimits::default().memory_limit, DEFAULT_INSTANCE_SLOTS);
     let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let component =
         wasmtime::component::Component::from_binary(&engine, &bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -134,7 +134,8 @@ fn invoke(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     };
 
     // The host's path: a sandboxed invocation with a transaction lent to it.
-    let runtime = Runtime::new(InvocationLimits::default(), None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let runtime = Runtime::new(InvocationLimits::default(), DEFAULT_INSTANCE_SLOTS, None)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let module = runtime.load(&bytes)?;
     let maintained = module.indexes.clone();
     let dir = tempfile::tempdir()?;

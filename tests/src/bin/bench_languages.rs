@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use authkit_host::pipeline::sync;
-use authkit_host::runtime::{GuestEvent, GuestUser, InvocationLimits, Runtime};
+use authkit_host::runtime::{DEFAULT_INSTANCE_SLOTS, GuestEvent, GuestUser, InvocationLimits, Runtime};
 use authkit_host::settings::DatabaseUrl;
 use authkit_host::store::Store;
 use authkit_host::workos::event::Event;
@@ -103,13 +103,13 @@ fn measure(
     let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
 
     // Cold: validation, compilation (stored in the cache), linking, the schema call.
-    let runtime = Runtime::new(limits.clone(), Some(cache.clone())).map_err(err)?;
+    let runtime = Runtime::new(limits.clone(), DEFAULT_INSTANCE_SLOTS, Some(cache.clone())).map_err(err)?;
     let started = Instant::now();
     drop(runtime.load(&bytes)?);
     let cold = started.elapsed();
     drop(runtime);
     // Another host process starting: the same, from the cache.
-    let runtime = Runtime::new(limits.clone(), Some(cache)).map_err(err)?;
+    let runtime = Runtime::new(limits.clone(), DEFAULT_INSTANCE_SLOTS, Some(cache)).map_err(err)?;
     let started = Instant::now();
     let module = runtime.load(&bytes)?;
     let cached = started.elapsed();
