@@ -808,7 +808,7 @@ mod tests {
             linker.instantiate(&mut store, &component).map(|_| store)
         };
         let live: Vec<_> = (0..MIN_INSTANCE_SLOTS).map(|_| instantiate().unwrap()).collect();
-        let refused = instantiate().err().expect("the pool has one slot fewer than asked for");
+        let refused = instantiate().expect_err("the pool has one slot fewer than asked for");
         assert!(format!("{refused:#}").contains("instance"), "{refused:#}");
         drop(live);
         instantiate().expect("a freed slot is used again");
