@@ -14,6 +14,7 @@ on_both_backends!(
     the_protocol_page_vector_is_accepted_over_http,
     every_rejection_has_its_status_and_code_and_writes_nothing,
     a_body_over_one_mebibyte_is_rejected_with_413_even_when_chunked,
+    a_client_still_sending_a_refused_body_reads_the_413,
     without_a_secret_the_route_answers_503_naming_the_variable,
     a_redelivered_event_is_acknowledged_and_changes_nothing,
     concurrent_deliveries_are_all_stored_once,
@@ -180,6 +181,35 @@ async fn a_body_over_one_mebibyte_is_rejected_with_413_even_when_chunked(db: Tes
     .unwrap();
     assert_eq!(server.deliver(&fits).await.status, 200);
     assert_eq!(inbox_len(&db).await, 1);
+}
+
+/// The server refuses a body by its declared length at once, but reads the
+/// rest before closing, so a client that goes on sending it is not reset and
+/// reads the answer.
+async fn a_client_still_sending_a_refused_body_reads_the_413(db: TestDb) {
+    let server = TestServer::start(&db).await;
+    let size = 4 * 1024 * 1024;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST /workos/webhook HTTP/1.1\r\nHost: x\r\nWorkOS-Signature: t=1, v1=00\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut response = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut response)).await;
+        (read.map(|r| r.map_err(|e| e.to_string())), response)
+    });
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..size / chunk.len() {
+        write.write_all(&chunk).await.expect("the server goes on reading the refused body");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (read, response) = reader.await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(matches!(read, Ok(Ok(_))), "the connection ended with {read:?} after {response:?}");
+    assert!(response.starts_with("HTTP/1.1 413") && response.contains("payload_too_large"), "{response}");
+    assert_eq!(inbox_len(&db).await, 0);
 }
 
 async fn without_a_secret_the_route_answers_503_naming_the_variable(db: TestDb) {

@@ -105,22 +105,52 @@ pub async fn read_signed(
     Ok((body, received_at))
 }
 
+/// A refused body is still read and thrown away, up to this many bytes and
+/// for this long, before the 413 goes out: closing a connection with unread
+/// data resets it, and a client still sending would then lose the answer.
+/// A larger declared body is not read at all (its client may see the reset).
+const DISCARD_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const DISCARD_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A request body of at most `limit` bytes: a larger declared length is refused
-/// before reading, a body that turns out larger while being read too (413).
-pub(super) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// without keeping anything, a body that turns out larger while being read too
+/// (413). Either way the rest is read and dropped first, within the bounds above.
+pub(super) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        discard(&mut body, declared).await;
         return Err(ApiError::payload_too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            discard(&mut body, None).await;
+            Err(ApiError::payload_too_large(limit))
+        }
         Err(e) => Err(ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
             "body_unreadable",
             format!("the request body could not be read: {e}"),
         )),
     }
+}
+
+/// Reads what is left of `body` and drops it, within [`DISCARD_MAX_BYTES`] and
+/// [`DISCARD_MAX_TIME`]; nothing if the declared length is past that.
+async fn discard(body: &mut Body, declared: Option<u64>) {
+    if declared.is_some_and(|len| len > DISCARD_MAX_BYTES) {
+        return;
+    }
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DISCARD_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_MAX_TIME, drain).await;
 }
 
 pub async fn receive(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<Value>, ApiError> {
