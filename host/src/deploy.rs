@@ -93,6 +93,8 @@ pub struct Status {
     pub active_version: Option<i64>,
     pub wit_version: &'static str,
     pub cache: CacheStats,
+    /// The host's instance pool size (`handler.instance_slots`).
+    pub instance_slots: u32,
 }
 
 pub struct Deployment {
@@ -167,6 +169,7 @@ impl Deployment {
             active_version: self.current().map(|l| l.version),
             wit_version: WIT_VERSION,
             cache: self.runtime.cache_stats(),
+            instance_slots: self.runtime.instance_slots(),
         }
     }
 

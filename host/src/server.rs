@@ -23,7 +23,7 @@ use crate::http::{self, AppState};
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::worker::Worker;
-use crate::runtime::{InvocationLimits, ModuleLimits, Runtime};
+use crate::runtime::{InvocationLimits, ModuleLimits, Runtime, instance_slots_for};
 use crate::settings::{Settings, env};
 use crate::store::Store;
 use crate::store::documents::Limits;
@@ -143,7 +143,12 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
         },
     };
     let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handlers")?;
-    let (slots, cache_dir) = (h.instance_slots, settings.modules.cache_dir.clone());
+    let slots = match h.instance_slots {
+        Some(slots) => slots,
+        None => instance_slots_for(store.list_tenants().await.context("failed to count the tenants")?.len()),
+    };
+    info!(slots, "instance pool sized");
+    let cache_dir = settings.modules.cache_dir.clone();
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(limits, slots, cache_dir))
         .await
         .context("the runtime start panicked")?

@@ -189,9 +189,10 @@ pub struct HandlerSettings {
     pub max_documents: Option<u64>,
     /// Instances the engine's pool holds: at most this many run at once, and
     /// each handler version keeps the slot it last ran in while the pool has
-    /// room, so its next call skips mapping its memory again. About twice the
-    /// number of handler versions in use is right (see the README).
-    pub instance_slots: u32,
+    /// room, so its next call skips mapping its memory again. `None`: sized
+    /// at start for the tenants stored then (see
+    /// [`crate::runtime::instance_slots_for`]).
+    pub instance_slots: Option<u32>,
 }
 
 impl Default for HandlerSettings {
@@ -204,7 +205,7 @@ impl Default for HandlerSettings {
             max_calls: 1000,
             max_document_bytes: 1024 * 1024,
             max_documents: None,
-            instance_slots: crate::runtime::DEFAULT_INSTANCE_SLOTS,
+            instance_slots: None,
         }
     }
 }
@@ -543,7 +544,7 @@ impl Settings {
                 .map(|v| parse_number::<u32>("handler.instance_slots", &v))
                 .transpose()?
                 .or(file.handler.instance_slots)
-                .unwrap_or(hd.instance_slots),
+                .or(hd.instance_slots),
         };
 
         let ad = ActionSettings::default();
@@ -657,7 +658,7 @@ impl Settings {
             );
         }
         let slots = crate::runtime::MIN_INSTANCE_SLOTS..=crate::runtime::MAX_INSTANCE_SLOTS;
-        if !slots.contains(&self.handler.instance_slots) {
+        if self.handler.instance_slots.is_some_and(|n| !slots.contains(&n)) {
             let reason = format!("must be between {} and {}", slots.start(), slots.end());
             return invalid("handler.instance_slots", &reason);
         }
@@ -869,7 +870,7 @@ mod tests {
              [handler]\nmemory_limit_mib = 32\nevent_deadline_ms = 800\ninstance_slots = 2500\n",
         )
         .unwrap();
-        assert_eq!(s.handler.instance_slots, 2500);
+        assert_eq!(s.handler.instance_slots, Some(2500));
         assert_eq!(s.actions.fallback, ConfiguredVerdict::Allow);
         assert_eq!(s.actions.no_handler, ConfiguredVerdict::Deny("not yet".into()));
         assert_eq!(s.actions.deadline, Duration::from_millis(250));

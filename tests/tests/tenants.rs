@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use authkit_host::store::tenants::TenantRow;
 use authkit_tests::documents::tenant_documents;
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::{TEST_SECRET, cli};
@@ -21,6 +22,7 @@ on_both_backends!(
     one_tenant_cannot_take_every_actions_call,
     a_tenant_cannot_store_more_documents_than_its_quota,
     an_actions_call_made_ready_ahead_follows_changed_limits,
+    the_instance_pool_is_sized_for_the_tenants_stored_at_start,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -650,4 +652,31 @@ async fn an_actions_call_made_ready_ahead_follows_changed_limits(db: TestDb) {
     .await;
     let quota = decisions.iter().filter(|d| d.error.as_deref().unwrap_or("").contains("document quota of 2")).count();
     assert_eq!(quota, 1, "one call was stopped by the lowered quota: {decisions:?}");
+}
+
+/// Without `handler.instance_slots`, a host sizes its instance pool at two
+/// slots per tenant stored when it starts (at least 1000); the setting wins.
+async fn the_instance_pool_is_sized_for_the_tenants_stored_at_start(db: TestDb) {
+    let slots = |server: TestServer| async move {
+        let reply = server.admin("GET", "/admin/status", Some(ROOT), None).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body["instance_slots"].as_u64().unwrap()
+    };
+    assert_eq!(slots(TestServer::start_with(&db, options(&db)).await).await, 1000);
+    let store = db.store().await;
+    for i in 0..700 {
+        let row = TenantRow {
+            slug: format!("tenant{i:03}"),
+            webhook_secret: None,
+            action_secret: None,
+            client_id: None,
+            options: "{}".into(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert!(store.insert_tenant(&row).await.unwrap());
+    }
+    assert_eq!(slots(TestServer::start_with(&db, options(&db)).await).await, 1400);
+    let set = options(&db).env("AUTHKIT_INSTANCE_SLOTS", "64");
+    assert_eq!(slots(TestServer::start_with(&db, set).await).await, 64);
 }

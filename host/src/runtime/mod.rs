@@ -65,14 +65,21 @@ const KEEP_RESIDENT_TABLE_BYTES: usize = 64 * 1024;
 /// made; a tenant's go when it makes one for another version or limits).
 const MAX_READY_ACTIONS: usize = 32;
 
-/// The engine pool's instance slots when the operator sets none
-/// (`handler.instance_slots`): wasmtime's own default.
+/// The fewest instance slots a host sizes for itself (wasmtime's own default).
 pub const DEFAULT_INSTANCE_SLOTS: u32 = 1000;
 /// Below this, a few concurrent calls would use up the pool.
 pub const MIN_INSTANCE_SLOTS: u32 = 16;
 /// Each slot reserves (not commits) several GiB of address space for its
 /// linear memory; this many stays well inside a 47-bit address space.
 pub const MAX_INSTANCE_SLOTS: u32 = 10_000;
+
+/// The pool's size when the operator sets none (`handler.instance_slots`): two
+/// slots per tenant stored at start, so each tenant's active version keeps a
+/// warm slot with room for a version being swapped in and for calls running
+/// at once; at least [`DEFAULT_INSTANCE_SLOTS`].
+pub fn instance_slots_for(tenants: usize) -> u32 {
+    u32::try_from(tenants.saturating_mul(2)).unwrap_or(u32::MAX).clamp(DEFAULT_INSTANCE_SLOTS, MAX_INSTANCE_SLOTS)
+}
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(5);
@@ -237,6 +244,8 @@ pub struct Runtime {
     cache: CodeCache,
     /// Actions calls made ready ahead, oldest first (see [`Runtime::ready_next_action`]).
     ready_actions: Mutex<VecDeque<ReadyAction>>,
+    /// The instance pool's size.
+    slots: u32,
     /// Kept for its `Drop`, which stops the epoch thread.
     _ticker: Ticker,
 }
@@ -294,6 +303,7 @@ impl Runtime {
             modules: Mutex::default(),
             cache,
             ready_actions: Mutex::default(),
+            slots,
             _ticker: ticker,
         })
     }
@@ -301,6 +311,11 @@ impl Runtime {
     /// What the compiled-code cache did since start.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+
+    /// The instance pool's size.
+    pub fn instance_slots(&self) -> u32 {
+        self.slots
     }
 
     pub fn limits(&self) -> &InvocationLimits {

@@ -15,8 +15,8 @@
 //!    evenly across every tenant, most tenants' versions not yet loaded; then
 //!    three turns each of the same number for one tenant and spread again (all
 //!    loaded), alternating, and the median of each; resident memory with every
-//!    tenant loaded. The host has twice as many instance slots as tenants, as
-//!    the README advises, unless `AUTHKIT_INSTANCE_SLOTS` says otherwise.
+//!    tenant loaded. The host sizes its instance pool itself (two slots per
+//!    tenant) unless `AUTHKIT_INSTANCE_SLOTS` is set, which is passed through.
 //!
 //! It fails if any event ended dead-lettered, so the rates are of events the
 //! handler applied.
@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use authkit_host::runtime::DEFAULT_INSTANCE_SLOTS;
 use authkit_host::settings::DatabaseUrl;
 use authkit_host::store::Store;
 use authkit_host::store::inbox::{EventFilter, Status};
@@ -296,11 +295,13 @@ const ROUNDS: usize = 3;
 async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let (db, cache) = (dir.join("tenants.db"), dir.join("cache"));
     // 2. cold
-    // Sized as the README advises for this many tenants, unless set.
-    let slots = std::env::var("AUTHKIT_INSTANCE_SLOTS")
-        .unwrap_or_else(|_| (2 * args.tenants).max(DEFAULT_INSTANCE_SLOTS as usize).to_string());
-    println!("instance slots: {slots} (handler.instance_slots)");
-    let (host, startup) = Host::start_with(&db, &cache, &[("AUTHKIT_INSTANCE_SLOTS", &slots)]).await?;
+    let set = std::env::var("AUTHKIT_INSTANCE_SLOTS").ok();
+    let env: Vec<(&str, &str)> = set.iter().map(|v| ("AUTHKIT_INSTANCE_SLOTS", v.as_str())).collect();
+    let (host, startup) = Host::start_with(&db, &cache, &env).await?;
+    let status =
+        host.client.get(host.url("/admin/status")).bearer_auth(TOKEN).send().await?.json::<serde_json::Value>().await?;
+    let how = if set.is_some() { "AUTHKIT_INSTANCE_SLOTS" } else { "sized by the host for its tenants" };
+    println!("instance slots: {} ({how})", status["instance_slots"]);
     let host = Arc::new(host);
     let store = Store::connect(&DatabaseUrl::Sqlite(format!("sqlite://{}", db.display()))).await?;
     let (rss, _) = resident_mib();
