@@ -152,7 +152,12 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(limits, slots, cache_dir))
         .await
         .context("the runtime start panicked")?
-        .map_err(|e| anyhow::anyhow!("failed to start the WebAssembly runtime: {e:#}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "failed to start the WebAssembly runtime with {slots} instance slots \
+                 (each reserves address space; fewer: handler.instance_slots): {e:#}"
+            )
+        })?;
     let tenants = Tenants::load(store.clone(), Arc::new(db), Arc::new(runtime), settings.clone())
         .await
         .context("failed to load the tenants")?;
