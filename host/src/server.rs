@@ -145,7 +145,7 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
     let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handlers")?;
     let slots = match h.instance_slots {
         Some(slots) => slots,
-        None => instance_slots_for(store.list_tenants().await.context("failed to count the tenants")?.len()),
+        None => instance_slots_for(store.count_tenants().await.context("failed to count the tenants")?),
     };
     info!(slots, "instance pool sized");
     let cache_dir = settings.modules.cache_dir.clone();

@@ -125,8 +125,9 @@ pub fn leb128(mut n: u64) -> Vec<u8> {
     }
 }
 
-pub fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+/// The middle value (of durations, rates, ...); NaN sorts as equal.
+pub fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }
 

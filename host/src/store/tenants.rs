@@ -53,6 +53,12 @@ impl Store {
         Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?))
     }
 
+    /// How many tenants are stored (besides `default`, which is not a row).
+    pub async fn count_tenants(&self) -> Result<usize> {
+        let n: i64 = on_pool!(self, pool => sqlx::query_scalar("SELECT COUNT(*) FROM tenants").fetch_one(pool).await?);
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     pub async fn get_tenant(&self, slug: &str) -> Result<Option<TenantRow>> {
         let sql = format!("SELECT {COLUMNS} FROM tenants WHERE slug = $1");
         Ok(

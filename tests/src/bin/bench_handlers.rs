@@ -30,7 +30,7 @@ use authkit_host::runtime::{DEFAULT_INSTANCE_SLOTS, GuestEvent, InvocationLimits
 use authkit_host::settings::{DatabaseUrl, Overrides, Settings};
 use authkit_host::store::Store;
 use authkit_host::store::documents::{Documents, Indexes, Limits};
-use authkit_tests::bench::{Latencies, Probe, drain, interleaved};
+use authkit_tests::bench::{Latencies, Probe, drain, interleaved, median};
 use authkit_tests::guests::rust_guest;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -274,11 +274,7 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         small.push(measure(&db, "small", 1000)?);
         large.push(measure(&db, "large", args.large)?);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (small, large) = (median(&mut small), median(&mut large));
+    let (small, large) = (median(small), median(large));
     println!("  1,000 documents        {small:>8.2} us per find");
     println!("  {:<22} {large:>8.2} us per find", format!("{} documents", args.large));
     let ratio = large / small;

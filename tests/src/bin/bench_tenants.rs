@@ -288,10 +288,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Phases 2 and 3, on the database and cache the setup left in `dir`.
 /// Turns of one tenant and of every tenant in phase 3.
 const ROUNDS: usize = 3;
 
+/// Phases 2 and 3, on the database and cache the setup left in `dir`.
 async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let (db, cache) = (dir.join("tenants.db"), dir.join("cache"));
     // 2. cold
@@ -323,11 +323,7 @@ async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         single.push(throughput(&host, &store, args.events, &format!("single{round}"), |_| slug(0)).await?);
         spread.push(throughput(&host, &store, args.events, &format!("spread{round}"), |i| slug(i % tenants)).await?);
     }
-    let middle = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (single, spread) = (middle(single), middle(spread));
+    let (single, spread) = (median(single), median(spread));
     let (rss, peak) = resident_mib();
     println!("throughput (median of {ROUNDS} turns each):");
     println!("            {} events for one tenant: {single:.0} events/s", args.events);
