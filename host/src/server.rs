@@ -5,9 +5,10 @@
 //!
 //! Shutdown, once `shutdown` is cancelled: stop accepting connections; let
 //! in-flight requests finish (each waits for its event's commit); let the ingest
-//! writer and the action decision recorder drain; let the worker finish its batch; close the pool. Anything
-//! acknowledged is durable before its 2xx, so nothing acknowledged is lost even
-//! when the grace period runs out or the process is killed.
+//! writer and the action decision recorder drain; let the worker finish its
+//! batch; stop the SQLite checkpointer after a last checkpoint; close the pool.
+//! Anything acknowledged is durable before its 2xx, so nothing acknowledged is
+//! lost even when the grace period runs out or the process is killed.
 
 use std::sync::Arc;
 
@@ -48,6 +49,7 @@ pub async fn run_with(
         .await
         .with_context(|| format!("failed to open the database {:?}", settings.database))?;
     info!(database = ?settings.database, backend = store.backend(), "database ready");
+    let checkpointer = store.start_checkpointer().context("failed to start the SQLite checkpointer")?;
     if settings.workos.webhook_secret.is_none() {
         warn!(
             "{} is not set: POST /workos/webhook answers 503 until it is. Copy the secret from the WorkOS dashboard's webhook settings.",
@@ -121,6 +123,10 @@ pub async fn run_with(
         task.await.context("the worker panicked")?;
     }
     refresher.abort();
+    // A last checkpoint, after every writer here has stopped.
+    if let Some(checkpointer) = checkpointer {
+        tokio::task::spawn_blocking(move || drop(checkpointer)).await.context("the checkpointer panicked")?;
+    }
     store.close().await;
     info!("shutdown complete");
     serve_result

@@ -3,12 +3,22 @@
 //! event they are handling while the guest waits.
 //!
 //! Owns: [`SyncTx`], one open transaction on either backend, with `execute` and
-//! `query` over the same `$N` SQL text as the rest of the store, and savepoints.
-//! On SQLite it runs on rusqlite connections of its own, kept for reuse (~1 µs a
-//! statement against ~60 µs through sqlx's worker thread), and takes the write
-//! gate before it writes; on Postgres it is an sqlx transaction driven with
-//! `Handle::block_on`. Must not: be used from an async task (it blocks), or hold
-//! anything but plain values in its rows.
+//! `query` over the same `$N` SQL text as the rest of the store, and savepoints;
+//! and on SQLite the process's one writing connection, [`Writer`], which the
+//! holder of the write gate uses. On SQLite a transaction runs on a rusqlite
+//! connection (~1 µs a statement against ~60 µs through sqlx's worker thread):
+//! a write transaction on the writer, a read-mostly one on a connection of its
+//! own, kept for reuse, which takes the write gate before it writes. On Postgres
+//! it is an sqlx transaction driven with `Handle::block_on`. Must not: be used
+//! from an async task (it blocks), or hold anything but plain values in its rows.
+//!
+//! Why one writing connection: SQLite throws away a connection's whole page
+//! cache (and its memory map) at the start of any transaction if another
+//! connection has written since its last one. The worker and the ingest writer
+//! take turns at the gate many times a second, so with a connection each, every
+//! worker transaction began by reading back every page it touched (measured
+//! with 1,000 tenants: about a fifth of the worker's time). Sharing one
+//! connection, each finds its pages where the other left them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -90,15 +100,50 @@ const STATEMENT_CACHE: usize = 128;
 /// How much of the database file SQLite may map into memory (reads only; WAL
 /// mode keeps writes going through the log).
 const MMAP_BYTES: i64 = 1 << 30;
-/// SQLite's own page cache for this connection, in KiB.
-const CACHE_KIB: i64 = 64 * 1024;
+/// SQLite's own page cache for this connection, in KiB. Small on purpose:
+/// SQLite walks the whole cache when a transaction starts after another
+/// connection wrote, and at the end of one in which a B-tree split reordered
+/// pages (most, with many tenants); with 64 MiB, a tenth of the worker's time
+/// went there. Pages past it come from the memory map or the log.
+const CACHE_KIB: i64 = 8 * 1024;
 
 /// Same as the pools: wait this long for SQLite's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// SQLite connections for synchronous transactions, opened on the pool's file
-/// and kept for reuse. A transaction owns its connection while it is open (it
-/// must be `'static` to live in a wasmtime store) and gives it back after.
+/// The process's one writing SQLite connection, kept inside the write gate:
+/// whoever holds the gate may use it, and nobody else. Opened on first use.
+#[derive(Debug)]
+pub struct Writer {
+    path: PathBuf,
+    conn: Option<rusqlite::Connection>,
+}
+
+impl Writer {
+    /// The writer of the database file at `path` (an empty path or
+    /// `:memory:`: a database with no file, which nothing writes through here).
+    pub fn new(path: PathBuf) -> Writer {
+        Writer { path, conn: None }
+    }
+
+    /// The connection, opened if need be, outside any transaction: one that a
+    /// failed rollback left inside one is closed (which ends it) and replaced.
+    pub fn conn(&mut self) -> Result<&mut rusqlite::Connection> {
+        if self.conn.as_ref().is_some_and(|c| !c.is_autocommit() && c.execute_batch("ROLLBACK").is_err()) {
+            tracing::error!("the SQLite writer connection was left inside a transaction; reopening it");
+            self.conn = None;
+        }
+        match &mut self.conn {
+            Some(conn) => Ok(conn),
+            slot => Ok(slot.insert(open_sqlite(&self.path)?)),
+        }
+    }
+}
+
+/// SQLite connections for synchronous transactions on the pool's file: the
+/// writer in the gate, and connections for read-mostly transactions, kept for
+/// reuse. A transaction owns its connection (or the gate with the writer)
+/// while it is open (it must be `'static` to live in a wasmtime store) and
+/// gives it back after.
 pub struct SqliteConns {
     path: PathBuf,
     gate: WriteGate,
@@ -125,6 +170,7 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection> {
     conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", super::checkpoint::FALLBACK_AUTOCHECKPOINT_PAGES)?;
     // Every statement the worker and the document store run stays prepared
     // (the default of 16 made them evict each other and be parsed again).
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -142,46 +188,93 @@ pub enum SyncDb {
 }
 
 impl SyncDb {
-    /// Begins a write transaction. On SQLite it takes the write gate first, so the
-    /// ingest writer and this transaction take turns instead of meeting SQLite's lock.
+    /// Begins a write transaction. On SQLite it waits for the write gate, so the
+    /// ingest writer and this transaction take turns instead of meeting SQLite's
+    /// lock, and runs on the writer connection.
     pub fn begin(&self) -> Result<SyncTx> {
-        self.start(true)
+        match self {
+            SyncDb::Sqlite(c) => {
+                let mut turn = c.gate.clone().blocking_lock_owned();
+                turn.conn()?.execute_batch("BEGIN IMMEDIATE")?;
+                let inner =
+                    Inner::Sqlite { conn: Some(SqliteConn::Writer(turn)), idle: c.idle.clone(), gate: c.gate.clone() };
+                Ok(SyncTx { inner, open: true })
+            }
+            SyncDb::Postgres(..) => self.begin_postgres(),
+        }
     }
 
     /// Begins a transaction that reads without waiting for anyone. On SQLite it
-    /// takes the write gate only at its first write; if another writer committed
-    /// since its first read, that write fails (SQLite cannot move a reader's
-    /// snapshot forward), so use it where reads are the rule and a failed write
-    /// is handled (Actions). On Postgres it is the same as [`SyncDb::begin`].
+    /// runs on a connection of its own and takes the write gate only at its
+    /// first write; if another writer committed since its first read, that
+    /// write fails (SQLite cannot move a reader's snapshot forward), so use it
+    /// where reads are the rule and a failed write is handled (Actions). On
+    /// Postgres it is the same as [`SyncDb::begin`].
     pub fn begin_read_mostly(&self) -> Result<SyncTx> {
-        self.start(false)
-    }
-
-    fn start(&self, write: bool) -> Result<SyncTx> {
         match self {
             SyncDb::Sqlite(c) => {
-                let guard = write.then(|| c.gate.clone().blocking_lock_owned());
                 let conn = c.take()?;
-                conn.execute_batch(if write { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
-                let inner = Inner::Sqlite { conn: Some(conn), idle: c.idle.clone(), gate: c.gate.clone(), guard };
-                Ok(SyncTx { inner, open: true })
+                conn.execute_batch("BEGIN")?;
+                let own = SqliteConn::Own { conn, turn: None };
+                Ok(SyncTx {
+                    inner: Inner::Sqlite { conn: Some(own), idle: c.idle.clone(), gate: c.gate.clone() },
+                    open: true,
+                })
             }
-            SyncDb::Postgres(pool, handle) => {
-                let tx = handle.block_on(pool.begin())?;
-                Ok(SyncTx { inner: Inner::Postgres { tx: Some(tx), handle: handle.clone() }, open: true })
-            }
+            SyncDb::Postgres(..) => self.begin_postgres(),
         }
+    }
+
+    fn begin_postgres(&self) -> Result<SyncTx> {
+        let SyncDb::Postgres(pool, handle) = self else { unreachable!("called for Postgres only") };
+        let tx = handle.block_on(pool.begin())?;
+        Ok(SyncTx { inner: Inner::Postgres { tx: Some(tx), handle: handle.clone() }, open: true })
+    }
+}
+
+/// The connection of an open SQLite transaction.
+enum SqliteConn {
+    /// A write transaction: the writer, inside the gate this transaction holds.
+    Writer(tokio::sync::OwnedMutexGuard<Writer>),
+    /// A read-mostly transaction: a connection of its own, and the gate from
+    /// its first write on.
+    Own { conn: rusqlite::Connection, turn: Option<tokio::sync::OwnedMutexGuard<Writer>> },
+}
+
+impl SqliteConn {
+    fn conn(&self) -> &rusqlite::Connection {
+        match self {
+            SqliteConn::Writer(turn) => turn.conn.as_ref().expect("the writer was opened at BEGIN"),
+            SqliteConn::Own { conn, .. } => conn,
+        }
+    }
+
+    /// Ends the transaction with `sql` (COMMIT or ROLLBACK), rolling back if
+    /// that fails, and gives the connection back: the writer stays in the gate
+    /// (see [`Writer::conn`] for one left inside a transaction), a connection
+    /// of its own goes back to `idle` unless it could not be rolled back.
+    fn end(self, sql: &str, idle: &Mutex<Vec<rusqlite::Connection>>) -> rusqlite::Result<()> {
+        let done = self.conn().execute_batch(sql);
+        if done.is_err()
+            && !self.conn().is_autocommit()
+            && let Err(e) = self.conn().execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "could not roll back a SQLite transaction");
+            return done; // a connection of its own is closed here, which ends what it holds
+        }
+        if let SqliteConn::Own { conn, .. } = self {
+            lock(idle).push(conn);
+        }
+        done
     }
 }
 
 enum Inner {
     Sqlite {
-        conn: Option<rusqlite::Connection>,
-        /// Where `conn` goes back when the transaction ends.
+        conn: Option<SqliteConn>,
+        /// Where a connection of its own goes back when the transaction ends.
         idle: Arc<Mutex<Vec<rusqlite::Connection>>>,
         gate: WriteGate,
-        /// Held from the first write (or from the start) to the end.
-        guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     },
     Postgres {
         tx: Option<sqlx::Transaction<'static, Postgres>>,
@@ -199,12 +292,12 @@ impl SyncTx {
     /// Runs a statement; returns the number of rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         match &mut self.inner {
-            Inner::Sqlite { conn, gate, guard, .. } => {
-                if guard.is_none() {
-                    *guard = Some(gate.clone().blocking_lock_owned());
+            Inner::Sqlite { conn, gate, .. } => {
+                let conn = conn.as_mut().expect("transaction is open");
+                if let SqliteConn::Own { turn: turn @ None, .. } = conn {
+                    *turn = Some(gate.clone().blocking_lock_owned());
                 }
-                let conn = conn.as_ref().expect("transaction is open");
-                let mut stmt = conn.prepare_cached(sql)?;
+                let mut stmt = conn.conn().prepare_cached(sql)?;
                 bind_sqlite(&mut stmt, params)?;
                 Ok(stmt.raw_execute()? as u64)
             }
@@ -220,7 +313,7 @@ impl SyncTx {
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         match &mut self.inner {
             Inner::Sqlite { conn, .. } => {
-                let conn = conn.as_ref().expect("transaction is open");
+                let conn = conn.as_ref().expect("transaction is open").conn();
                 let mut stmt = conn.prepare_cached(sql)?;
                 bind_sqlite(&mut stmt, params)?;
                 let columns = stmt.column_count();
@@ -280,14 +373,7 @@ impl SyncTx {
         self.open = false;
         match &mut self.inner {
             Inner::Sqlite { conn, idle, .. } => {
-                let c = conn.take().expect("transaction is open");
-                let done = c.execute_batch("COMMIT");
-                if done.is_ok() {
-                    lock(idle).push(c);
-                } else if let Err(e) = c.execute_batch("ROLLBACK") {
-                    tracing::error!(error = %e, "could not roll back after a failed commit");
-                }
-                done.map_err(Into::into)
+                conn.take().expect("transaction is open").end("COMMIT", idle).map_err(Into::into)
             }
             Inner::Postgres { tx, handle } => {
                 handle.block_on(tx.take().expect("transaction is open").commit()).map_err(Into::into)
@@ -303,12 +389,10 @@ impl Drop for SyncTx {
         }
         match &mut self.inner {
             Inner::Sqlite { conn, idle, .. } => {
-                if let Some(c) = conn.take() {
-                    match c.execute_batch("ROLLBACK") {
-                        Ok(()) => lock(idle).push(c),
-                        // Not reused: closing it ends whatever it holds.
-                        Err(e) => tracing::error!(error = %e, "could not roll back a SQLite transaction"),
-                    }
+                if let Some(c) = conn.take()
+                    && let Err(e) = c.end("ROLLBACK", idle)
+                {
+                    tracing::error!(error = %e, "could not roll back a SQLite transaction");
                 }
             }
             // sqlx rolls back a dropped transaction when its connection is next used.

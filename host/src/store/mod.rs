@@ -13,6 +13,7 @@
 //! handlers run synchronously inside it.
 
 pub mod actions;
+pub mod checkpoint;
 pub mod directory;
 pub mod documents;
 pub mod exec;
@@ -65,8 +66,10 @@ pub enum Store {
 /// SQLite has one writer at a time. Writers in this process queue here, in order,
 /// before they take SQLite's lock, so none of them ever meets a held lock and
 /// falls into SQLite's busy handler, which sleeps in growing steps (up to 100 ms)
-/// and would stall webhook acknowledgements behind the worker.
-pub type WriteGate = Arc<tokio::sync::Mutex<()>>;
+/// and would stall webhook acknowledgements behind the worker. The holder may
+/// write through the process's one writing connection, kept here (see
+/// [`exec::Writer`]); the sqlx pool's writers hold the gate but use their own.
+pub type WriteGate = Arc<tokio::sync::Mutex<exec::Writer>>;
 
 /// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled once per backend.
 macro_rules! on_pool {
@@ -92,14 +95,17 @@ impl Store {
                     // acknowledged webhook survives a power cut, not only a crash.
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                    .foreign_keys(true);
+                    .foreign_keys(true)
+                    // The checkpointer copies the log (see `checkpoint`).
+                    .pragma("wal_autocheckpoint", checkpoint::FALLBACK_AUTOCHECKPOINT_PAGES.to_string());
                 let pool = SqlitePoolOptions::new()
                     .max_connections(SQLITE_POOL_SIZE)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await?;
                 sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-                Store::Sqlite(pool, WriteGate::default())
+                let writer = exec::Writer::new(pool.connect_options().get_filename().to_path_buf());
+                Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(writer)))
             }
             DatabaseUrl::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url)?;
@@ -117,7 +123,7 @@ impl Store {
 
     /// On SQLite, this process's turn at the write gate (hold it until the
     /// commit); on Postgres, nothing to wait for.
-    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<exec::Writer>> {
         match self {
             Store::Sqlite(_, gate) => Some(gate.clone().lock_owned().await),
             Store::Postgres(_) => None,
@@ -143,6 +149,22 @@ impl Store {
                 Ok(exec::SyncDb::Sqlite(exec::SqliteConns::open(&path, gate.clone())?))
             }
             Store::Postgres(pool) => Ok(exec::SyncDb::Postgres(pool.clone(), handle)),
+        }
+    }
+
+    /// On SQLite, starts copying the write-ahead log into the database file on
+    /// a thread of its own (see [`checkpoint`]); the server runs one while it
+    /// serves. Postgres: nothing to do.
+    pub fn start_checkpointer(&self) -> Result<Option<checkpoint::Checkpointer>> {
+        match self {
+            Store::Sqlite(pool, gate) => {
+                let path = pool.connect_options().get_filename().to_path_buf();
+                if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+                    return Ok(None);
+                }
+                checkpoint::Checkpointer::start(&path, gate.clone()).map(Some)
+            }
+            Store::Postgres(_) => Ok(None),
         }
     }
 

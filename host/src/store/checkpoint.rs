@@ -1,0 +1,145 @@
+//! The SQLite checkpointer: copies committed pages from the write-ahead log
+//! into the database file on a thread of its own, off the writers' path.
+//!
+//! Owns: that thread, its connection, and how often it runs. Must not: write
+//! anything itself (a checkpoint only moves pages that are already committed
+//! and durable in the log), or wait for readers or writers (it runs SQLite's
+//! PASSIVE checkpoint, which copies what no reader still needs and never takes
+//! the write lock).
+//!
+//! Why: SQLite's automatic checkpoint runs inside the commit that takes the
+//! log past its threshold, so some writer's commit pays for copying every
+//! page changed since the last one. Here that writer is usually the worker,
+//! whose transactions hold the write gate: webhooks waited behind the copy.
+//! With many tenants it is most of the cost, since each event dirties pages of
+//! its own (measured: a tenth of the worker's time with 1,000 tenants).
+//!
+//! The log only starts over from its beginning (instead of growing) when a
+//! writer begins with every page of it already copied. Writers here follow
+//! each other without a gap, so once the log has grown past
+//! [`RESTART_AFTER_PAGES`], the checkpointer copies the last pages while it
+//! holds the write gate (a moment: most were copied without it), and the next
+//! writer starts the log over, unless a reader still uses it then.
+//!
+//! Writers keep SQLite's automatic checkpoint only as a fallback, at
+//! [`FALLBACK_AUTOCHECKPOINT_PAGES`]: a process without a checkpointer (the
+//! CLI) or one that falls behind still keeps the log bounded.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::{Result, WriteGate};
+
+/// How often the log is copied into the database file. Each run that finds
+/// pages to copy costs two fsyncs (log, then database file), off the writers'
+/// path; a run that finds none costs a read of the log's header.
+const INTERVAL: Duration = Duration::from_millis(100);
+
+/// A log this long (about 8 MiB with 4 KiB pages) is made to start over.
+const RESTART_AFTER_PAGES: i64 = 2_000;
+
+/// Writers' own automatic checkpoint, kept as a fallback: ten times SQLite's
+/// default of 1,000 pages (about 40 MiB of log with 4 KiB pages).
+pub const FALLBACK_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+
+/// The running checkpointer. Dropping it stops the thread after a last checkpoint.
+pub struct Checkpointer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the (already migrated) database file at `path`,
+    /// whose writers in this process queue at `gate`.
+    pub fn start(path: &Path, gate: WriteGate) -> Result<Checkpointer> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // This connection checkpoints on purpose only.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || run(&conn, &gate, &stopped))
+            .map_err(|e| super::StoreError::Corrupt(format!("could not start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            warn!("the checkpoint thread panicked");
+        }
+    }
+}
+
+fn run(conn: &rusqlite::Connection, gate: &WriteGate, stopped: &mpsc::Receiver<()>) {
+    loop {
+        let last = match stopped.recv_timeout(INTERVAL) {
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            // The sender is dropped (or sent, which nothing does): one more, then stop.
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        };
+        let done = checkpoint(conn).and_then(|(log, copied)| {
+            debug!(log, copied, "checkpoint");
+            if log < RESTART_AFTER_PAGES {
+                return Ok(());
+            }
+            // The pages committed since, with the writers held back.
+            let _turn = gate.blocking_lock();
+            checkpoint(conn).map(drop)
+        });
+        if let Err(e) = done {
+            warn!(error = %e, "could not checkpoint the write-ahead log; writers will, past its fallback size");
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// One PASSIVE checkpoint: the log's size and how much of it is now in the
+/// database file, in pages.
+fn checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(1)?, row.get(2)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_is_copied_into_the_database_file_while_the_writer_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        // The writer never checkpoints by itself here.
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        for _ in 0..50 {
+            writer.execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
+        }
+        let file_size = || std::fs::metadata(&path).unwrap().len();
+        // The rows are in the log only: the database file has not grown.
+        assert!(file_size() < 50 * 4000, "{} bytes before any checkpoint", file_size());
+        let gate = std::sync::Arc::new(tokio::sync::Mutex::new(super::super::exec::Writer::new(path.clone())));
+        let checkpointer = Checkpointer::start(&path, gate).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file_size() < 50 * 4000 {
+            assert!(std::time::Instant::now() < deadline, "the log was not copied ({} bytes)", file_size());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(checkpointer);
+        let rows: i64 = writer.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 50);
+    }
+}
