@@ -9,7 +9,8 @@
 //!    without a handler (the host's own sync only) and with the User data example
 //!    (about three document operations per event).
 //! 3. lookup: `find` on a declared index in a table of 1,000 and of 1,000,000
-//!    documents.
+//!    documents, with the log copied into the database file as a server's
+//!    checkpointer does.
 //! 4. actions: signed authentication requests at a steady 200/s over loopback,
 //!    answered by the User data example (it reads the app's users table), against
 //!    the no-handler path; two hosts, taking turns so noise falls on both alike.
@@ -234,6 +235,8 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let url =
         args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("lookup.db").display()));
     let store = rt.block_on(Store::connect(&DatabaseUrl::parse(&url)?))?;
+    // As in a running server, the log is copied into the database file as it grows.
+    let _checkpointer = store.start_checkpointer()?;
     let db = store.sync_db(rt.handle().clone())?;
     let indexes = Indexes::new([("small".to_string(), "k".to_string()), ("large".to_string(), "k".to_string())])
         .map_err(anyhow::Error::msg)?;
@@ -256,6 +259,8 @@ fn lookup(args: &Args, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     fill(&db, "small", 1000)?;
     fill(&db, "large", args.large)?;
     println!("  filled 1,000 + {} documents in {:.1}s", args.large, t.elapsed().as_secs_f64());
+    // Let the checkpointer catch up with the fill, as it would between a server's bursts.
+    std::thread::sleep(Duration::from_millis(500));
     let measure = |db: &authkit_host::store::exec::SyncDb, table: &str, n: u32| -> anyhow::Result<f64> {
         let mut tx = db.begin()?;
         let mut docs = Documents { tx: &mut tx, tenant: &tenant, indexes: &indexes, limits: Limits::default() };
