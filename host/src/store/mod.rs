@@ -172,3 +172,63 @@ impl Store {
         on_pool!(self, pool => pool.close().await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    /// The SQLite migrations in order, as (file name, SQL).
+    fn sqlite_migrations() -> Vec<(String, String)> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+            .collect()
+    }
+
+    const INSERT: &str = "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, \
+        payload, next_attempt_at, status, logs) VALUES ('t', ?1, 'user.updated', 'user:u', 1, 1, '{}', 1, ?2, ?3)";
+
+    /// 0010 rebuilds the inbox: every row and column survives, the AUTOINCREMENT
+    /// counter carries over (a `seq` freed at the top is not handed out again),
+    /// and the status rule still refuses what it refused.
+    #[test]
+    fn rebuilding_the_inbox_keeps_rows_sequence_and_status_rule() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let migrations = sqlite_migrations();
+        let (last, earlier) = migrations.split_last().unwrap();
+        assert!(last.0.starts_with("0010_"), "this test applies 0010 last; it found {}", last.0);
+        for (_, sql) in earlier {
+            conn.execute_batch(sql).unwrap();
+        }
+        for (i, status) in ["pending", "failed", "done", "dead", "done"].iter().enumerate() {
+            conn.execute(INSERT, rusqlite::params![format!("e{i}"), status, format!("log {i}")]).unwrap();
+        }
+        conn.execute("DELETE FROM inbox WHERE seq = 5", []).unwrap();
+        let rows = |conn: &rusqlite::Connection| -> Vec<Vec<rusqlite::types::Value>> {
+            let mut stmt = conn.prepare("SELECT * FROM inbox ORDER BY seq").unwrap();
+            let columns = stmt.column_count();
+            stmt.query_map([], |row| (0..columns).map(|i| row.get(i)).collect()).unwrap().map(Result::unwrap).collect()
+        };
+        let before = rows(&conn);
+
+        conn.execute_batch(&last.1).unwrap();
+
+        assert_eq!(rows(&conn), before);
+        conn.execute(INSERT, rusqlite::params!["e9", "pending", None::<String>]).unwrap();
+        let seq: i64 = conn.query_row("SELECT seq FROM inbox WHERE event_id = 'e9'", [], |r| r.get(0)).unwrap();
+        assert_eq!(seq, 6, "seq 5 was handed out before the rebuild");
+        let refused = conn.execute(INSERT, rusqlite::params!["e10", "bogus", None::<String>]);
+        assert!(refused.unwrap_err().to_string().contains("CHECK constraint failed"));
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inbox' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(indexes, ["inbox_dead", "inbox_retrying_subject", "inbox_unfinished", "sqlite_autoindex_inbox_1"]);
+    }
+}
