@@ -300,13 +300,29 @@ impl Store {
     }
 }
 
+/// The tenants that have events due now, by slug (see [`due_tenants`]).
+///
+/// It walks the unfinished-events index from one tenant to the next (a seek
+/// per tenant), then asks each whether one of its unfinished events is due,
+/// which stops at the first. `SELECT DISTINCT tenant_id … WHERE
+/// next_attempt_at <= $1` read every unfinished event and its row instead, on
+/// every round of the worker: draining a backlog of 380,000 events went at
+/// 2,800 events/s against 7,300 for 125,000 (bench-ingest). What is left to
+/// scan is a tenant's events that wait for a retry ahead of its first due one.
+const DUE_TENANTS_SQL: &str = "WITH RECURSIVE t (tenant_id) AS ( \
+       SELECT (SELECT MIN(tenant_id) FROM inbox WHERE status IN ('pending', 'failed')) \
+       UNION ALL \
+       SELECT (SELECT MIN(n.tenant_id) FROM inbox n WHERE n.status IN ('pending', 'failed') \
+                 AND n.tenant_id > t.tenant_id) \
+       FROM t WHERE t.tenant_id IS NOT NULL) \
+     SELECT tenant_id FROM t WHERE tenant_id IS NOT NULL AND EXISTS ( \
+       SELECT 1 FROM inbox e WHERE e.tenant_id = t.tenant_id AND e.status IN ('pending', 'failed') \
+         AND e.next_attempt_at <= $1) \
+     ORDER BY tenant_id";
+
 /// The tenants that have events due now, by slug.
 pub fn due_tenants(tx: &mut SyncTx, now: i64) -> Result<Vec<String>> {
-    let rows = tx.query(
-        "SELECT DISTINCT tenant_id FROM inbox WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 \
-         ORDER BY tenant_id",
-        &[now.into()],
-    )?;
+    let rows = tx.query(DUE_TENANTS_SQL, &[now.into()])?;
     rows.into_iter()
         .map(|row| {
             row.into_iter()
