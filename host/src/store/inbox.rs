@@ -200,11 +200,10 @@ pub enum InboxWriter {
 
 impl InboxWriter {
     pub fn new(store: &Store) -> Result<InboxWriter> {
-        if let Store::Sqlite(pool, gate) = store {
-            let path = pool.connect_options().get_filename().to_path_buf();
-            if !path.as_os_str().is_empty() && path.as_os_str() != ":memory:" {
-                return Ok(InboxWriter::Sqlite(SqliteInboxWriter::open(&path, gate.clone())?));
-            }
+        if let Store::Sqlite(pool, gate) = store
+            && let Some(path) = super::sqlite_file(pool)
+        {
+            return Ok(InboxWriter::Sqlite(SqliteInboxWriter::open(&path, gate.clone())?));
         }
         Ok(InboxWriter::Pool(store.clone()))
     }

@@ -142,10 +142,9 @@ impl Store {
     pub fn sync_db(&self, handle: tokio::runtime::Handle) -> Result<exec::SyncDb> {
         match self {
             Store::Sqlite(pool, gate) => {
-                let path = pool.connect_options().get_filename().to_path_buf();
-                if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
-                    return Err(StoreError::NoSqliteFile(path.display().to_string()));
-                }
+                let path = sqlite_file(pool).ok_or_else(|| {
+                    StoreError::NoSqliteFile(pool.connect_options().get_filename().display().to_string())
+                })?;
                 Ok(exec::SyncDb::Sqlite(exec::SqliteConns::open(&path, gate.clone())?))
             }
             Store::Postgres(pool) => Ok(exec::SyncDb::Postgres(pool.clone(), handle)),
@@ -157,13 +156,10 @@ impl Store {
     /// serves. Postgres: nothing to do.
     pub fn start_checkpointer(&self) -> Result<Option<checkpoint::Checkpointer>> {
         match self {
-            Store::Sqlite(pool, gate) => {
-                let path = pool.connect_options().get_filename().to_path_buf();
-                if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
-                    return Ok(None);
-                }
-                checkpoint::Checkpointer::start(&path, gate.clone()).map(Some)
-            }
+            Store::Sqlite(pool, gate) => match sqlite_file(pool) {
+                Some(path) => checkpoint::Checkpointer::start(&path, gate.clone()).map(Some),
+                None => Ok(None),
+            },
             Store::Postgres(_) => Ok(None),
         }
     }
@@ -171,6 +167,14 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
+}
+
+/// The file behind a SQLite pool; `None` for a database with no file (an
+/// empty path or `:memory:`), which the host's own connections cannot open.
+fn sqlite_file(pool: &SqlitePool) -> Option<std::path::PathBuf> {
+    let path = pool.connect_options().get_filename().to_path_buf();
+    let no_file = path.as_os_str().is_empty() || path.as_os_str() == ":memory:";
+    (!no_file).then_some(path)
 }
 
 #[cfg(test)]
@@ -198,8 +202,8 @@ mod tests {
     fn rebuilding_the_inbox_keeps_rows_sequence_and_status_rule() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let migrations = sqlite_migrations();
-        let (last, earlier) = migrations.split_last().unwrap();
-        assert!(last.0.starts_with("0010_"), "this test applies 0010 last; it found {}", last.0);
+        let at = migrations.iter().position(|(name, _)| name.starts_with("0010_")).expect("migration 0010");
+        let (earlier, rebuild) = (&migrations[..at], &migrations[at].1);
         for (_, sql) in earlier {
             conn.execute_batch(sql).unwrap();
         }
@@ -214,7 +218,7 @@ mod tests {
         };
         let before = rows(&conn);
 
-        conn.execute_batch(&last.1).unwrap();
+        conn.execute_batch(rebuild).unwrap();
 
         assert_eq!(rows(&conn), before);
         conn.execute(INSERT, rusqlite::params!["e9", "pending", None::<String>]).unwrap();
