@@ -1,6 +1,9 @@
 //! Group commit: verified events from many concurrent requests are written to the
 //! inbox together, in one statement and one commit (one fsync on SQLite), and each
-//! request is answered only after that commit.
+//! request is answered only after that commit is durable. On SQLite the fsync
+//! happens on a thread of its own, after the write gate is released, while the
+//! writer goes on with the next batch; one fsync covers every batch committed
+//! before it.
 //!
 //! Owns: the submission queue and the single writer task. Must not: acknowledge an
 //! event before it is durable, or drop a submission without answering it.
@@ -13,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
 use crate::store::StoreError;
+use crate::store::exec::Unsynced;
 use crate::store::inbox::{InboxWriter, MAX_INSERT_ROWS, NewEvent};
 
 /// Submissions waiting for the writer. When full, requests wait their turn
@@ -57,11 +61,26 @@ impl Ingest {
         let (queue, mut rx) = mpsc::channel::<Submission>(QUEUE_CAPACITY);
         let task = match writer {
             InboxWriter::Sqlite(mut conn) => tokio::task::spawn_blocking(move || {
+                let (to_sync, synced) = std::sync::mpsc::sync_channel::<Written>(UNSYNCED_BATCHES);
+                let syncer = std::thread::Builder::new()
+                    .name("inbox-sync".into())
+                    .spawn(move || sync_and_answer(&synced))
+                    .expect("the inbox sync thread starts");
                 let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
                 while rx.blocking_recv_many(&mut batch, MAX_INSERT_ROWS) > 0 {
                     let (rows, replies) = split(&mut batch);
-                    answer(replies, conn.write(&rows));
+                    match conn.write(&rows) {
+                        Ok((inserted, unsynced)) => {
+                            to_sync.send(Written { unsynced, inserted, replies }).expect("the inbox sync thread runs")
+                        }
+                        Err(e) => answer(replies, Err(Arc::new(e))),
+                    }
                     stored.notify_one();
+                }
+                // Every batch written is answered before the writer counts as stopped.
+                drop(to_sync);
+                if syncer.join().is_err() {
+                    error!("the inbox sync thread panicked");
                 }
                 debug!("ingest writer stopped: no more submissions");
             }),
@@ -69,7 +88,7 @@ impl Ingest {
                 let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
                 while rx.recv_many(&mut batch, MAX_INSERT_ROWS).await > 0 {
                     let (rows, replies) = split(&mut batch);
-                    answer(replies, store.insert_events(&rows).await);
+                    answer(replies, store.insert_events(&rows).await.map_err(Arc::new));
                     stored.notify_one();
                 }
                 debug!("ingest writer stopped: no more submissions");
@@ -105,8 +124,39 @@ fn split(batch: &mut Vec<Submission>) -> (Vec<NewEvent>, Vec<(Key, Reply)>) {
     (rows, replies)
 }
 
+/// Committed batches waiting for their sync, at most: past it the writer waits
+/// (the disk is the bottleneck then, and more in flight would only add latency).
+const UNSYNCED_BATCHES: usize = 64;
+
+/// A batch committed on SQLite, not yet synced, with the requests waiting for it.
+struct Written {
+    unsynced: Unsynced,
+    inserted: HashSet<Key>,
+    replies: Vec<(Key, Reply)>,
+}
+
+/// The SQLite writer's second half: syncs the log for every batch committed
+/// since the last sync (one sync for all of them: each was committed before it
+/// began) and only then answers their requests. Runs until the writer hangs up.
+fn sync_and_answer(written: &std::sync::mpsc::Receiver<Written>) {
+    while let Ok(first) = written.recv() {
+        let mut group = vec![first];
+        group.extend(written.try_iter());
+        // Normally one log; a writer reopened after an error has a new one.
+        let mut result = Ok(());
+        for (i, w) in group.iter().enumerate() {
+            if result.is_ok() && !group[..i].iter().any(|earlier| earlier.unsynced.same_log(&w.unsynced)) {
+                result = w.unsynced.sync().map_err(Arc::new);
+            }
+        }
+        for w in group {
+            answer(w.replies, result.clone().map(|()| w.inserted));
+        }
+    }
+}
+
 /// Answers every request of a batch once its commit is known.
-fn answer(replies: Vec<(Key, Reply)>, result: Result<HashSet<Key>, StoreError>) {
+fn answer(replies: Vec<(Key, Reply)>, result: Result<HashSet<Key>, Arc<StoreError>>) {
     match result {
         Ok(mut inserted) => {
             for (key, reply) in replies {
@@ -116,7 +166,7 @@ fn answer(replies: Vec<(Key, Reply)>, result: Result<HashSet<Key>, StoreError>) 
         }
         Err(e) => {
             error!(error = %e, events = replies.len(), "could not store webhooks in the inbox");
-            let e = IngestError::Store(Arc::new(e));
+            let e = IngestError::Store(e);
             for (_, reply) in replies {
                 let _ = reply.send(Err(e.clone()));
             }

@@ -112,17 +112,29 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The process's one writing SQLite connection, kept inside the write gate:
 /// whoever holds the gate may use it, and nobody else. Opened on first use.
+///
+/// Its commits write the log but do not sync it (`synchronous=NORMAL`): the
+/// committer syncs the log after it has left the gate, with [`sync_commit`],
+/// before it tells anyone the commit happened. So the next writer's work
+/// overlaps the disk's flush instead of queueing behind it (on this machine a
+/// sync takes 0.6 ms plus 20 µs a page). A commit becomes visible to other
+/// connections before it is durable; what is acknowledged (a webhook, a
+/// finished transaction) is durable, as with `synchronous=FULL`.
 #[derive(Debug)]
 pub struct Writer {
     path: PathBuf,
     conn: Option<rusqlite::Connection>,
+    /// The log (`<file>-wal`), opened after the first commit on `conn`. While
+    /// `conn` is open SQLite does not delete the log (an open connection keeps
+    /// it), so this is the file the commits went to; reopened with `conn`.
+    log: Option<Arc<std::fs::File>>,
 }
 
 impl Writer {
     /// The writer of the database file at `path` (an empty path or
     /// `:memory:`: a database with no file, which nothing writes through here).
     pub fn new(path: PathBuf) -> Writer {
-        Writer { path, conn: None }
+        Writer { path, conn: None, log: None }
     }
 
     /// The connection, opened if need be, outside any transaction: one that a
@@ -131,12 +143,61 @@ impl Writer {
         if self.conn.as_ref().is_some_and(|c| !c.is_autocommit() && c.execute_batch("ROLLBACK").is_err()) {
             tracing::error!("the SQLite writer connection was left inside a transaction; reopening it");
             self.conn = None;
+            self.log = None;
         }
         match &mut self.conn {
             Some(conn) => Ok(conn),
-            slot => Ok(slot.insert(open_sqlite(&self.path)?)),
+            slot => {
+                let conn = open_sqlite(&self.path)?;
+                // Synced by the committer instead (see the type's comment).
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                Ok(slot.insert(conn))
+            }
         }
     }
+
+    /// Call in the turn in which the connection committed: what to sync,
+    /// after leaving the gate, to make that commit durable.
+    pub fn unsynced(&mut self) -> Result<Unsynced> {
+        let mut path = self.path.clone().into_os_string();
+        path.push("-wal");
+        let path = PathBuf::from(path);
+        if self.log.is_none() {
+            // Write access: some systems refuse to sync a file opened read-only.
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(&path);
+            let file = file.map_err(|source| StoreError::Sync { path: path.display().to_string(), source })?;
+            self.log = Some(Arc::new(file));
+        }
+        Ok(Unsynced { log: self.log.clone().expect("opened above"), path })
+    }
+}
+
+/// Commits on the writer that are in the log but maybe not yet on disk.
+pub struct Unsynced {
+    log: Arc<std::fs::File>,
+    path: PathBuf,
+}
+
+impl Unsynced {
+    /// Syncs the log: every commit made before this call (by anyone) is then
+    /// durable.
+    pub fn sync(&self) -> Result<()> {
+        self.log.sync_data().map_err(|source| StoreError::Sync { path: self.path.display().to_string(), source })
+    }
+
+    /// Whether syncing `other` would sync the same file as this.
+    pub fn same_log(&self, other: &Unsynced) -> bool {
+        Arc::ptr_eq(&self.log, &other.log)
+    }
+}
+
+/// Ends a turn at the write gate in which the writer committed, and makes that
+/// commit durable: leaves the gate, then syncs the log. Returns once the
+/// commit would survive a power cut.
+pub fn sync_commit(mut turn: impl std::ops::DerefMut<Target = Writer>) -> Result<()> {
+    let unsynced = turn.unsynced()?;
+    drop(turn);
+    unsynced.sync()
 }
 
 /// SQLite connections for synchronous transactions on the pool's file: the
@@ -254,12 +315,8 @@ impl SqliteConn {
     /// (see [`Writer::conn`] for one left inside a transaction), a connection
     /// of its own goes back to `idle` unless it could not be rolled back.
     fn end(self, sql: &str, idle: &Mutex<Vec<rusqlite::Connection>>) -> rusqlite::Result<()> {
-        let done = self.conn().execute_batch(sql);
-        if done.is_err()
-            && !self.conn().is_autocommit()
-            && let Err(e) = self.conn().execute_batch("ROLLBACK")
-        {
-            tracing::error!(error = %e, "could not roll back a SQLite transaction");
+        let done = end(self.conn(), sql);
+        if done.is_err() && !self.conn().is_autocommit() {
             return done; // a connection of its own is closed here, which ends what it holds
         }
         if let SqliteConn::Own { conn, .. } = self {
@@ -267,6 +324,18 @@ impl SqliteConn {
         }
         done
     }
+}
+
+/// Ends the transaction on `conn` with `sql` (COMMIT or ROLLBACK), rolling back if that fails.
+fn end(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    let done = conn.execute_batch(sql);
+    if done.is_err()
+        && !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "could not roll back a SQLite transaction");
+    }
+    done
 }
 
 enum Inner {
@@ -368,13 +437,18 @@ impl SyncTx {
         self.release(name)
     }
 
-    /// Makes every change durable (one fsync on SQLite).
+    /// Makes every change durable (one fsync on SQLite, after the write gate
+    /// is released: see [`Writer`]).
     pub fn commit(mut self) -> Result<()> {
         self.open = false;
         match &mut self.inner {
-            Inner::Sqlite { conn, idle, .. } => {
-                conn.take().expect("transaction is open").end("COMMIT", idle).map_err(Into::into)
-            }
+            Inner::Sqlite { conn, idle, .. } => match conn.take().expect("transaction is open") {
+                SqliteConn::Writer(turn) => {
+                    end(turn.conn.as_ref().expect("the writer was opened at BEGIN"), "COMMIT")?;
+                    sync_commit(turn)
+                }
+                own => own.end("COMMIT", idle).map_err(Into::into),
+            },
             Inner::Postgres { tx, handle } => {
                 handle.block_on(tx.take().expect("transaction is open").commit()).map_err(Into::into)
             }
@@ -463,4 +537,48 @@ fn pg_row(row: &PgRow) -> Result<Row> {
         values.push(value);
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// The writer leaves syncing to its committers (`synchronous=NORMAL`),
+    /// every other connection syncs at commit (`FULL`), and what a committer
+    /// syncs is the log its commit went to, also after a checkpoint emptied it.
+    #[test]
+    fn the_writer_commits_without_syncing_and_hands_over_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut writer = Writer::new(path.clone());
+        let synchronous =
+            |c: &rusqlite::Connection| -> i64 { c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
+        assert_eq!(synchronous(writer.conn().unwrap()), 1, "NORMAL on the writer");
+        let other = open_sqlite(&path).unwrap();
+        assert_eq!(synchronous(&other), 2, "FULL elsewhere");
+
+        let log_path = dir.path().join("db.sqlite-wal");
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        writer.conn().unwrap().execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let first = writer.unsynced().unwrap();
+        first.sync().unwrap();
+        assert_eq!(first.log.metadata().unwrap().ino(), inode(&log_path));
+        assert!(std::fs::metadata(&log_path).unwrap().len() > 0, "the commit is in the log");
+
+        // A checkpoint that empties the log keeps the file: the same handle still names it.
+        let (busy, _, _): (i64, i64, i64) =
+            other.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        assert_eq!(busy, 0);
+        assert_eq!(std::fs::metadata(&log_path).unwrap().len(), 0);
+        writer.conn().unwrap().execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
+        let second = writer.unsynced().unwrap();
+        assert!(second.same_log(&first));
+        assert_eq!(second.log.metadata().unwrap().ino(), inode(&log_path));
+        assert!(std::fs::metadata(&log_path).unwrap().len() > 4000, "the second commit is in the same file");
+        second.sync().unwrap();
+        let rows: i64 = other.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1);
+    }
 }

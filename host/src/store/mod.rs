@@ -52,6 +52,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("synchronous transactions need an on-disk SQLite file, not {0}")]
     NoSqliteFile(String),
+    #[error("could not make a commit durable: syncing {path} failed: {source}")]
+    Sync { path: String, source: std::io::Error },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -267,7 +267,11 @@ fn main() -> anyhow::Result<()> {
         args.warmup,
         args.seconds,
         args.users,
-        if args.database_url.is_some() { "as given" } else { "SQLite (fresh file, WAL, synchronous=FULL)" }
+        if args.database_url.is_some() {
+            "as given"
+        } else {
+            "SQLite (fresh file, WAL, synced before each acknowledgement)"
+        }
     );
     println!("{:>5}  {:<44} {:>10} {:>9} {:>9} {:>7}", "round", "phase", "req/s", "p50 ms", "p99 ms", "errors");
 
