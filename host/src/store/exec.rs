@@ -127,7 +127,7 @@ pub struct Writer {
     /// The log (`<file>-wal`), opened after the first commit on `conn`. While
     /// `conn` is open SQLite does not delete the log (an open connection keeps
     /// it), so this is the file the commits went to; reopened with `conn`.
-    log: Option<Arc<std::fs::File>>,
+    log: Option<Arc<Log>>,
 }
 
 impl Writer {
@@ -159,42 +159,48 @@ impl Writer {
     /// Call in the turn in which the connection committed: what to sync,
     /// after leaving the gate, to make that commit durable.
     pub fn unsynced(&mut self) -> Result<Unsynced> {
+        if let Some(log) = &self.log {
+            return Ok(Unsynced(log.clone()));
+        }
         let mut path = self.path.clone().into_os_string();
         path.push("-wal");
         let path = PathBuf::from(path);
-        if self.log.is_none() {
-            // Write access: some systems refuse to sync a file opened read-only.
-            let file = std::fs::OpenOptions::new().read(true).write(true).open(&path);
-            let file = file.map_err(|source| StoreError::Sync { path: path.display().to_string(), source })?;
-            self.log = Some(Arc::new(file));
+        // Write access: some systems refuse to sync a file opened read-only.
+        match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok(Unsynced(self.log.insert(Arc::new(Log { file, path })).clone())),
+            Err(source) => Err(StoreError::Sync { path: path.display().to_string(), source }),
         }
-        Ok(Unsynced { log: self.log.clone().expect("opened above"), path })
     }
 }
 
-/// Commits on the writer that are in the log but maybe not yet on disk.
-pub struct Unsynced {
-    log: Arc<std::fs::File>,
+/// The writer's log file, and its name for errors.
+#[derive(Debug)]
+struct Log {
+    file: std::fs::File,
     path: PathBuf,
 }
+
+/// Commits on the writer that are in the log but maybe not yet on disk.
+pub struct Unsynced(Arc<Log>);
 
 impl Unsynced {
     /// Syncs the log: every commit made before this call (by anyone) is then
     /// durable.
     pub fn sync(&self) -> Result<()> {
-        self.log.sync_data().map_err(|source| StoreError::Sync { path: self.path.display().to_string(), source })
+        let log = &self.0;
+        log.file.sync_data().map_err(|source| StoreError::Sync { path: log.path.display().to_string(), source })
     }
 
     /// Whether syncing `other` would sync the same file as this.
     pub fn same_log(&self, other: &Unsynced) -> bool {
-        Arc::ptr_eq(&self.log, &other.log)
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
 /// Ends a turn at the write gate in which the writer committed, and makes that
 /// commit durable: leaves the gate, then syncs the log. Returns once the
 /// commit would survive a power cut.
-pub fn sync_commit(mut turn: impl std::ops::DerefMut<Target = Writer>) -> Result<()> {
+fn sync_commit(mut turn: tokio::sync::OwnedMutexGuard<Writer>) -> Result<()> {
     let unsynced = turn.unsynced()?;
     drop(turn);
     unsynced.sync()
@@ -564,7 +570,7 @@ mod tests {
         writer.conn().unwrap().execute_batch("CREATE TABLE t (x BLOB)").unwrap();
         let first = writer.unsynced().unwrap();
         first.sync().unwrap();
-        assert_eq!(first.log.metadata().unwrap().ino(), inode(&log_path));
+        assert_eq!(first.0.file.metadata().unwrap().ino(), inode(&log_path));
         assert!(std::fs::metadata(&log_path).unwrap().len() > 0, "the commit is in the log");
 
         // A checkpoint that empties the log keeps the file: the same handle still names it.
@@ -575,7 +581,7 @@ mod tests {
         writer.conn().unwrap().execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
         let second = writer.unsynced().unwrap();
         assert!(second.same_log(&first));
-        assert_eq!(second.log.metadata().unwrap().ino(), inode(&log_path));
+        assert_eq!(second.0.file.metadata().unwrap().ino(), inode(&log_path));
         assert!(std::fs::metadata(&log_path).unwrap().len() > 4000, "the second commit is in the same file");
         second.sync().unwrap();
         let rows: i64 = other.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
