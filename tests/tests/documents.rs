@@ -70,6 +70,7 @@ async fn find_uses_declared_indexes_and_pages(db: TestDb) {
         let idx = indexes(&[("users", "authId"), ("users", "age")]);
         let mut tx = sync.begin().unwrap();
         let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &idx, limits: Limits::default() };
+        docs.sync_indexes().unwrap();
         let mut ids = Vec::new();
         for i in 0..250 {
             let body = serde_json::json!({"authId": format!("user_{}", i % 2), "age": i % 3, "n": i}).to_string();
@@ -152,6 +153,7 @@ async fn rolled_back_writes_leave_nothing(db: TestDb) {
         let idx = indexes(&[("users", "authId")]);
         let mut tx = sync.begin().unwrap();
         let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &idx, limits: Limits::default() };
+        docs.sync_indexes().unwrap();
         let kept = docs.insert("users", r#"{"authId":"kept"}"#).unwrap();
         tx.savepoint("event").unwrap();
         let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &idx, limits: Limits::default() };
@@ -163,6 +165,7 @@ async fn rolled_back_writes_leave_nothing(db: TestDb) {
         let mut tx = sync.begin().unwrap();
         let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &idx, limits: Limits::default() };
         assert!(docs.get("users", &kept).unwrap().is_some());
+        assert_eq!(docs.find("users", "authId", "\"kept\"", 10, None).unwrap().documents.len(), 1);
         assert!(docs.find("users", "authId", "\"undone\"", 10, None).unwrap().documents.is_empty());
         docs.insert("users", r#"{"authId":"dropped"}"#).unwrap();
         drop(tx); // never committed
@@ -180,8 +183,11 @@ async fn tenants_do_not_see_each_other(db: TestDb) {
         let idx = indexes(&[("users", "authId")]);
         let mut tx = sync.begin().unwrap();
         let mut a = Documents { tx: &mut tx, tenant: "tenant_a", indexes: &idx, limits: Limits::default() };
+        a.sync_indexes().unwrap();
         let id = a.insert("users", r#"{"authId":"same"}"#).unwrap();
+        assert_eq!(a.find("users", "authId", "\"same\"", 10, None).unwrap().documents.len(), 1);
         let mut b = Documents { tx: &mut tx, tenant: "tenant_b", indexes: &idx, limits: Limits::default() };
+        b.sync_indexes().unwrap();
         assert_eq!(b.get("users", &id).unwrap(), None);
         assert!(b.find("users", "authId", "\"same\"", 10, None).unwrap().documents.is_empty());
         assert!(b.list("users", 10, None).unwrap().documents.is_empty());

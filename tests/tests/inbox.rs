@@ -33,7 +33,7 @@ async fn due_tenants_are_those_with_an_event_due_now(db: TestDb) {
          ('t6', 'i', 'user.updated', 'user:u', 1, 1, '{{}}', 2000, 'pending')"
     ))
     .await;
-    let mut sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
+    let sync = store.sync_db(tokio::runtime::Handle::current()).unwrap();
     let due = tokio::task::spawn_blocking(move || {
         let mut tx = sync.begin().unwrap();
         inbox::due_tenants(&mut tx, NOW).unwrap()
