@@ -20,6 +20,7 @@ on_both_backends!(
     a_delete_before_the_create_keeps_the_user_out,
     events_stored_together_are_applied_oldest_first,
     organizations_follow_the_same_rules,
+    a_record_without_timestamps_applies_as_the_first_of_its_kind,
     memberships_follow_the_same_rules,
     other_event_types_are_kept_and_marked_handled,
     a_failing_event_is_retried_with_backoff_and_later_events_of_its_user_wait,
@@ -189,6 +190,26 @@ async fn organizations_follow_the_same_rules(db: TestDb) {
     settle(&store).await;
     assert_eq!(store.count_records(RecordKind::Organization, "default").await.unwrap(), 1);
     assert!(store.is_tombstoned(RecordKind::Organization, "default", "org_1").await.unwrap());
+}
+
+/// The first organization a fresh server stores has no timestamps (empty
+/// BIGINT fields): the statement's first run on its connection must not give
+/// them a type their columns refuse (Postgres fixes parameter types then).
+async fn a_record_without_timestamps_applies_as_the_first_of_its_kind(db: TestDb) {
+    let server = TestServer::start(&db).await;
+    let store = db.store().await;
+    let fixture: Value = serde_json::from_str(include_str!("../fixtures/get-organization.json")).unwrap();
+    assert!(fixture.get("created_at").is_none_or(Value::is_null), "the fixture has no created_at");
+    let first = server.send("organization.created", fixture, T1).await;
+    settle(&store).await;
+    let applied = event(&store, &first).await;
+    assert_eq!(applied.outcome.as_deref(), Some("applied"), "{:?}", applied.last_error);
+    assert_eq!(applied.attempts, 1, "applied at the first attempt: {:?}", applied.last_error);
+    assert_eq!(store.count_records(RecordKind::Organization, "default").await.unwrap(), 1);
+    // A later one with timestamps, on whatever connection, applies too.
+    server.send("organization.created", organization("org_2", "Two", T2), T2).await;
+    settle(&store).await;
+    assert_eq!(store.count_records(RecordKind::Organization, "default").await.unwrap(), 2);
 }
 
 async fn memberships_follow_the_same_rules(db: TestDb) {

@@ -36,7 +36,17 @@ use crate::locks::lock;
 /// SQLite keeps them; Postgres booleans are read as such.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A NULL of text type, or of no type the host knows (every NULL read).
     Null,
+    /// A NULL where an integer goes, and [`Value::NullBool`] where a boolean
+    /// goes: Postgres fixes a statement's parameter types when it first
+    /// prepares it, from the values bound then, and a text NULL in a parameter
+    /// that `INSERT ... SELECT` puts into a BIGINT or BOOLEAN column fails
+    /// ("column is of type bigint but expression is of type text"), so the
+    /// first row to reach a fresh connection with that field empty failed, and
+    /// the others did not. SQLite binds all three as NULL.
+    NullInt,
+    NullBool,
     Int(i64),
     Text(String),
     /// Bound as a boolean on Postgres and as 0/1 on SQLite; read back as `Int`.
@@ -86,9 +96,25 @@ impl From<bool> for Value {
         Value::Bool(b)
     }
 }
-impl<T: Into<Value>> From<Option<T>> for Value {
+/// The NULL of a type's column.
+pub trait Nullable: Into<Value> {
+    const NULL: Value;
+}
+impl Nullable for &str {
+    const NULL: Value = Value::Null;
+}
+impl Nullable for String {
+    const NULL: Value = Value::Null;
+}
+impl Nullable for i64 {
+    const NULL: Value = Value::NullInt;
+}
+impl Nullable for bool {
+    const NULL: Value = Value::NullBool;
+}
+impl<T: Nullable> From<Option<T>> for Value {
     fn from(v: Option<T>) -> Value {
-        v.map_or(Value::Null, Into::into)
+        v.map_or(T::NULL, Into::into)
     }
 }
 
@@ -559,7 +585,7 @@ fn bind_sqlite(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Value]) -> Re
             continue; // a parameter the statement does not use
         };
         match value {
-            Value::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null)?,
+            Value::Null | Value::NullInt | Value::NullBool => stmt.raw_bind_parameter(index, rusqlite::types::Null)?,
             Value::Int(n) => stmt.raw_bind_parameter(index, n)?,
             Value::Bool(b) => stmt.raw_bind_parameter(index, i64::from(*b))?,
             Value::Text(s) => stmt.raw_bind_parameter(index, s.as_str())?,
@@ -576,6 +602,8 @@ fn bind_pg<'q>(
     for value in params {
         query = match value {
             Value::Null => query.bind(None::<String>),
+            Value::NullInt => query.bind(None::<i64>),
+            Value::NullBool => query.bind(None::<bool>),
             Value::Int(n) => query.bind(*n),
             Value::Bool(b) => query.bind(*b),
             Value::Text(s) => query.bind(s.as_str()),
