@@ -233,15 +233,8 @@ impl Map {
         if self.mapped >= limit {
             return Ok(());
         }
-        let size = match &self.file {
-            Some(file) => file.metadata(),
-            None => std::fs::File::open(path).and_then(|file| file.metadata().map(|m| (file, m))).map(|(file, m)| {
-                self.file = Some(file);
-                m
-            }),
-        };
-        let size = match size {
-            Ok(metadata) => metadata.len(),
+        let size = match self.file_size(path) {
+            Ok(size) => size,
             Err(e) => {
                 tracing::debug!(error = %e, file = %path.display(), "could not read the database file's size");
                 return Ok(());
@@ -249,13 +242,24 @@ impl Map {
         };
         // Pages past the map are read into the page cache, which is fine for a
         // tail: mapping again costs the page faults of everything mapped before.
-        let slack = (self.mapped / 8).max(MAP_SLACK_BYTES);
-        if size > self.mapped + slack || (self.mapped == 0 && size > 0) {
+        // (SQLite maps a new connection's file at its first read by itself.)
+        if size > self.mapped + (self.mapped / 8).max(MAP_SLACK_BYTES) {
             conn.pragma_update(None, "mmap_size", MMAP_BYTES - 1)?;
             conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
             self.mapped = size.min(limit);
         }
         Ok(())
+    }
+
+    /// The database file's size, through a handle kept open for it.
+    fn file_size(&mut self, path: &Path) -> std::io::Result<u64> {
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => std::fs::File::open(path)?,
+        };
+        let size = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(size)
     }
 }
 
