@@ -17,6 +17,7 @@ on_both_backends!(
     tenants_are_kept_apart_in_routes_secrets_tokens_and_data,
     the_cli_manages_tenants_and_reads_one_tenant_at_a_time,
     deleting_a_tenant_removes_everything_it_has,
+    an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothing,
     a_noisy_neighbour_does_not_hold_up_another_tenant,
     another_process_on_the_same_database_follows_tenant_changes,
     one_tenant_cannot_take_every_actions_call,
@@ -409,6 +410,51 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
     let listed = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
     assert_eq!(listed.body["tenants"].as_array().unwrap().len(), 3, "default, acme (new), globex");
     assert!(store.get_user("acme", "user_acme").await.unwrap().is_none());
+}
+
+/// An Actions handler is still running when its tenant is deleted, and only
+/// then writes: its write must not outlive the tenant. The request gets the
+/// fallback verdict, and the tenant has no rows left anywhere. Globex's call,
+/// the same handler with no deletion, shows the write is real.
+async fn an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothing(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let store = db.store().await;
+    for (slug, webhook, action) in &TENANTS[..2] {
+        create(
+            &server,
+            slug,
+            webhook,
+            action,
+            json!({ "action_deadline_ms": 5000, "fallback": { "verdict": "deny", "message": "no verdict" } }),
+        )
+        .await;
+        deploy(&server, slug, stamped(1)).await;
+    }
+    let (acme, globex) = (TENANTS[0], TENANTS[1]);
+    let (status, payload) = act(&server, globex.0, globex.2, "Linger", globex.2).await;
+    let payload = payload.unwrap();
+    assert_eq!(
+        (status, &payload["verdict"]),
+        (200, &json!("Allow")),
+        "the handler's own verdict: {payload}\n{}",
+        server.log()
+    );
+    let written = store.count_tenant_rows(globex.0).await.unwrap();
+    assert!(written.iter().any(|(t, n)| *t == "documents" && *n == 1), "the lingering handler wrote: {written:?}");
+
+    let ((status, payload), deleted) = tokio::join!(act(&server, acme.0, acme.2, "Linger", acme.2), async {
+        // The handler is asleep, before its write.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.admin("DELETE", &format!("/admin/tenants/{}", acme.0), Some(ROOT), None).await
+    });
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    // Decisions are recorded in the background, a moment after the answer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let left: Vec<(&str, i64)> =
+        store.count_tenant_rows(acme.0).await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
+    assert!(left.is_empty(), "rows left by the handler of a deleted tenant: {left:?}");
+    let payload = payload.unwrap();
+    assert_eq!((status, &payload["verdict"]), (200, &json!("Deny")), "the fallback, not the handler: {payload}");
 }
 
 /// Tenant `noisy` has a backlog of quick events and a handler that loops on

@@ -39,9 +39,9 @@ use crate::runtime::{
     GuestUserData, GuestVerdict, InvocationLimits, Spent,
 };
 use crate::settings::ConfiguredVerdict;
-use crate::store::Store;
 use crate::store::actions::NewDecision;
-use crate::store::exec::SyncDb;
+use crate::store::exec::{SyncDb, SyncTx};
+use crate::store::{Store, tenants as stored_tenants};
 use crate::tenants::{Tenant, Tenants};
 use crate::workos::action::{ActionRequest, Client, Verdict};
 
@@ -290,11 +290,24 @@ fn call_handler(
     }
     if let Some(tx) = invoked.tx
         && invoked.wrote
-        && let Err(e) = tx.commit()
+        && let Err(e) = commit_if_tenant_exists(tx, tenant)
     {
         return (Err((format!("the handler's writes could not be committed: {e}"), Some(logs))), spent);
     }
     (Ok((verdict, logs)), spent)
+}
+
+/// Commits a handler's writes, unless its tenant was deleted while it ran:
+/// they would outlive the tenant (and come back with a new tenant of the same
+/// slug). The check holds the tenant until the commit, so a deletion under way
+/// waits for it and then removes these writes with the rest (Postgres; on
+/// SQLite this transaction holds the write gate, which deletions take too).
+fn commit_if_tenant_exists(mut tx: SyncTx, tenant: &str) -> Result<(), String> {
+    match stored_tenants::hold(&mut tx, tenant) {
+        Ok(true) => tx.commit().map_err(|e| e.to_string()),
+        Ok(false) => Err("the tenant was deleted while its handler ran".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn configured(v: &ConfiguredVerdict) -> Verdict {

@@ -191,9 +191,10 @@ impl Store {
     }
 }
 
-/// Inside the worker's transaction: whether `slug` still exists, holding it
-/// so a concurrent deletion waits for this transaction (Postgres; on SQLite
-/// the write gate already serializes the two). `default` always exists.
+/// Inside a writing transaction (the worker's turn, an Actions call's commit):
+/// whether `slug` still exists, holding it so a concurrent deletion waits for
+/// this transaction (Postgres; on SQLite the write gate already serializes the
+/// two). `default` always exists.
 pub fn hold(tx: &mut SyncTx, slug: &str) -> Result<bool> {
     if slug == DEFAULT_TENANT {
         return Ok(true);

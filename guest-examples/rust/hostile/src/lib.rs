@@ -216,8 +216,9 @@ fn check_order(event: &Event) -> Result<(), String> {
 }
 
 /// Actions misbehave by the first name they are about: `Loop`, `Panic`,
-/// `Sleep`, `Write` (records the decision, then allows), `Deny` (a long
-/// non-ASCII message); anyone else is allowed.
+/// `Sleep`, `Linger` (waits a second before it records the decision, then
+/// allows), `Deny` (a long non-ASCII message); anyone else (`Write`, say) is
+/// allowed. Each records the decision in `decisions` before it misbehaves.
 impl Actions for Hostile {
     fn authenticate(ctx: AuthenticationContext) -> Verdict {
         misbehave(ctx.user.first_name.as_deref().unwrap_or_default(), &ctx.id)
@@ -231,6 +232,10 @@ impl Actions for Hostile {
 fn misbehave(name: &str, action_id: &str) -> Verdict {
     if name == "Version" {
         return Verdict::Deny(format!("version {}", version()));
+    }
+    if name == "Linger" {
+        // A test deletes the tenant meanwhile: the write below must not outlive it.
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
     // Written before misbehaving: a test checks it is rolled back.
     let record = json!({ "action": action_id, "name": name }).to_string();
