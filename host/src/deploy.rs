@@ -74,6 +74,8 @@ pub enum DeployError {
     Indexes(DocError),
     #[error("invalid limit: {0}")]
     InvalidLimit(#[from] InvalidLimit),
+    #[error("tenant {0:?} was deleted")]
+    TenantGone(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -149,6 +151,12 @@ impl Deployment {
         &self.tenant
     }
 
+    /// Takes this tenant's turn at version changes inside `tx`; refuses if the
+    /// tenant was deleted since this deployment was opened.
+    fn lock_tenant(&self, tx: &mut SyncTx) -> Result<(), DeployError> {
+        if modules::lock_tenant(tx, &self.tenant)? { Ok(()) } else { Err(DeployError::TenantGone(self.tenant.clone())) }
+    }
+
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
     }
@@ -188,7 +196,7 @@ impl Deployment {
         let adds_indexes = !self.writing().covers(&module.indexes);
         let mut maintained = adds_indexes.then(|| write(&self.maintained));
         let mut tx = self.db.begin()?;
-        modules::lock_tenant(&mut tx, &self.tenant)?;
+        self.lock_tenant(&mut tx)?;
         let (version, created) = match modules::find_by_hash(&mut tx, &self.tenant, &module.hash, &limits)? {
             Some(existing) => (existing.version, false),
             None => {
@@ -229,7 +237,7 @@ impl Deployment {
         let _change = lock(&self.changes);
         let live = self.load_version(version)?;
         let mut tx = self.db.begin()?;
-        modules::lock_tenant(&mut tx, &self.tenant)?;
+        self.lock_tenant(&mut tx)?;
         let mut info = modules::get(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?;
         if !info.active {
             modules::push_activation(&mut tx, &self.tenant, version, clock::now_ms())?;
@@ -251,7 +259,7 @@ impl Deployment {
         let (target, _) = planned.ok_or(DeployError::NothingToRollBack)?;
         let live = self.load_version(target)?;
         let mut tx = self.db.begin()?;
-        modules::lock_tenant(&mut tx, &self.tenant)?;
+        self.lock_tenant(&mut tx)?;
         let Some((again, seqs)) = modules::plan_rollback(&mut tx, &self.tenant)? else {
             return Err(DeployError::NothingToRollBack);
         };
@@ -272,7 +280,7 @@ impl Deployment {
         let _change = lock(&self.changes);
         let mut maintained = write(&self.maintained);
         let mut tx = self.db.begin()?;
-        modules::lock_tenant(&mut tx, &self.tenant)?;
+        self.lock_tenant(&mut tx)?;
         if modules::active(&mut tx, &self.tenant)? == Some(version) {
             return Err(DeployError::Active(version));
         }

@@ -27,6 +27,7 @@ on_both_backends!(
     dev_watch_deploys_each_good_build_and_refuses_bad_ones,
     another_process_on_the_same_database_adopts_an_activation,
     a_version_runs_under_its_own_limits,
+    a_version_change_for_a_deleted_tenant_writes_nothing,
 );
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -574,4 +575,53 @@ async fn a_version_runs_under_its_own_limits(db: TestDb) {
         listed.last().unwrap()["limits"],
         json!({ "memory_limit_bytes": 128 * 1024 * 1024, "event_deadline_ms": 9000 })
     );
+}
+
+/// A request that opened a tenant's deployment before the tenant was deleted
+/// still holds it: its upload, activation, roll back or deletion of a version
+/// must not write the tenant's rows back. Driven through the library, since
+/// the window between routing and writing is too short to hit over HTTP.
+async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
+    use authkit_host::deploy::{DeployError, Deployment};
+    use authkit_host::runtime::{InvocationLimits, ModuleLimits, Runtime};
+    use authkit_host::store::tenants::TenantRow;
+
+    let store = db.store().await;
+    let row = TenantRow {
+        slug: "acme".into(),
+        webhook_secret: None,
+        action_secret: None,
+        client_id: None,
+        options: "{}".into(),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    };
+    assert!(store.insert_tenant(&row).await.unwrap());
+    let sync = Arc::new(store.sync_db(tokio::runtime::Handle::current()).unwrap());
+    let deployment = tokio::task::spawn_blocking(move || {
+        let runtime = Arc::new(Runtime::new(InvocationLimits::default(), 4, None).unwrap());
+        Arc::new(Deployment::open("acme", runtime, sync, 64 << 20).unwrap())
+    })
+    .await
+    .unwrap();
+    let (first, second) = (std::fs::read(rust_guest("user_data")).unwrap(), std::fs::read(rust_guest("noop")).unwrap());
+    type Change = Box<dyn FnOnce(&Deployment) -> Result<(), DeployError> + Send>;
+    let change = |f: Change| {
+        let deployment = deployment.clone();
+        async move { tokio::task::spawn_blocking(move || f(&deployment)).await.unwrap() }
+    };
+    // While the tenant exists, its versions are stored: the rows the deletion must remove.
+    change(Box::new(move |d| d.upload(&first, ModuleLimits::default(), true).map(drop))).await.unwrap();
+    let written = store.count_tenant_rows("acme").await.unwrap();
+    assert!(written.iter().any(|(t, n)| *t == "modules" && *n == 1), "{written:?}");
+
+    assert!(store.delete_tenant("acme").await.unwrap());
+    let gone = |r: &Result<(), DeployError>| matches!(r, Err(DeployError::TenantGone(slug)) if slug == "acme");
+    let upload = change(Box::new(move |d| d.upload(&second, ModuleLimits::default(), true).map(drop))).await;
+    assert!(gone(&upload), "{upload:?}");
+    let activate = change(Box::new(|d| d.activate(1).map(drop))).await;
+    assert!(gone(&activate), "{activate:?}");
+    let left: Vec<(&str, i64)> =
+        store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
+    assert!(left.is_empty(), "rows written back for a deleted tenant: {left:?}");
 }

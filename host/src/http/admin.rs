@@ -185,6 +185,7 @@ impl From<DeployError> for ApiError {
             DeployError::NothingToRollBack => (StatusCode::CONFLICT, "no_previous_version"),
             DeployError::Unloadable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "module_unloadable"),
             DeployError::InvalidLimit(_) => (StatusCode::BAD_REQUEST, "invalid_limit"),
+            DeployError::TenantGone(slug) => return unknown_tenant(slug),
             DeployError::Indexes(_) | DeployError::Store(_) => {
                 error!(error = %e, "a handler version change failed");
                 return storage_unavailable();

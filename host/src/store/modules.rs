@@ -44,12 +44,14 @@ pub struct NewModule<'a> {
 const INFO: &str = "SELECT version, hash, size, exports, wit_version, created_at, limits FROM modules";
 
 /// Serializes version changes of one tenant across host processes (Postgres;
-/// on SQLite the write gate already does).
-pub fn lock_tenant(tx: &mut SyncTx, tenant: &str) -> Result<()> {
+/// on SQLite the write gate already does), and says whether the tenant still
+/// exists, holding it until the commit (see [`super::tenants::hold`]): a
+/// change that began before the tenant's deletion must not write its rows back.
+pub fn lock_tenant(tx: &mut SyncTx, tenant: &str) -> Result<bool> {
     if tx.is_postgres() {
         tx.execute("SELECT pg_advisory_xact_lock(hashtext('authkit-modules:' || $1))", &[tenant.into()])?;
     }
-    Ok(())
+    super::tenants::hold(tx, tenant)
 }
 
 /// The live (not deleted) version with these exact bytes and limits, if any.
