@@ -3,7 +3,8 @@
 //! keep-alive connections. Prints figures; asserts nothing.
 //!
 //! Phases, all in this run on this machine:
-//! 1. baseline: a plain axum route that answers 200 and does nothing;
+//! 1. baseline: a plain axum route that answers 200 and does nothing, sent
+//!    the same signed requests as the host;
 //! 2. ingest: authkit-host with its worker off (pure verify + durable store);
 //! 3. apply: the worker draining phase 2's backlog (users-table apply rate);
 //! 4. ingest with the worker running at the same time.
@@ -168,7 +169,7 @@ fn time_text(secs: u64) -> String {
 }
 
 /// Drives `connections` keep-alive connections for warm-up + measured time.
-fn load(addr: SocketAddr, args: &Args, run: &str, signed: bool) -> anyhow::Result<Figures> {
+fn load(addr: SocketAddr, args: &Args, run: &str) -> anyhow::Result<Figures> {
     let run: Arc<str> = run.into();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
@@ -189,15 +190,15 @@ fn load(addr: SocketAddr, args: &Args, run: &str, signed: bool) -> anyhow::Resul
                 while Instant::now() < end {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let body = event_body(&run, i, users);
-                    let mut req = hyper::Request::post("/workos/webhook")
+                    // The baseline gets the same signed requests: the two phases
+                    // differ only in the server that answers them.
+                    let now_ms =
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+                    let req = hyper::Request::post("/workos/webhook")
                         .header("host", "bench")
-                        .header("content-type", "application/json");
-                    if signed {
-                        let now_ms =
-                            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-                        req = req.header("workos-signature", header_value(&secret, now_ms, &body));
-                    }
-                    let req = req.body(Full::new(Bytes::from(body)))?;
+                        .header("content-type", "application/json")
+                        .header("workos-signature", header_value(&secret, now_ms, &body))
+                        .body(Full::new(Bytes::from(body)))?;
                     sender.ready().await?;
                     let sent = Instant::now();
                     let resp = sender.send_request(req).await?;
@@ -280,14 +281,14 @@ fn main() -> anyhow::Result<()> {
         let mut base = None;
         if args.runs("baseline") {
             let baseline = start_baseline()?;
-            let figures = load(baseline.addr, &args, &format!("baseline{round}"), false)?;
+            let figures = load(baseline.addr, &args, &format!("baseline{round}"))?;
             baseline.stop()?;
             print_row(&round.to_string(), "baseline: plain axum route, 200, no work", &figures);
             base = Some(figures);
         }
         if args.runs("ingest") {
             let host = start_host(&database_for(round), false)?;
-            let figures = load(host.addr, &args, &format!("ingest{round}"), true)?;
+            let figures = load(host.addr, &args, &format!("ingest{round}"))?;
             host.stop()?;
             print_row(&round.to_string(), "ingest, acknowledged after commit (no worker)", &figures);
             ingest_rates.push(figures.rate());
@@ -309,7 +310,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.runs("mixed") {
         let host = start_host(&database_url, true)?;
-        let mixed = load(host.addr, &args, "mixed", true)?;
+        let mixed = load(host.addr, &args, "mixed")?;
         host.stop()?;
         print_row("-", "ingest with the worker applying concurrently", &mixed);
     }
