@@ -192,8 +192,7 @@ fn load(addr: SocketAddr, args: &Args, run: &str) -> anyhow::Result<Figures> {
                     let body = event_body(&run, i, users);
                     // The baseline gets the same signed requests: the two phases
                     // differ only in the server that answers them.
-                    let now_ms =
-                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+                    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
                     let req = hyper::Request::post("/workos/webhook")
                         .header("host", "bench")
                         .header("content-type", "application/json")
