@@ -18,6 +18,7 @@ on_both_backends!(
     the_cli_manages_tenants_and_reads_one_tenant_at_a_time,
     deleting_a_tenant_removes_everything_it_has,
     an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothing,
+    a_token_is_not_stored_for_a_tenant_that_is_gone,
     a_noisy_neighbour_does_not_hold_up_another_tenant,
     another_process_on_the_same_database_follows_tenant_changes,
     one_tenant_cannot_take_every_actions_call,
@@ -412,6 +413,32 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
     assert!(store.get_user("acme", "user_acme").await.unwrap().is_none());
 }
 
+/// A token stored for a tenant that is gone by then (deleted meanwhile, or
+/// through another process this one has not heard from) would open a later
+/// tenant of the same slug: it is refused instead.
+async fn a_token_is_not_stored_for_a_tenant_that_is_gone(db: TestDb) {
+    let store = db.store().await;
+    let row = TenantRow {
+        slug: "acme".into(),
+        webhook_secret: None,
+        action_secret: None,
+        client_id: None,
+        options: "{}".into(),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    };
+    assert!(store.insert_tenant(&row).await.unwrap());
+    assert!(store.insert_token("tok_1", "acme", "hash_1", now_ms()).await.unwrap());
+    assert!(store.insert_token("tok_d", "default", "hash_d", now_ms()).await.unwrap(), "default has no row");
+    assert!(store.delete_tenant("acme").await.unwrap());
+    assert!(!store.insert_token("tok_2", "acme", "hash_2", now_ms()).await.unwrap(), "acme is gone");
+    let left: Vec<(&str, i64)> =
+        store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(store.insert_tenant(&row).await.unwrap());
+    assert!(store.list_tokens("acme").await.unwrap().is_empty(), "a new acme starts without tokens");
+}
+
 /// An Actions handler is still running when its tenant is deleted, and only
 /// then writes: its write must not outlive the tenant. The request gets the
 /// fallback verdict, and the tenant has no rows left anywhere. Globex's call,
@@ -551,6 +578,10 @@ async fn another_process_on_the_same_database_follows_tenant_changes(db: TestDb)
 
     let deleted = a.admin("DELETE", "/admin/tenants/acme", Some(ROOT), None).await;
     assert_eq!(deleted.status, 204);
+    // Until its next poll b may still know acme, but a token made through it
+    // now would outlive acme (and open a later acme): refused either way.
+    let late = b.admin("POST", "/admin/tenants/acme/tokens", Some(ROOT), None).await;
+    assert_eq!((late.status, late.code()), (404, "tenant_not_found"), "{late:?}");
     // Until its next poll b may still decide acme's sign-ins; none of it is kept.
     let (status, _) = act(&b, "acme", "sk_two", "Version", "sk_two").await;
     assert!(status == 200 || status == 404, "{status}");

@@ -397,7 +397,9 @@ async fn create_token(
     let id = format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()));
     let token = format!("akt_{}", hex::encode(rand::random::<[u8; 32]>()));
     let now = clock::now_ms();
-    state.tenants.store().insert_token(&id, &tenant.slug, &token_hash(&token), now).await.map_err(store_failed)?;
+    if !state.tenants.store().insert_token(&id, &tenant.slug, &token_hash(&token), now).await.map_err(store_failed)? {
+        return Err(unknown_tenant(&tenant.slug));
+    }
     info!(tenant = %tenant.slug, token_id = %id, "tenant admin token created");
     let body = json!({ "id": id, "tenant": tenant.slug, "token": token, "created_at": now });
     Ok((StatusCode::CREATED, Json(body)).into_response())

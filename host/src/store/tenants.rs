@@ -141,19 +141,27 @@ impl Store {
         Ok(counts)
     }
 
-    pub async fn insert_token(&self, id: &str, tenant: &str, hash: &str, now: i64) -> Result<()> {
+    /// Stores a token of `tenant`; `false` (nothing stored) if the tenant no
+    /// longer exists: deleted meanwhile, or through another process this one
+    /// has not heard from yet. Such a token would otherwise outlive its tenant
+    /// and open a new tenant of the same slug. On Postgres the tenant's row is
+    /// held until the commit, so a deletion waits for it and removes the token.
+    pub async fn insert_token(&self, id: &str, tenant: &str, hash: &str, now: i64) -> Result<bool> {
         let _turn = self.write_turn().await;
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO tenant_tokens (id, tenant_id, hash, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id.to_string())
-        .bind(tenant.to_string())
-        .bind(hash.to_string())
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(drop)?);
-        Ok(())
+        let lock = if matches!(self, Store::Postgres(_)) { " FOR SHARE" } else { "" };
+        let sql = format!(
+            "INSERT INTO tenant_tokens (id, tenant_id, hash, created_at) SELECT $1, $2, $3, $4 \
+             WHERE $2 = '{DEFAULT_TENANT}' OR EXISTS (SELECT 1 FROM tenants WHERE slug = $2{lock})"
+        );
+        let inserted = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(tenant.to_string())
+            .bind(hash.to_string())
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(inserted == 1)
     }
 
     /// Revokes a tenant's token; `false` if it has no such live token.
