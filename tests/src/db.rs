@@ -7,11 +7,27 @@ use std::str::FromStr;
 
 use authkit_host::settings::DatabaseUrl;
 use authkit_host::store::Store;
+use authkit_host::store::tenants::TenantRow;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
 /// The variable naming the Postgres server tests create their databases on.
 pub const POSTGRES_URL_VAR: &str = "AUTHKIT_TEST_POSTGRES_URL";
+
+/// A tenant row with nothing configured, for tests that store tenants
+/// through the library rather than the admin API.
+pub fn bare_tenant(slug: &str) -> TenantRow {
+    let now = crate::workos::now_ms();
+    TenantRow {
+        slug: slug.into(),
+        webhook_secret: None,
+        action_secret: None,
+        client_id: None,
+        options: "{}".into(),
+        created_at: now,
+        updated_at: now,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

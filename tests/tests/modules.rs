@@ -584,18 +584,10 @@ async fn a_version_runs_under_its_own_limits(db: TestDb) {
 async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
     use authkit_host::deploy::{DeployError, Deployment};
     use authkit_host::runtime::{InvocationLimits, ModuleLimits, Runtime};
-    use authkit_host::store::tenants::TenantRow;
+    use authkit_tests::db::bare_tenant;
 
     let store = db.store().await;
-    let row = TenantRow {
-        slug: "acme".into(),
-        webhook_secret: None,
-        action_secret: None,
-        client_id: None,
-        options: "{}".into(),
-        created_at: now_ms(),
-        updated_at: now_ms(),
-    };
+    let row = bare_tenant("acme");
     assert!(store.insert_tenant(&row).await.unwrap());
     let sync = Arc::new(store.sync_db(tokio::runtime::Handle::current()).unwrap());
     let deployment = tokio::task::spawn_blocking(move || {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authkit_host::store::tenants::TenantRow;
+use authkit_tests::db::bare_tenant;
 use authkit_tests::documents::tenant_documents;
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::{TEST_SECRET, cli};
@@ -418,15 +418,7 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
 /// tenant of the same slug: it is refused instead.
 async fn a_token_is_not_stored_for_a_tenant_that_is_gone(db: TestDb) {
     let store = db.store().await;
-    let row = TenantRow {
-        slug: "acme".into(),
-        webhook_secret: None,
-        action_secret: None,
-        client_id: None,
-        options: "{}".into(),
-        created_at: now_ms(),
-        updated_at: now_ms(),
-    };
+    let row = bare_tenant("acme");
     assert!(store.insert_tenant(&row).await.unwrap());
     assert!(store.insert_token("tok_1", "acme", "hash_1", now_ms()).await.unwrap());
     assert!(store.insert_token("tok_d", "default", "hash_d", now_ms()).await.unwrap(), "default has no row");
@@ -742,16 +734,7 @@ async fn the_instance_pool_is_sized_for_the_tenants_stored_at_start(db: TestDb) 
     assert_eq!(slots(TestServer::start_with(&db, options(&db)).await).await, 1000);
     let store = db.store().await;
     for i in 0..700 {
-        let row = TenantRow {
-            slug: format!("tenant{i:03}"),
-            webhook_secret: None,
-            action_secret: None,
-            client_id: None,
-            options: "{}".into(),
-            created_at: 0,
-            updated_at: 0,
-        };
-        assert!(store.insert_tenant(&row).await.unwrap());
+        assert!(store.insert_tenant(&bare_tenant(&format!("tenant{i:03}"))).await.unwrap());
     }
     assert_eq!(slots(TestServer::start_with(&db, options(&db)).await).await, 1400);
     let set = options(&db).env("AUTHKIT_INSTANCE_SLOTS", "64");
