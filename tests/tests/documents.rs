@@ -5,7 +5,8 @@
 use authkit_host::store::Store;
 use authkit_host::store::documents::{DocError, Documents, Indexes, Limits};
 use authkit_host::store::exec::SyncDb;
-use authkit_tests::{TestDb, on_both_backends};
+use authkit_tests::{Backend, TestDb, on_both_backends};
+use sqlx::ConnectOptions;
 
 on_both_backends!(
     documents_round_trip_and_validate,
@@ -13,6 +14,7 @@ on_both_backends!(
     indexes_follow_every_write_and_backfill,
     rolled_back_writes_leave_nothing,
     tenants_do_not_see_each_other,
+    documents_stored_before_seq_are_found_after_the_upgrade,
 );
 
 fn indexes(pairs: &[(&str, &str)]) -> Indexes {
@@ -195,6 +197,59 @@ async fn tenants_do_not_see_each_other(db: TestDb) {
         assert!(!b.delete("users", &id).unwrap());
         let mut a = Documents { tx: &mut tx, tenant: "tenant_a", indexes: &idx, limits: Limits::default() };
         assert!(a.get("users", &id).unwrap().is_some());
+        tx.commit().unwrap();
+    })
+    .await;
+}
+
+/// Migration 0011 gave every document a `seq` and every index entry its
+/// document's `seq`: a database written by an earlier version must keep every
+/// document findable, and drop entries that pointed at nothing.
+async fn documents_stored_before_seq_are_found_after_the_upgrade(db: TestDb) {
+    // The schema as the previous version left it.
+    match db.backend {
+        Backend::Sqlite => {
+            let options = db.url.parse::<sqlx::sqlite::SqliteConnectOptions>().unwrap().create_if_missing(true);
+            let mut conn = options.connect().await.unwrap();
+            sqlx::migrate!("../host/migrations/sqlite").run_to(10, &mut conn).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = db.url.parse::<sqlx::postgres::PgConnectOptions>().unwrap().connect().await.unwrap();
+            sqlx::migrate!("../host/migrations/postgres").run_to(10, &mut conn).await.unwrap();
+        }
+    }
+    let (ada, other, orphan) = ("00000000000000010000", "00000000000000020000", "00000000000000030000");
+    db.execute(&format!(
+        "INSERT INTO documents (tenant_id, tbl, id, body, created_at, updated_at) VALUES \
+         ('default', 'users', '{ada}', '{{\"authId\":\"ada\"}}', 1, 1), \
+         ('tenant_b', 'users', '{other}', '{{\"authId\":\"ada\"}}', 1, 1); \
+         INSERT INTO document_indexes (tenant_id, tbl, field, created_at) VALUES \
+         ('default', 'users', 'authId', 1), ('tenant_b', 'users', 'authId', 1); \
+         INSERT INTO document_index_entries (tenant_id, tbl, field, value_key, doc_id) VALUES \
+         ('default', 'users', 'authId', 's:ada', '{ada}'), ('tenant_b', 'users', 'authId', 's:ada', '{other}'), \
+         ('default', 'users', 'authId', 's:gone', '{orphan}');"
+    ))
+    .await;
+
+    let store = db.store().await; // migrates to the current schema
+    with_sync_db(&store, move |sync| {
+        let idx = indexes(&[("users", "authId")]);
+        let mut tx = sync.begin().unwrap();
+        let entries = tx.query("SELECT COUNT(*) FROM document_index_entries", &[]).unwrap();
+        assert_eq!(entries[0][0].as_i64(), Some(2), "the orphan entry is dropped, the others kept");
+        let mut docs = Documents { tx: &mut tx, tenant: "default", indexes: &idx, limits: Limits::default() };
+        let found = docs.find("users", "authId", "\"ada\"", 10, None).unwrap().documents;
+        assert_eq!(found.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [ada]);
+        assert!(docs.find("users", "authId", "\"gone\"", 10, None).unwrap().documents.is_empty());
+        // Writes after the upgrade keep the entries right.
+        docs.patch("users", ada, r#"{"authId":"ada2"}"#).unwrap();
+        let new = docs.insert("users", r#"{"authId":"bob"}"#).unwrap();
+        assert_eq!(docs.find("users", "authId", "\"ada2\"", 10, None).unwrap().documents[0].id, ada);
+        assert!(docs.find("users", "authId", "\"ada\"", 10, None).unwrap().documents.is_empty());
+        assert_eq!(docs.find("users", "authId", "\"bob\"", 10, None).unwrap().documents[0].id, new);
+        let mut b = Documents { tx: &mut tx, tenant: "tenant_b", indexes: &idx, limits: Limits::default() };
+        let found = b.find("users", "authId", "\"ada\"", 10, None).unwrap().documents;
+        assert_eq!(found.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [other]);
         tx.commit().unwrap();
     })
     .await;

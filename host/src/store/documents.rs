@@ -12,7 +12,8 @@
 //! Indexes: a handler declares `(table, field)` pairs. For each, every document
 //! whose top-level `field` is a string, number, boolean or null has one row in
 //! `document_index_entries`, keyed by the value's canonical form, so `find` is
-//! one B-tree range however large the table is. `find` on an undeclared field is
+//! one B-tree range however large the table is. Each entry records its
+//! document's `seq` too, which SQLite reads the row by (see `FIND`). `find` on an undeclared field is
 //! the typed error [`DocError::NotIndexed`]: no silent full scans.
 
 use std::collections::HashMap;
@@ -204,10 +205,11 @@ pub fn value_key(value: &Json) -> Option<String> {
     }
 }
 
+/// The columns [`document`] reads, then `seq` (which index entries record).
 const SELECT_DOC: &str =
-    "SELECT id, created_at, updated_at, body FROM documents WHERE tenant_id = $1 AND tbl = $2 AND id = $3";
-const INSERT_DOC: &str =
-    "INSERT INTO documents (tenant_id, tbl, id, body, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)";
+    "SELECT id, created_at, updated_at, body, seq FROM documents WHERE tenant_id = $1 AND tbl = $2 AND id = $3";
+const INSERT_DOC: &str = "INSERT INTO documents (tenant_id, tbl, id, body, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $5) RETURNING seq";
 const UPDATE_DOC: &str =
     "UPDATE documents SET body = $4, updated_at = $5 WHERE tenant_id = $1 AND tbl = $2 AND id = $3";
 const DELETE_DOC: &str = "DELETE FROM documents WHERE tenant_id = $1 AND tbl = $2 AND id = $3";
@@ -216,15 +218,19 @@ const COUNT_INSERT: &str = "INSERT INTO document_counts (tenant_id, documents) V
      ON CONFLICT (tenant_id) DO UPDATE SET documents = document_counts.documents + 1 \
      WHERE document_counts.documents < $2";
 const COUNT_DELETE: &str = "UPDATE document_counts SET documents = documents - 1 WHERE tenant_id = $1";
-const INSERT_ENTRY: &str = "INSERT INTO document_index_entries (tenant_id, tbl, field, value_key, doc_id) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+const INSERT_ENTRY: &str = "INSERT INTO document_index_entries (tenant_id, tbl, field, value_key, doc_id, doc_seq) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
 const DELETE_ENTRY: &str = "DELETE FROM document_index_entries \
      WHERE tenant_id = $1 AND tbl = $2 AND field = $3 AND value_key = $4 AND doc_id = $5";
 // `find` and `list` end with a literal `LIMIT n`, not a parameter: SQLite's
 // planner reads a bound LIMIT, which marks the statement to be prepared again
 // whenever it is rebound (measured: a third of a handler's time went there).
+// `find` joins on `seq` and on the document's key. SQLite goes by `seq`, the
+// rowid: one shallow descent (see migration 0011). Postgres, which has no index
+// on `seq`, goes by its primary key. Either way only the entry's own document
+// can match.
 const FIND: &str = "SELECT d.id, d.created_at, d.updated_at, d.body FROM document_index_entries i \
-     JOIN documents d ON d.tenant_id = i.tenant_id AND d.tbl = i.tbl AND d.id = i.doc_id \
+     JOIN documents d ON d.seq = i.doc_seq AND d.tenant_id = i.tenant_id AND d.tbl = i.tbl AND d.id = i.doc_id \
      WHERE i.tenant_id = $1 AND i.tbl = $2 AND i.field = $3 AND i.value_key = $4 AND i.doc_id > $5 \
      ORDER BY i.doc_id LIMIT ";
 const LIST: &str = "SELECT id, created_at, updated_at, body FROM documents \
@@ -241,25 +247,42 @@ impl Documents<'_> {
         }
         let id = new_id();
         let now = clock::now_ms();
-        self.tx
-            .execute(INSERT_DOC, &[self.tenant.into(), table.into(), id.as_str().into(), body.into(), now.into()])?;
-        self.add_entries(table, &id, &object)?;
+        let row = self
+            .tx
+            .query_one(INSERT_DOC, &[self.tenant.into(), table.into(), id.as_str().into(), body.into(), now.into()])?;
+        let seq = row
+            .and_then(|row| row.into_iter().next()?.as_i64())
+            .ok_or_else(|| DocError::Store(StoreError::Corrupt("inserting a document returned no seq".into())))?;
+        for field in self.indexes.fields(table) {
+            if let Some(key) = object.get(field).and_then(value_key) {
+                self.add_entry(table, field, key, &id, seq)?;
+            }
+        }
         Ok(id)
     }
 
     pub fn get(&mut self, table: &str, id: &str) -> Result<Option<Document>, DocError> {
+        Ok(self.stored(table, id)?.map(|(document, _)| document))
+    }
+
+    /// A document and its `seq`.
+    fn stored(&mut self, table: &str, id: &str) -> Result<Option<(Document, i64)>, DocError> {
         check_table(table)?;
         if !looks_like_id(id) {
             return Ok(None);
         }
-        let row = self.tx.query_one(SELECT_DOC, &[self.tenant.into(), table.into(), id.into()])?;
-        row.map(document).transpose()
+        let Some(row) = self.tx.query_one(SELECT_DOC, &[self.tenant.into(), table.into(), id.into()])? else {
+            return Ok(None);
+        };
+        let seq = row.get(4).and_then(Value::as_i64);
+        let seq = seq.ok_or_else(|| DocError::Store(StoreError::Corrupt("a document has no seq".into())))?;
+        Ok(Some((document(row)?, seq)))
     }
 
     pub fn patch(&mut self, table: &str, id: &str, fields: &str) -> Result<Document, DocError> {
         let fields = self.parse_object(fields)?;
-        let old = self.get(table, id)?.ok_or(DocError::NotFound)?;
-        let mut merged = parse_stored(&old.body)?;
+        let old = self.stored(table, id)?.ok_or(DocError::NotFound)?;
+        let mut merged = parse_stored(&old.0.body)?;
         for (name, value) in fields {
             if value.is_null() {
                 merged.remove(&name);
@@ -273,7 +296,7 @@ impl Documents<'_> {
 
     pub fn replace(&mut self, table: &str, id: &str, body: &str) -> Result<Document, DocError> {
         self.parse_object(body)?;
-        let old = self.get(table, id)?.ok_or(DocError::NotFound)?;
+        let old = self.stored(table, id)?.ok_or(DocError::NotFound)?;
         self.write(table, old, body.to_string())
     }
 
@@ -282,7 +305,11 @@ impl Documents<'_> {
             return Ok(false);
         };
         let old_body = parse_stored(&old.body)?;
-        self.remove_entries(table, id, &old_body)?;
+        for field in self.indexes.fields(table) {
+            if let Some(key) = old_body.get(field).and_then(value_key) {
+                self.remove_entry(table, field, key, id)?;
+            }
+        }
         self.tx.execute(DELETE_DOC, &[self.tenant.into(), table.into(), id.into()])?;
         self.tx.execute(COUNT_DELETE, &[self.tenant.into()])?;
         Ok(true)
@@ -354,17 +381,18 @@ impl Documents<'_> {
                 &[self.tenant.into(), table.into(), field.into(), clock::now_ms().into()],
             )?;
             let rows = self.tx.query(
-                "SELECT id, body FROM documents WHERE tenant_id = $1 AND tbl = $2",
+                "SELECT id, body, seq FROM documents WHERE tenant_id = $1 AND tbl = $2",
                 &[self.tenant.into(), table.into()],
             )?;
             for row in rows {
                 let mut row = row.into_iter();
-                let (Some(Value::Text(id)), Some(Value::Text(body))) = (row.next(), row.next()) else { continue };
+                let (Some(Value::Text(id)), Some(Value::Text(body)), Some(Value::Int(seq))) =
+                    (row.next(), row.next(), row.next())
+                else {
+                    continue;
+                };
                 if let Some(key) = parse_stored(&body)?.get(field).and_then(value_key) {
-                    self.tx.execute(
-                        INSERT_ENTRY,
-                        &[self.tenant.into(), table.into(), field.into(), key.into(), id.into()],
-                    )?;
+                    self.add_entry(table, field, key, &id, seq)?;
                 }
             }
         }
@@ -382,7 +410,7 @@ impl Documents<'_> {
         }
     }
 
-    fn write(&mut self, table: &str, old: Document, body: String) -> Result<Document, DocError> {
+    fn write(&mut self, table: &str, (old, seq): (Document, i64), body: String) -> Result<Document, DocError> {
         if body.len() > self.limits.max_document_bytes {
             return Err(DocError::DocumentTooLarge(self.limits.max_document_bytes as u32));
         }
@@ -394,10 +422,10 @@ impl Documents<'_> {
                 continue;
             }
             if let Some(key) = before {
-                self.entry(DELETE_ENTRY, table, field, key, &old.id)?;
+                self.remove_entry(table, field, key, &old.id)?;
             }
             if let Some(key) = after {
-                self.entry(INSERT_ENTRY, table, field, key, &old.id)?;
+                self.add_entry(table, field, key, &old.id, seq)?;
             }
         }
         let now = clock::now_ms();
@@ -408,26 +436,16 @@ impl Documents<'_> {
         Ok(Document { id: old.id, created_at: old.created_at, updated_at: now, body })
     }
 
-    fn add_entries(&mut self, table: &str, id: &str, body: &Map<String, Json>) -> Result<(), DocError> {
-        for field in self.indexes.fields(table) {
-            if let Some(key) = body.get(field).and_then(value_key) {
-                self.entry(INSERT_ENTRY, table, field, key, id)?;
-            }
-        }
+    fn add_entry(&mut self, table: &str, field: &str, key: String, id: &str, seq: i64) -> Result<(), DocError> {
+        self.tx.execute(
+            INSERT_ENTRY,
+            &[self.tenant.into(), table.into(), field.into(), key.into(), id.into(), seq.into()],
+        )?;
         Ok(())
     }
 
-    fn remove_entries(&mut self, table: &str, id: &str, body: &Map<String, Json>) -> Result<(), DocError> {
-        for field in self.indexes.fields(table) {
-            if let Some(key) = body.get(field).and_then(value_key) {
-                self.entry(DELETE_ENTRY, table, field, key, id)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn entry(&mut self, sql: &str, table: &str, field: &str, key: String, id: &str) -> Result<(), DocError> {
-        self.tx.execute(sql, &[self.tenant.into(), table.into(), field.into(), key.into(), id.into()])?;
+    fn remove_entry(&mut self, table: &str, field: &str, key: String, id: &str) -> Result<(), DocError> {
+        self.tx.execute(DELETE_ENTRY, &[self.tenant.into(), table.into(), field.into(), key.into(), id.into()])?;
         Ok(())
     }
 
