@@ -90,6 +90,7 @@ impl Store {
     pub async fn connect(url: &DatabaseUrl) -> Result<Store> {
         let store = match url {
             DatabaseUrl::Sqlite(url) => {
+                exec::configure_sqlite();
                 let options = SqliteConnectOptions::from_str(url)?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
