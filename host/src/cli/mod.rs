@@ -195,10 +195,28 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: many of the host's
+/// errors already say what their source said (`database error: {0}`), and
+/// printing the chain as is would repeat it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -383,4 +401,21 @@ async fn events(cmd: EventsCommand, tenant: &str, store: &Store) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error: {0}")]
+    struct Repeats(#[from] std::io::Error);
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let e = anyhow::Error::new(Repeats(std::io::Error::other("disk full"))).context("failed to open the database");
+        assert_eq!(describe(&e), "failed to open the database: database error: disk full");
+        let e = anyhow::anyhow!("no such user").context("users get");
+        assert_eq!(describe(&e), "users get: no such user");
+    }
 }
