@@ -495,6 +495,25 @@ fn page(rows: Vec<Vec<Value>>, limit: i64) -> Result<Page, DocError> {
 mod tests {
     use super::*;
 
+    /// What makes `find` cheap in a large table on SQLite: the entry's own
+    /// B-tree, then the document by rowid, not a second descent by key.
+    #[test]
+    fn sqlite_finds_the_document_by_its_rowid() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        for (_, sql) in crate::store::tests::sqlite_migrations() {
+            conn.execute_batch(&sql).unwrap();
+        }
+        let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {FIND}11")).unwrap();
+        let steps: Vec<String> = plan
+            .query_map(rusqlite::params!["t", "users", "authId", "s:x", ""], |row| row.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(steps[0].starts_with("SEARCH i USING PRIMARY KEY (tenant_id=? AND tbl=? AND field=? AND value_key=?"));
+        assert_eq!(steps[1], "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)");
+    }
+
     #[test]
     fn names_follow_the_rule() {
         for good in ["users", "todoLists", "a", "A_1", &"x".repeat(64)] {

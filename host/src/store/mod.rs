@@ -181,11 +181,11 @@ fn sqlite_file(pool: &SqlitePool) -> Option<std::path::PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::PathBuf;
 
     /// The SQLite migrations in order, as (file name, SQL).
-    fn sqlite_migrations() -> Vec<(String, String)> {
+    pub(super) fn sqlite_migrations() -> Vec<(String, String)> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
         let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
