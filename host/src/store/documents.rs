@@ -13,8 +13,9 @@
 //! whose top-level `field` is a string, number, boolean or null has one row in
 //! `document_index_entries`, keyed by the value's canonical form, so `find` is
 //! one B-tree range however large the table is. Each entry records its
-//! document's `seq` too, which SQLite reads the row by (see `FIND`). `find` on an undeclared field is
-//! the typed error [`DocError::NotIndexed`]: no silent full scans.
+//! document's `seq` too, which SQLite reads the row by (see `FIND`). `find` on
+//! an undeclared field is the typed error [`DocError::NotIndexed`]: no silent
+//! full scans.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -253,11 +254,7 @@ impl Documents<'_> {
         let seq = row
             .and_then(|row| row.into_iter().next()?.as_i64())
             .ok_or_else(|| DocError::Store(StoreError::Corrupt("inserting a document returned no seq".into())))?;
-        for field in self.indexes.fields(table) {
-            if let Some(key) = object.get(field).and_then(value_key) {
-                self.add_entry(table, field, key, &id, seq)?;
-            }
-        }
+        self.add_entries(table, &id, seq, &object)?;
         Ok(id)
     }
 
@@ -281,8 +278,8 @@ impl Documents<'_> {
 
     pub fn patch(&mut self, table: &str, id: &str, fields: &str) -> Result<Document, DocError> {
         let fields = self.parse_object(fields)?;
-        let old = self.stored(table, id)?.ok_or(DocError::NotFound)?;
-        let mut merged = parse_stored(&old.0.body)?;
+        let (old, seq) = self.stored(table, id)?.ok_or(DocError::NotFound)?;
+        let mut merged = parse_stored(&old.body)?;
         for (name, value) in fields {
             if value.is_null() {
                 merged.remove(&name);
@@ -291,13 +288,13 @@ impl Documents<'_> {
             }
         }
         let body = Json::Object(merged).to_string();
-        self.write(table, old, body)
+        self.write(table, old, seq, body)
     }
 
     pub fn replace(&mut self, table: &str, id: &str, body: &str) -> Result<Document, DocError> {
         self.parse_object(body)?;
-        let old = self.stored(table, id)?.ok_or(DocError::NotFound)?;
-        self.write(table, old, body.to_string())
+        let (old, seq) = self.stored(table, id)?.ok_or(DocError::NotFound)?;
+        self.write(table, old, seq, body.to_string())
     }
 
     pub fn delete(&mut self, table: &str, id: &str) -> Result<bool, DocError> {
@@ -305,11 +302,7 @@ impl Documents<'_> {
             return Ok(false);
         };
         let old_body = parse_stored(&old.body)?;
-        for field in self.indexes.fields(table) {
-            if let Some(key) = old_body.get(field).and_then(value_key) {
-                self.remove_entry(table, field, key, id)?;
-            }
-        }
+        self.remove_entries(table, id, &old_body)?;
         self.tx.execute(DELETE_DOC, &[self.tenant.into(), table.into(), id.into()])?;
         self.tx.execute(COUNT_DELETE, &[self.tenant.into()])?;
         Ok(true)
@@ -410,7 +403,7 @@ impl Documents<'_> {
         }
     }
 
-    fn write(&mut self, table: &str, (old, seq): (Document, i64), body: String) -> Result<Document, DocError> {
+    fn write(&mut self, table: &str, old: Document, seq: i64, body: String) -> Result<Document, DocError> {
         if body.len() > self.limits.max_document_bytes {
             return Err(DocError::DocumentTooLarge(self.limits.max_document_bytes as u32));
         }
@@ -434,6 +427,24 @@ impl Documents<'_> {
             &[self.tenant.into(), table.into(), old.id.as_str().into(), body.as_str().into(), now.into()],
         )?;
         Ok(Document { id: old.id, created_at: old.created_at, updated_at: now, body })
+    }
+
+    fn add_entries(&mut self, table: &str, id: &str, seq: i64, body: &Map<String, Json>) -> Result<(), DocError> {
+        for field in self.indexes.fields(table) {
+            if let Some(key) = body.get(field).and_then(value_key) {
+                self.add_entry(table, field, key, id, seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_entries(&mut self, table: &str, id: &str, body: &Map<String, Json>) -> Result<(), DocError> {
+        for field in self.indexes.fields(table) {
+            if let Some(key) = body.get(field).and_then(value_key) {
+                self.remove_entry(table, field, key, id)?;
+            }
+        }
+        Ok(())
     }
 
     fn add_entry(&mut self, table: &str, field: &str, key: String, id: &str, seq: i64) -> Result<(), DocError> {
