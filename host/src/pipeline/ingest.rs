@@ -8,7 +8,8 @@
 //! Owns: the submission queue and the single writer task. Must not: acknowledge an
 //! event before it is durable, or drop a submission without answering it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -88,7 +89,10 @@ impl Ingest {
                 let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
                 while rx.recv_many(&mut batch, MAX_INSERT_ROWS).await > 0 {
                     let (rows, replies) = split(&mut batch);
-                    answer(replies, store.insert_events(&rows).await.map_err(Arc::new));
+                    let inserted = store.insert_events(&rows).await.map(|keys| {
+                        rows.iter().map(|r| keys.contains(&(r.tenant_id.clone(), r.event_id.clone()))).collect()
+                    });
+                    answer(replies, inserted.map_err(Arc::new));
                     stored.notify_one();
                 }
                 debug!("ingest writer stopped: no more submissions");
@@ -105,23 +109,40 @@ impl Ingest {
     }
 }
 
-type Key = (String, String);
+/// A request waiting for its event's batch: which row of the batch holds the
+/// event, and whether the request sent that row (a redelivery can arrive
+/// twice in one batch; only its first copy is written).
+struct Waiting {
+    row: usize,
+    first: bool,
+    reply: Reply,
+}
 
-/// Splits a batch into the rows to write and the replies to send. A redelivery
-/// can arrive twice in one batch: it is written once, and its second copy is
-/// answered as a duplicate.
-fn split(batch: &mut Vec<Submission>) -> (Vec<NewEvent>, Vec<(Key, Reply)>) {
-    let mut seen = HashSet::with_capacity(batch.len());
+/// Splits a batch into the rows to write and the requests that wait for them.
+fn split(batch: &mut Vec<Submission>) -> (Vec<NewEvent>, Vec<Waiting>) {
+    let mut placed = Vec::with_capacity(batch.len());
+    {
+        let mut row_of: HashMap<(&str, &str), usize> = HashMap::with_capacity(batch.len());
+        for s in batch.iter() {
+            let next = row_of.len();
+            match row_of.entry((&s.event.tenant_id, &s.event.event_id)) {
+                Entry::Occupied(e) => placed.push((*e.get(), false)),
+                Entry::Vacant(e) => {
+                    e.insert(next);
+                    placed.push((next, true));
+                }
+            }
+        }
+    }
     let mut rows = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    for s in batch.drain(..) {
-        let key = (s.event.tenant_id.clone(), s.event.event_id.clone());
-        if seen.insert(key.clone()) {
+    let mut waiting = Vec::with_capacity(batch.len());
+    for (s, (row, first)) in batch.drain(..).zip(placed) {
+        if first {
             rows.push(s.event);
         }
-        replies.push((key, s.reply));
+        waiting.push(Waiting { row, first, reply: s.reply });
     }
-    (rows, replies)
+    (rows, waiting)
 }
 
 /// Committed batches waiting for the sync thread to pick them up, at most: one.
@@ -137,8 +158,9 @@ const UNSYNCED_BATCHES: usize = 1;
 /// A batch committed on SQLite, not yet synced, with the requests waiting for it.
 struct Written {
     unsynced: Unsynced,
-    inserted: HashSet<Key>,
-    replies: Vec<(Key, Reply)>,
+    /// Per row of the batch: whether it was new (not already in the inbox).
+    inserted: Vec<bool>,
+    replies: Vec<Waiting>,
 }
 
 /// The SQLite writer's second half: syncs the log for every batch committed
@@ -161,21 +183,60 @@ fn sync_and_answer(written: &std::sync::mpsc::Receiver<Written>) {
     }
 }
 
-/// Answers every request of a batch once its commit is known.
-fn answer(replies: Vec<(Key, Reply)>, result: Result<HashSet<Key>, Arc<StoreError>>) {
+/// Answers every request of a batch once its commit is known; `inserted`
+/// says, per row, whether the row was new.
+fn answer(replies: Vec<Waiting>, result: Result<Vec<bool>, Arc<StoreError>>) {
     match result {
-        Ok(mut inserted) => {
-            for (key, reply) in replies {
-                let answer = if inserted.remove(&key) { Accepted::New } else { Accepted::Duplicate };
-                let _ = reply.send(Ok(answer)); // the request may have gone; the event is stored regardless
+        Ok(inserted) => {
+            for w in replies {
+                let new = w.first && inserted.get(w.row).copied().unwrap_or(false);
+                let answer = if new { Accepted::New } else { Accepted::Duplicate };
+                let _ = w.reply.send(Ok(answer)); // the request may have gone; the event is stored regardless
             }
         }
         Err(e) => {
             error!(error = %e, events = replies.len(), "could not store webhooks in the inbox");
             let e = IngestError::Store(e);
-            for (_, reply) in replies {
-                let _ = reply.send(Err(e.clone()));
+            for w in replies {
+                let _ = w.reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(tenant: &str, id: &str) -> (Submission, oneshot::Receiver<Result<Accepted, IngestError>>) {
+        let (reply, answer) = oneshot::channel();
+        let event = NewEvent {
+            tenant_id: tenant.into(),
+            event_id: id.into(),
+            event_type: "user.created".into(),
+            subject: format!("event:{id}"),
+            occurred_at: 1,
+            received_at: 1,
+            payload: "{}".into(),
+        };
+        (Submission { event, reply }, answer)
+    }
+
+    #[test]
+    fn a_batch_writes_each_event_once_and_answers_every_copy() {
+        let (mut batch, mut answers) = (Vec::new(), Vec::new());
+        // e1 twice in one batch; the same id for another tenant is another event;
+        // e2 is already in the inbox (its row is written but not new).
+        for (tenant, id) in [("a", "e1"), ("a", "e2"), ("a", "e1"), ("b", "e1")] {
+            let (s, answer) = submission(tenant, id);
+            batch.push(s);
+            answers.push(answer);
+        }
+        let (rows, waiting) = split(&mut batch);
+        let keys: Vec<_> = rows.iter().map(|r| (r.tenant_id.as_str(), r.event_id.as_str())).collect();
+        assert_eq!(keys, [("a", "e1"), ("a", "e2"), ("b", "e1")]);
+        answer(waiting, Ok(vec![true, false, true]));
+        let got: Vec<_> = answers.iter_mut().map(|a| a.try_recv().unwrap().unwrap()).collect();
+        assert_eq!(got, [Accepted::New, Accepted::Duplicate, Accepted::Duplicate, Accepted::New]);
     }
 }

@@ -14,7 +14,6 @@
 //! gate is released and before it acknowledges any of it (see
 //! [`super::exec::Writer`]).
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use super::exec::Unsynced;
@@ -24,8 +23,6 @@ use rusqlite::{TransactionBehavior, params};
 
 const INSERT_ONE: &str = "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, \
      payload, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6) ON CONFLICT (tenant_id, event_id) DO NOTHING";
-
-pub type Inserted = HashSet<(String, String)>;
 
 /// Writes batches through the writer connection. Blocking: run it on a thread of its own.
 pub struct SqliteInboxWriter {
@@ -44,13 +41,14 @@ impl SqliteInboxWriter {
         Ok(SqliteInboxWriter { gate })
     }
 
-    /// Inserts `events` in one transaction; returns the keys that were new, and
-    /// the commit to sync before acknowledging any of them. The write gate is
+    /// Inserts `events` in one transaction; returns, per event, whether it was
+    /// new (not already in the inbox), and the commit to sync before
+    /// acknowledging any of them. The write gate is
     /// free again on return, so the next batch need not wait for the disk.
-    pub fn write(&mut self, events: &[NewEvent]) -> Result<(Inserted, Unsynced)> {
+    pub fn write(&mut self, events: &[NewEvent]) -> Result<(Vec<bool>, Unsynced)> {
         let mut turn = self.gate.blocking_lock();
         let tx = turn.conn()?.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut inserted = HashSet::with_capacity(events.len());
+        let mut inserted = Vec::with_capacity(events.len());
         {
             let mut insert = tx.prepare_cached(INSERT_ONE)?;
             for e in events {
@@ -63,9 +61,7 @@ impl SqliteInboxWriter {
                     e.received_at,
                     e.payload
                 ])?;
-                if changed == 1 {
-                    inserted.insert((e.tenant_id.clone(), e.event_id.clone()));
-                }
+                inserted.push(changed == 1);
             }
         }
         tx.commit()?;
