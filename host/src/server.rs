@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::deploy::Deployment;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::worker::Worker;
@@ -92,7 +92,7 @@ pub async fn run_with(
 
     let grace = settings.shutdown_grace;
     let keys = Arc::new(KeyCache::new(&settings.workos.api_base_url, &settings.auth));
-    let state = AppState { settings, ingest, decider, tenants, keys };
+    let state = AppState::new(Shared { settings, ingest, decider, tenants, keys });
     let app = http::router(state);
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");

@@ -28,9 +28,27 @@ use crate::tenants::{Tenant, Tenants};
 use crate::workos::jwks::KeyCache;
 use error::ApiError;
 
-/// What every route can reach.
+/// What every route can reach. Shared behind one `Arc`: axum clones the state
+/// for every request, and one reference count costs less than one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub settings: Arc<Settings>,
     pub ingest: Ingest,
     pub decider: Arc<Decider>,
