@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::HeaderMap;
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::HeaderValue;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
 
 use super::error::ApiError;
@@ -153,18 +153,36 @@ async fn discard(body: &mut Body, declared: Option<u64>) {
     let _ = tokio::time::timeout(DISCARD_MAX_TIME, drain).await;
 }
 
-pub async fn receive(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Json<Value>, ApiError> {
-    let event = &webhook.event;
-    let span = info_span!("webhook", tenant = %webhook.tenant.slug, event_id = %event.id, event_type = %event.event);
+/// The acknowledgement bodies, exactly as `serde_json` would write them
+/// (keys in order), prepared once: every webhook gets one of the two.
+const ACK_NEW: &str = r#"{"duplicate":false,"received":true}"#;
+const ACK_DUPLICATE: &str = r#"{"duplicate":true,"received":true}"#;
+
+pub async fn receive(State(state): State<AppState>, webhook: VerifiedWebhook) -> Result<Response, ApiError> {
+    let VerifiedWebhook { tenant, event, body, received_at } = webhook;
+    let span = info_span!("webhook", tenant = %tenant.slug, event_id = %event.id, event_type = %event.event);
     let new_event = NewEvent {
-        tenant_id: webhook.tenant.slug.clone(),
-        event_id: event.id.clone(),
-        event_type: event.event.clone(),
-        subject: event.subject(),
-        occurred_at: event.created_at_ms.unwrap_or(webhook.received_at),
-        received_at: webhook.received_at,
-        payload: webhook.body,
+        tenant_id: tenant.slug.clone(),
+        occurred_at: event.created_at_ms.unwrap_or(received_at),
+        event_id: event.id,
+        event_type: event.event,
+        subject: event.subject,
+        received_at,
+        payload: body,
     };
     let accepted = state.ingest.submit(new_event).instrument(span).await?;
-    Ok(Json(json!({ "received": true, "duplicate": accepted == Accepted::Duplicate })))
+    let ack = if accepted == Accepted::Duplicate { ACK_DUPLICATE } else { ACK_NEW };
+    Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], ack).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_acknowledgements_are_the_json_they_say() {
+        for (text, duplicate) in [(ACK_NEW, false), (ACK_DUPLICATE, true)] {
+            assert_eq!(text, serde_json::json!({ "received": true, "duplicate": duplicate }).to_string());
+        }
+    }
 }

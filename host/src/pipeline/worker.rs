@@ -313,19 +313,18 @@ impl Worker {
         maintained: &Arc<Indexes>,
         now: i64,
     ) -> (Option<SyncTx>, Result<(&'static str, Option<String>), (Failure, Option<String>)>) {
-        let parsed = Event::parse(claimed.payload.as_bytes()).and_then(|event| Ok((event.sync_action()?, event)));
-        let (action, event) = match parsed {
-            Ok(parsed) => parsed,
+        let event = match Event::parse(claimed.payload.as_bytes()) {
+            Ok(event) => event,
             Err(e) => return (Some(tx), Err((ApplyError::from(e).into(), None))),
         };
-        let synced = match sync::apply(&mut tx, &claimed.tenant_id, &event, &action, now) {
+        let synced = match sync::apply(&mut tx, &claimed.tenant_id, &event, event.sync_action(), now) {
             Ok(outcome) => outcome,
             Err(e) => return (Some(tx), Err((e.into(), None))),
         };
         let Some(live) = deployment.current().filter(|l| l.module.handles_events()) else {
             return (Some(tx), Ok((synced, None)));
         };
-        let guest_event = guest_event(&event, action, claimed);
+        let guest_event = guest_event(&event, claimed);
         let invoked = deployment.runtime().handle_event(
             &live.module,
             tx,
@@ -374,10 +373,10 @@ fn next_round(mut due: Vec<String>, last: Option<&str>) -> VecDeque<String> {
 }
 
 /// The event as the WIT `events.event` record.
-fn guest_event(event: &Event, action: SyncAction, claimed: &ClaimedEvent) -> GuestEvent {
-    let user = match action {
-        SyncAction::Upsert(record) => match *record {
-            Record::User(u) => Some(u),
+fn guest_event(event: &Event, claimed: &ClaimedEvent) -> GuestEvent {
+    let user = match event.sync_action() {
+        SyncAction::Upsert(record) => match &**record {
+            Record::User(u) => Some(u.clone()),
             _ => None,
         },
         // A trimmed `user.deleted` carries only the id.

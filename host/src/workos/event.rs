@@ -34,6 +34,12 @@ pub struct Event {
     pub data: Box<RawValue>,
     /// `created_at` of the envelope in unix ms, when present and well formed.
     pub created_at_ms: Option<i64>,
+    /// The ordering key: events with the same subject are applied one at a time,
+    /// oldest first. Events about a user (including memberships, sessions and
+    /// authentications, which carry `user_id`) share the user's subject.
+    pub subject: String,
+    /// What the event does to the directory tables, decoded once by `parse`.
+    action: SyncAction,
 }
 
 /// Longest event id or type we accept; WorkOS ids are about 30 characters.
@@ -92,49 +98,58 @@ impl Event {
                 clock::parse_rfc3339_ms(&s).ok_or(EventError::NotAnEvent("`created_at` is not an RFC 3339 time"))?,
             ),
         };
-        let parsed = Event { id: id.into_owned(), event: event.into_owned(), data: data.to_owned(), created_at_ms };
-        parsed.sync_action()?;
-        Ok(parsed)
+        let action = decode_action(&event, data)?;
+        let subject = subject_of(&event, &id, data);
+        Ok(Event {
+            id: id.into_owned(),
+            event: event.into_owned(),
+            data: data.to_owned(),
+            created_at_ms,
+            subject,
+            action,
+        })
     }
 
     /// What this event does to the directory tables, with its record decoded.
-    pub fn sync_action(&self) -> Result<SyncAction, EventError> {
-        let Some((kind, verb)) = self.event.rsplit_once('.') else {
-            return Ok(SyncAction::None);
-        };
-        let kind = match kind {
-            "user" => RecordKind::User,
-            "organization" => RecordKind::Organization,
-            "organization_membership" => RecordKind::Membership,
-            _ => return Ok(SyncAction::None),
-        };
-        match verb {
-            "created" | "updated" => Ok(SyncAction::Upsert(Box::new(Record::decode(kind, &self.data)?))),
-            "deleted" => {
-                let id = record_id(kind, &self.data)?;
-                Ok(SyncAction::Delete { kind, id })
-            }
-            _ => Ok(SyncAction::None),
-        }
+    pub fn sync_action(&self) -> &SyncAction {
+        &self.action
     }
+}
 
-    /// The ordering key: events with the same subject are applied one at a time,
-    /// oldest first. Events about a user (including memberships, sessions and
-    /// authentications, which carry `user_id`) share the user's subject.
-    pub fn subject(&self) -> String {
-        // `data` is an object (checked by `parse`); fields of another type count as absent.
-        let fields =
-            serde_json::from_str::<SubjectFields>(self.data.get()).unwrap_or(SubjectFields { id: None, user_id: None });
-        let id = fields.id.filter(|s| !s.is_empty());
-        let user_id = fields.user_id.filter(|s| !s.is_empty());
-        let kind = self.event.rsplit_once('.').map_or(self.event.as_str(), |(kind, _)| kind);
-        match (kind, id, user_id) {
-            ("user", Some(id), _) => format!("user:{id}"),
-            (_, _, Some(user)) => format!("user:{user}"),
-            ("organization", Some(id), _) => format!("organization:{id}"),
-            // Anything else has no ordering constraint beyond itself.
-            _ => format!("event:{}", self.id),
+/// What an event of type `event` with this `data` does to the directory tables.
+fn decode_action(event: &str, data: &RawValue) -> Result<SyncAction, EventError> {
+    let Some((kind, verb)) = event.rsplit_once('.') else {
+        return Ok(SyncAction::None);
+    };
+    let kind = match kind {
+        "user" => RecordKind::User,
+        "organization" => RecordKind::Organization,
+        "organization_membership" => RecordKind::Membership,
+        _ => return Ok(SyncAction::None),
+    };
+    match verb {
+        "created" | "updated" => Ok(SyncAction::Upsert(Box::new(Record::decode(kind, data)?))),
+        "deleted" => {
+            let id = record_id(kind, data)?;
+            Ok(SyncAction::Delete { kind, id })
         }
+        _ => Ok(SyncAction::None),
+    }
+}
+
+/// The ordering key of event `event_id` of type `event` (see [`Event::subject`](Event)).
+fn subject_of(event: &str, event_id: &str, data: &RawValue) -> String {
+    // `data` is an object (checked by `parse`); fields of another type count as absent.
+    let fields = serde_json::from_str::<SubjectFields>(data.get()).unwrap_or(SubjectFields { id: None, user_id: None });
+    let id = fields.id.filter(|s| !s.is_empty());
+    let user_id = fields.user_id.filter(|s| !s.is_empty());
+    let kind = event.rsplit_once('.').map_or(event, |(kind, _)| kind);
+    match (kind, id, user_id) {
+        ("user", Some(id), _) => format!("user:{id}"),
+        (_, _, Some(user)) => format!("user:{user}"),
+        ("organization", Some(id), _) => format!("organization:{id}"),
+        // Anything else has no ordering constraint beyond itself.
+        _ => format!("event:{event_id}"),
     }
 }
 
@@ -144,11 +159,18 @@ fn record_id(kind: RecordKind, data: &RawValue) -> Result<String, EventError> {
         #[serde(borrow)]
         id: Option<Cow<'a, str>>,
     }
-    let invalid = || EventError::InvalidData { kind: kind.name(), reason: "no string `id`".into() };
-    match serde_json::from_str::<IdOnly>(data.get()).map_err(|_| invalid())?.id {
-        Some(id) if !id.is_empty() && id.len() <= MAX_ID_LEN => Ok(id.into_owned()),
-        _ => Err(invalid()),
+    match serde_json::from_str::<IdOnly>(data.get()).map_err(|_| no_id(kind))?.id {
+        Some(id) if valid_id(&id) => Ok(id.into_owned()),
+        _ => Err(no_id(kind)),
     }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN
+}
+
+fn no_id(kind: RecordKind) -> EventError {
+    EventError::InvalidData { kind: kind.name(), reason: "no string `id`".into() }
 }
 
 /// The directory tables the host keeps.
@@ -192,13 +214,20 @@ pub enum Record {
 
 impl Record {
     fn decode(kind: RecordKind, data: &RawValue) -> Result<Record, EventError> {
-        record_id(kind, data)?;
-        let invalid = |e: serde_json::Error| EventError::InvalidData { kind: kind.name(), reason: e.to_string() };
         let text = data.get();
-        let record = match kind {
-            RecordKind::User => Record::User(serde_json::from_str(text).map_err(invalid)?),
-            RecordKind::Organization => Record::Organization(serde_json::from_str(text).map_err(invalid)?),
-            RecordKind::Membership => Record::Membership(serde_json::from_str(text).map_err(invalid)?),
+        let decoded = match kind {
+            RecordKind::User => serde_json::from_str(text).map(Record::User),
+            RecordKind::Organization => serde_json::from_str(text).map(Record::Organization),
+            RecordKind::Membership => serde_json::from_str(text).map(Record::Membership),
+        };
+        // A record without a usable `id` is refused as `record_id` says, whatever else is wrong with it.
+        let record = match decoded {
+            Ok(record) if valid_id(record.id()) => record,
+            Ok(_) => return Err(no_id(kind)),
+            Err(e) => {
+                record_id(kind, data)?;
+                return Err(EventError::InvalidData { kind: kind.name(), reason: e.to_string() });
+            }
         };
         // Timestamps must parse, or the stale-update guard could not be applied.
         for (name, ts) in record.timestamps() {
@@ -212,6 +241,14 @@ impl Record {
             }
         }
         Ok(record)
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Record::User(u) => &u.id,
+            Record::Organization(o) => &o.id,
+            Record::Membership(m) => &m.id,
+        }
     }
 
     fn timestamps(&self) -> Vec<(&'static str, Option<&str>)> {
@@ -303,13 +340,13 @@ mod tests {
     fn a_user_created_event_decodes_every_documented_field() {
         let event = Event::parse(&envelope("user.created", USER_FIXTURE)).unwrap();
         assert_eq!(event.created_at_ms, Some(1_735_689_600_000));
-        let SyncAction::Upsert(record) = event.sync_action().unwrap() else { panic!() };
-        let Record::User(user) = *record else { panic!() };
+        let SyncAction::Upsert(record) = event.sync_action() else { panic!() };
+        let Record::User(user) = &**record else { panic!() };
         assert_eq!(user.email.as_deref(), Some("test01@example.com"));
         assert_eq!(user.email_verified, Some(true));
         assert_eq!(user.locale.as_deref(), Some("en-US"));
-        assert_eq!(user.metadata.unwrap()["key"], "value");
-        assert_eq!(event.subject(), "user:user_01H5JQDV7R7ATEYZDEG0W5PRYS");
+        assert_eq!(user.metadata.as_ref().unwrap()["key"], "value");
+        assert_eq!(event.subject, "user:user_01H5JQDV7R7ATEYZDEG0W5PRYS");
     }
 
     #[test]
@@ -337,15 +374,15 @@ mod tests {
         assert!(Event::parse(&envelope("user.updated", r#"{"id":"u","updated_at":"soon"}"#)).is_err());
         // A trimmed delete with only the id is fine.
         let deleted = Event::parse(&envelope("user.deleted", r#"{"id":"u"}"#)).unwrap();
-        assert!(matches!(deleted.sync_action().unwrap(), SyncAction::Delete { kind: RecordKind::User, .. }));
+        assert!(matches!(deleted.sync_action(), SyncAction::Delete { kind: RecordKind::User, .. }));
         // Other event types are accepted whatever their data.
         let other = Event::parse(&envelope("dsync.user.created", r#"{"whatever":[1]}"#)).unwrap();
-        assert!(matches!(other.sync_action().unwrap(), SyncAction::None));
+        assert!(matches!(other.sync_action(), SyncAction::None));
     }
 
     #[test]
     fn subjects_group_events_about_the_same_user() {
-        let subject = |event: &str, data: &str| Event::parse(&envelope(event, data)).unwrap().subject();
+        let subject = |event: &str, data: &str| Event::parse(&envelope(event, data)).unwrap().subject;
         assert_eq!(subject("user.deleted", r#"{"id":"u1"}"#), "user:u1");
         assert_eq!(subject("organization_membership.created", r#"{"id":"om","user_id":"u1"}"#), "user:u1");
         assert_eq!(subject("session.created", r#"{"id":"s","user_id":"u1"}"#), "user:u1");

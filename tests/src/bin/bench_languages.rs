@@ -73,7 +73,7 @@ fn sync_user(tx: &mut authkit_host::store::exec::SyncTx, i: u32) -> anyhow::Resu
                   "first_name": "Bench", "updated_at": "2025-01-01T00:00:00.000Z" },
         "created_at": "2025-01-01T00:00:00.000Z" });
     let parsed = Event::parse(envelope.to_string().as_bytes())?;
-    sync::apply(tx, "default", &parsed, &parsed.sync_action()?, authkit_host::clock::now_ms())?;
+    sync::apply(tx, "default", &parsed, parsed.sync_action(), authkit_host::clock::now_ms())?;
     Ok(())
 }
 
