@@ -89,10 +89,7 @@ impl Ingest {
                 let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
                 while rx.recv_many(&mut batch, MAX_INSERT_ROWS).await > 0 {
                     let (rows, replies) = split(&mut batch);
-                    let inserted = store.insert_events(&rows).await.map(|keys| {
-                        rows.iter().map(|r| keys.contains(&(r.tenant_id.clone(), r.event_id.clone()))).collect()
-                    });
-                    answer(replies, inserted.map_err(Arc::new));
+                    answer(replies, store.insert_events(&rows).await.map_err(Arc::new));
                     stored.notify_one();
                 }
                 debug!("ingest writer stopped: no more submissions");

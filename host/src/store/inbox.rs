@@ -211,12 +211,13 @@ impl InboxWriter {
 
 impl Store {
     /// Stores events in one statement (one commit, one fsync, however many events).
-    /// Returns the ids that were new; the others were already in the inbox and are
-    /// left untouched. At most [`MAX_INSERT_ROWS`] events per call.
-    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<HashSet<(String, String)>> {
+    /// Returns, per event, whether it was new, as the SQLite inbox writer does;
+    /// the others were already in the inbox and are left untouched. At most
+    /// [`MAX_INSERT_ROWS`] events per call.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<bool>> {
         assert!(events.len() <= MAX_INSERT_ROWS, "insert_events takes at most {MAX_INSERT_ROWS} rows");
         if events.is_empty() {
-            return Ok(HashSet::new());
+            return Ok(Vec::new());
         }
         let rows: Vec<(String, String)> = on_pool!(self, pool => {
             let mut q = QueryBuilder::new(
@@ -235,7 +236,8 @@ impl Store {
             q.push(" ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING tenant_id, event_id");
             q.build_query_as().fetch_all(pool).await?
         });
-        Ok(rows.into_iter().collect())
+        let new: HashSet<(String, String)> = rows.into_iter().collect();
+        Ok(events.iter().map(|e| new.contains(&(e.tenant_id.clone(), e.event_id.clone()))).collect())
     }
 
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<InboxEvent>> {
