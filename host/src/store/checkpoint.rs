@@ -17,9 +17,10 @@
 //! The log only starts over from its beginning (instead of growing) when a
 //! writer begins with every page of it already copied. Writers here follow
 //! each other without a gap, so once the log has grown past
-//! [`RESTART_AFTER_PAGES`], the checkpointer copies the last pages while it
-//! holds the write gate (a moment: most were copied without it), and the next
-//! writer starts the log over, unless a reader still uses it then.
+//! [`RESTART_AFTER_PAGES`], the checkpointer copies again what was committed
+//! during its copy, then the last pages while it holds the write gate (a
+//! moment: most were copied without it), and the next writer starts the log
+//! over, unless a reader still uses it then.
 //!
 //! Writers keep SQLite's automatic checkpoint only as a fallback, at
 //! [`FALLBACK_AUTOCHECKPOINT_PAGES`]: a process without a checkpointer (the
@@ -108,7 +109,10 @@ fn run(conn: &rusqlite::Connection, gate: &WriteGate, stopped: &mpsc::Receiver<(
             if log < RESTART_AFTER_PAGES {
                 return Ok(());
             }
-            // The pages committed since, with the writers held back.
+            // The pages committed during that copy, still without the gate, so
+            // that what is left to copy with the writers held back is only
+            // what they committed during this shorter one.
+            checkpoint(conn)?;
             let _turn = gate.blocking_lock();
             checkpoint(conn).map(drop)
         });
