@@ -45,8 +45,8 @@ use super::{Result, WriteGate};
 /// half a dozen indexes, scattered over the file, and the disk's write rate
 /// becomes the limit. Measured with bench-tenants (1,000 tenants, 20,000
 /// events a turn, third turn): at 100 ms the process wrote 65 KB to disk per
-/// event, at 1 s 44 KB, and the events spread over every tenant went 15-30%
-/// faster; one tenant's events and bench-ingest did not change.
+/// event, at 1 s 44 KB, and spread turns went from 59-64% of one tenant's
+/// rate to 73-79%, in alternating runs; bench-ingest did not change.
 const INTERVAL: Duration = Duration::from_secs(1);
 
 /// A log this long (about 8 MiB with 4 KiB pages) is made to start over.
@@ -55,8 +55,8 @@ const RESTART_AFTER_PAGES: i64 = 2_000;
 /// Writers' own automatic checkpoint, kept as a fallback for a process without
 /// a checkpointer (the CLI) or one that falls behind: about 400 MiB of log with
 /// 4 KiB pages. It must stay above what writers add in one [`INTERVAL`]
-/// (measured: up to 50,000 pages a second with 1,000 tenants on a 2-core
-/// machine), or writers copy the log themselves inside their commits, at the
+/// (estimated from bench-tenants' disk writes: up to about 50,000 pages a
+/// second with 1,000 tenants on a 2-core machine), or writers copy the log themselves inside their commits, at the
 /// write gate. For comparison, Postgres lets its log reach 1 GB by default
 /// between checkpoints. The log file keeps the size it reached: it is reused
 /// from its start, not truncated.
