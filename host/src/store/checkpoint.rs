@@ -58,9 +58,17 @@ const RESTART_AFTER_PAGES: i64 = 2_000;
 /// (estimated from bench-tenants' disk writes: up to about 50,000 pages a
 /// second with 1,000 tenants on a 2-core machine), or writers copy the log themselves inside their commits, at the
 /// write gate. For comparison, Postgres lets its log reach 1 GB by default
-/// between checkpoints. The log file keeps the size it reached: it is reused
-/// from its start, not truncated.
+/// between checkpoints. While writers are busy the log file keeps the size it
+/// reached (it is reused from its start), and [`KEEP_LOG_BYTES`] says when it
+/// is cut back.
 pub const FALLBACK_AUTOCHECKPOINT_PAGES: i64 = 100_000;
+
+/// A log file larger than this is cut to nothing once nothing has been
+/// committed for a whole [`INTERVAL`] and all of it is copied: a burst of
+/// writes does not leave hundreds of megabytes behind it. Smaller files are
+/// kept, as SQLite does, so a steady load does not pay for growing the file
+/// again (which also makes each sync write the file's new size).
+const KEEP_LOG_BYTES: u64 = 64 << 20;
 
 /// The running checkpointer. Dropping it stops the thread after a last checkpoint.
 pub struct Checkpointer {
@@ -72,6 +80,14 @@ impl Checkpointer {
     /// Starts checkpointing the (already migrated) database file at `path`,
     /// whose writers in this process queue at `gate`.
     pub fn start(path: &Path, gate: WriteGate) -> Result<Checkpointer> {
+        Checkpointer::keeping(path, gate, KEEP_LOG_BYTES)
+    }
+
+    /// As [`Checkpointer::start`], cutting back a log file larger than `keep_log_bytes` when idle.
+    fn keeping(path: &Path, gate: WriteGate, keep_log_bytes: u64) -> Result<Checkpointer> {
+        let mut log_path = path.as_os_str().to_owned();
+        log_path.push("-wal");
+        let log = Log { path: log_path.into(), keep_bytes: keep_log_bytes };
         let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -80,7 +96,7 @@ impl Checkpointer {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || run(&conn, &gate, &stopped))
+            .spawn(move || run(&conn, &gate, &stopped, &log))
             .map_err(|e| super::StoreError::Corrupt(format!("could not start the checkpoint thread: {e}")))?;
         Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
     }
@@ -97,7 +113,16 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &rusqlite::Connection, gate: &WriteGate, stopped: &mpsc::Receiver<()>) {
+/// The log file, and how large it may stay while idle.
+struct Log {
+    path: std::path::PathBuf,
+    keep_bytes: u64,
+}
+
+fn run(conn: &rusqlite::Connection, gate: &WriteGate, stopped: &mpsc::Receiver<()>, log_file: &Log) {
+    // The last run's log size and pages copied: the same again, all copied,
+    // means nothing was committed for a whole interval.
+    let mut previous = None;
     loop {
         let last = match stopped.recv_timeout(INTERVAL) {
             Err(mpsc::RecvTimeoutError::Timeout) => false,
@@ -106,6 +131,10 @@ fn run(conn: &rusqlite::Connection, gate: &WriteGate, stopped: &mpsc::Receiver<(
         };
         let done = checkpoint(conn).and_then(|(log, copied)| {
             debug!(log, copied, "checkpoint");
+            let idle = previous.replace((log, copied)) == Some((log, copied)) && log == copied;
+            if idle {
+                return shrink(conn, gate, log_file);
+            }
             if log < RESTART_AFTER_PAGES {
                 return Ok(());
             }
@@ -123,6 +152,20 @@ fn run(conn: &rusqlite::Connection, gate: &WriteGate, stopped: &mpsc::Receiver<(
             return;
         }
     }
+}
+
+/// Cuts an idle log file larger than it may stay to nothing. Every page of it
+/// is in the database file already, so this only waits for the writers (held
+/// back for a moment) and gives up at once if a reader still uses the log.
+fn shrink(conn: &rusqlite::Connection, gate: &WriteGate, log: &Log) -> rusqlite::Result<()> {
+    let size = std::fs::metadata(&log.path).map(|m| m.len()).unwrap_or(0);
+    if size <= log.keep_bytes {
+        return Ok(());
+    }
+    let _turn = gate.blocking_lock();
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    debug!(bytes = size, cut = busy == 0, "idle log cut back");
+    Ok(())
 }
 
 /// One PASSIVE checkpoint: the log's size and how much of it is now in the
@@ -160,5 +203,40 @@ mod tests {
         drop(checkpointer);
         let rows: i64 = writer.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 50);
+    }
+
+    #[test]
+    fn an_idle_log_larger_than_it_may_stay_is_cut_back_and_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        for _ in 0..50 {
+            writer.execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
+        }
+        let log_size = || std::fs::metadata(dir.path().join("db.sqlite-wal")).unwrap().len();
+        let grown = log_size();
+        assert!(grown > 50 * 4000, "{grown} bytes of log");
+        let gate = std::sync::Arc::new(tokio::sync::Mutex::new(super::super::exec::Writer::new(path.clone())));
+        // Allowed to keep 100 KB: the 200 KB log is cut once idle.
+        let checkpointer = Checkpointer::keeping(&path, gate, 100_000).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while log_size() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the idle log was not cut back ({} bytes)", log_size());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The rows are all in the database file, and the writer goes on.
+        writer.execute("INSERT INTO t VALUES (zeroblob(10))", []).unwrap();
+        let rows: i64 = writer.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 51);
+        // A log within its allowance is left as it is.
+        std::thread::sleep(INTERVAL * 3);
+        assert!(log_size() > 0, "a small log is kept");
+        drop(checkpointer);
+        let fresh = rusqlite::Connection::open(&path).unwrap();
+        let rows: i64 = fresh.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 51);
     }
 }
