@@ -178,22 +178,28 @@ fn checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, i64)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_log_is_copied_into_the_database_file_while_the_writer_does_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
+    /// A database file in `dir` whose writer has committed 50 rows of 4,000
+    /// bytes to the log, and never checkpoints by itself; and its gate.
+    fn fifty_rows_in_the_log(dir: &Path) -> (std::path::PathBuf, rusqlite::Connection, WriteGate) {
+        let path = dir.join("db.sqlite");
         let writer = rusqlite::Connection::open(&path).unwrap();
         writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-        // The writer never checkpoints by itself here.
         writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
         for _ in 0..50 {
             writer.execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
         }
+        let gate = std::sync::Arc::new(tokio::sync::Mutex::new(super::super::exec::Writer::new(path.clone())));
+        (path, writer, gate)
+    }
+
+    #[test]
+    fn the_log_is_copied_into_the_database_file_while_the_writer_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer, gate) = fifty_rows_in_the_log(dir.path());
         let file_size = || std::fs::metadata(&path).unwrap().len();
         // The rows are in the log only: the database file has not grown.
         assert!(file_size() < 50 * 4000, "{} bytes before any checkpoint", file_size());
-        let gate = std::sync::Arc::new(tokio::sync::Mutex::new(super::super::exec::Writer::new(path.clone())));
         let checkpointer = Checkpointer::start(&path, gate).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while file_size() < 50 * 4000 {
@@ -208,18 +214,10 @@ mod tests {
     #[test]
     fn an_idle_log_larger_than_it_may_stay_is_cut_back_and_writes_go_on() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let writer = rusqlite::Connection::open(&path).unwrap();
-        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
-        for _ in 0..50 {
-            writer.execute("INSERT INTO t VALUES (zeroblob(4000))", []).unwrap();
-        }
+        let (path, writer, gate) = fifty_rows_in_the_log(dir.path());
         let log_size = || std::fs::metadata(dir.path().join("db.sqlite-wal")).unwrap().len();
         let grown = log_size();
         assert!(grown > 50 * 4000, "{grown} bytes of log");
-        let gate = std::sync::Arc::new(tokio::sync::Mutex::new(super::super::exec::Writer::new(path.clone())));
         // Allowed to keep 100 KB: the 200 KB log is cut once idle.
         let checkpointer = Checkpointer::keeping(&path, gate, 100_000).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
