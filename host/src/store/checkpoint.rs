@@ -56,9 +56,9 @@ const RESTART_AFTER_PAGES: i64 = 2_000;
 /// a checkpointer (the CLI) or one that falls behind: about 400 MiB of log with
 /// 4 KiB pages. It must stay above what writers add in one [`INTERVAL`]
 /// (estimated from bench-tenants' disk writes: up to about 50,000 pages a
-/// second with 1,000 tenants on a 2-core machine), or writers copy the log themselves inside their commits, at the
-/// write gate. For comparison, Postgres lets its log reach 1 GB by default
-/// between checkpoints. While writers are busy the log file keeps the size it
+/// second with 1,000 tenants on a 2-core machine), or writers copy the log
+/// themselves inside their commits, at the write gate. For comparison,
+/// Postgres lets its log reach 1 GB by default between checkpoints. While writers are busy the log file keeps the size it
 /// reached (it is reused from its start), and [`KEEP_LOG_BYTES`] says when it
 /// is cut back.
 pub const FALLBACK_AUTOCHECKPOINT_PAGES: i64 = 100_000;
@@ -85,9 +85,7 @@ impl Checkpointer {
 
     /// As [`Checkpointer::start`], cutting back a log file larger than `keep_log_bytes` when idle.
     fn keeping(path: &Path, gate: WriteGate, keep_log_bytes: u64) -> Result<Checkpointer> {
-        let mut log_path = path.as_os_str().to_owned();
-        log_path.push("-wal");
-        let log = Log { path: log_path.into(), keep_bytes: keep_log_bytes };
+        let log = Log { path: super::exec::log_path(path), keep_bytes: keep_log_bytes };
         let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

@@ -221,9 +221,7 @@ impl Writer {
         if let Some(log) = &self.log {
             return Ok(Unsynced(log.clone()));
         }
-        let mut path = self.path.clone().into_os_string();
-        path.push("-wal");
-        let path = PathBuf::from(path);
+        let path = log_path(&self.path);
         // Write access: some systems refuse to sync a file opened read-only.
         match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => Ok(Unsynced(self.log.insert(Arc::new(Log { file, path })).clone())),
@@ -293,6 +291,13 @@ impl Map {
 /// How far the file may grow past the writer's map before it is mapped again,
 /// at least: an eighth of the mapped size, or this.
 const MAP_SLACK_BYTES: u64 = 8 << 20;
+
+/// The write-ahead log of the SQLite database file at `db`: `<file>-wal`.
+pub(super) fn log_path(db: &Path) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push("-wal");
+    PathBuf::from(path)
+}
 
 /// The writer's log file, and its name for errors.
 #[derive(Debug)]
