@@ -99,7 +99,12 @@ impl Event {
             ),
         };
         let action = decode_action(&event, data)?;
-        let subject = subject_of(&event, &id, data);
+        // A user event's subject is its record's id, which `decode_action` has
+        // just read: `data` is not read a third time for it.
+        let subject = match action.user_id() {
+            Some(user) => format!("user:{user}"),
+            None => subject_of(&event, &id, data),
+        };
         Ok(Event {
             id: id.into_owned(),
             event: event.into_owned(),
@@ -202,6 +207,20 @@ pub enum SyncAction {
         kind: RecordKind,
         id: String,
     },
+}
+
+impl SyncAction {
+    /// The user a `user.*` event is about (its record's validated id).
+    fn user_id(&self) -> Option<&str> {
+        match self {
+            SyncAction::Upsert(record) => match record.as_ref() {
+                Record::User(user) => Some(&user.id),
+                _ => None,
+            },
+            SyncAction::Delete { kind: RecordKind::User, id } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// A decoded directory record. The raw object is the event's `data`.
@@ -384,6 +403,9 @@ mod tests {
     fn subjects_group_events_about_the_same_user() {
         let subject = |event: &str, data: &str| Event::parse(&envelope(event, data)).unwrap().subject;
         assert_eq!(subject("user.deleted", r#"{"id":"u1"}"#), "user:u1");
+        assert_eq!(subject("user.updated", r#"{"id":"u\u00311","email":"a@b.c"}"#), "user:u11");
+        // A stray field of another type does not take a user event out of its user's order.
+        assert_eq!(subject("user.created", r#"{"id":"u1","user_id":5}"#), "user:u1");
         assert_eq!(subject("organization_membership.created", r#"{"id":"om","user_id":"u1"}"#), "user:u1");
         assert_eq!(subject("session.created", r#"{"id":"s","user_id":"u1"}"#), "user:u1");
         assert_eq!(subject("organization.updated", r#"{"id":"o1"}"#), "organization:o1");
