@@ -3,7 +3,9 @@
 //! Owns: start-up order and the graceful shutdown sequence. Must not: parse
 //! flags or read the environment (see [`crate::settings`]).
 //!
-//! Shutdown, once `shutdown` is cancelled: stop accepting connections; let
+//! Shutdown, once `shutdown` is cancelled, or once another host process has
+//! migrated the database past this build (then the host exits with an error,
+//! since its statements no longer fit the schema): stop accepting connections; let
 //! in-flight requests finish (each waits for its event's commit); let the ingest
 //! writer and the action decision recorder drain; let the worker finish its
 //! batch; stop the SQLite checkpointer after a last checkpoint; close the pool.
@@ -17,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::deploy::Deployment;
 use crate::http::{self, AppState, Shared};
@@ -48,6 +50,10 @@ pub async fn run_with(
     let store = Store::connect(&settings.database)
         .await
         .with_context(|| format!("failed to open the database {:?}", settings.database))?;
+    // The host stops when asked to, or once another host has migrated the
+    // database past this build (see `watch_schema`).
+    let stop = shutdown.child_token();
+    let schema_watch = tokio::spawn(watch_schema(store.clone(), stop.clone()));
     info!(database = ?settings.database, backend = store.backend(), "database ready");
     let checkpointer = store.start_checkpointer().context("failed to start the SQLite checkpointer")?;
     if settings.workos.webhook_secret.is_none() {
@@ -97,10 +103,10 @@ pub async fn run_with(
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");
 
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let serve_result = tokio::select! {
         result = server => result.context("the HTTP server failed"),
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; closing them");
             Ok(())
         }
@@ -129,7 +135,37 @@ pub async fn run_with(
     }
     store.close().await;
     info!("shutdown complete");
+    if let Ok(Some(outdated)) = schema_watch.await {
+        return Err(outdated).context("this host stopped: its database is ahead of it");
+    }
     serve_result
+}
+
+/// How often a running host checks that no newer host has migrated its database.
+const SCHEMA_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Stops the host (cancels `stop`) once the database's schema is newer than
+/// this build's, which happens when a newer version starts on the same
+/// database while this one runs: this build's statements no longer fit it, and
+/// its worker would fail every event it touched. Returns that error, or `None`
+/// once `stop` is cancelled for another reason. A database that cannot be
+/// reached is not a reason to stop; the next check tries again.
+async fn watch_schema(store: Store, stop: CancellationToken) -> Option<crate::store::StoreError> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(SCHEMA_CHECK_EVERY) => {}
+        }
+        match store.check_schema().await {
+            Ok(()) => {}
+            Err(e @ crate::store::StoreError::NewerSchema { .. }) => {
+                error!(error = %e, "stopping: another host process has migrated the database past this version");
+                stop.cancel();
+                return Some(e);
+            }
+            Err(e) => warn!(error = %e, "could not check the database's schema version"),
+        }
+    }
 }
 
 /// Starts the runtime and loads the tenants.

@@ -21,6 +21,7 @@ on_both_backends!(
     a_crash_loses_no_acknowledged_event_and_each_is_applied_exactly_once,
     the_cli_lists_users_and_pages_through_them,
     a_config_file_supplies_the_secret,
+    a_host_stops_once_a_newer_version_has_migrated_its_database,
 );
 
 async fn settle(store: &Store) {
@@ -195,4 +196,43 @@ async fn a_config_file_supplies_the_secret(db: TestDb) {
     server.emulator = authkit_tests::Emulator::new("whsec_from_file");
     let (_, body) = user_event(&server, 1);
     assert_eq!(server.deliver(&body).await.status, 200);
+}
+
+/// What a newer authkit-host records when it migrates the database (one more
+/// migration than this build knows), while this one runs.
+async fn migrate_as_a_newer_version(db: &TestDb) {
+    let checksum = match db.backend {
+        Backend::Sqlite => "X'00'",
+        Backend::Postgres => "decode('00', 'hex')",
+    };
+    db.execute(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990001, 'a newer host', TRUE, {checksum}, 1)"
+    ))
+    .await;
+}
+
+async fn a_host_stops_once_a_newer_version_has_migrated_its_database(db: TestDb) {
+    let mut server = TestServer::start(&db).await;
+    let (first, body) = user_event(&server, 1);
+    assert_eq!(server.deliver(&body).await.status, 200);
+    let store = db.store().await;
+    settle(&store).await;
+    // Its own schema is no reason to stop: it serves through several checks.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, body) = user_event(&server, 2);
+    assert_eq!(server.deliver(&body).await.status, 200, "{}", server.log());
+
+    migrate_as_a_newer_version(&db).await;
+    let status = server.wait_exit().await;
+    assert!(!status.success(), "an outdated host must not exit as if asked to stop: {status}");
+    let log = server.log();
+    assert!(log.contains("migrated by a newer authkit-host (schema version 99990001"), "{log}");
+    // What it had acknowledged is still there.
+    assert!(store.get_event("default", &first).await.unwrap().is_some());
+
+    // Started again, this build refuses the database at once and says why.
+    let (ok, _, err) = cli(&db, &["users", "list"]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("migrated by a newer authkit-host") && err.contains("same version"), "{err}");
 }

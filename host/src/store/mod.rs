@@ -54,6 +54,11 @@ pub enum StoreError {
     NoSqliteFile(String),
     #[error("could not make a commit durable: syncing {path} failed: {source}")]
     Sync { path: String, source: std::io::Error },
+    #[error(
+        "the database was migrated by a newer authkit-host (schema version {found}; this one knows up to {known}): \
+         run that version or a later one; every host process on one database must run the same version"
+    )]
+    NewerSchema { found: i64, known: i64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -106,7 +111,6 @@ impl Store {
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await?;
-                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
                 let writer = exec::Writer::new(pool.connect_options().get_filename().to_path_buf());
                 Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(writer)))
             }
@@ -117,10 +121,14 @@ impl Store {
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await?;
-                sqlx::migrate!("migrations/postgres").run(&pool).await?;
                 Store::Postgres(pool)
             }
         };
+        store.check_schema().await?;
+        match &store {
+            Store::Sqlite(pool, _) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
         Ok(store)
     }
 
@@ -167,9 +175,53 @@ impl Store {
         }
     }
 
+    /// Refuses to go on once another host process has migrated the database
+    /// past this build's schema: this process's statements were written for
+    /// the older one. Servers check it periodically (a migration can happen
+    /// while they run); `connect` checks it before migrating.
+    pub async fn check_schema(&self) -> Result<()> {
+        let known = match self {
+            Store::Sqlite(..) => newest_migration(&sqlx::migrate!("migrations/sqlite")),
+            Store::Postgres(_) => newest_migration(&sqlx::migrate!("migrations/postgres")),
+        };
+        match self.schema_version().await? {
+            Some(found) if found > known => Err(StoreError::NewerSchema { found, known }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The newest migration applied to the database; `None` before the first.
+    async fn schema_version(&self) -> Result<Option<i64>> {
+        let exists = match self {
+            Store::Sqlite(pool, _) => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(pool)
+                .await?
+                    > 0
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        if !exists {
+            return Ok(None);
+        }
+        const NEWEST: &str = "SELECT MAX(version) FROM _sqlx_migrations";
+        Ok(on_pool!(self, pool => sqlx::query_scalar::<_, Option<i64>>(NEWEST).fetch_one(pool).await?))
+    }
+
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
+}
+
+/// The version of the last migration this build carries.
+fn newest_migration(migrator: &sqlx::migrate::Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// The file behind a SQLite pool; `None` for a database with no file (an
