@@ -50,10 +50,6 @@ pub async fn run_with(
     let store = Store::connect(&settings.database)
         .await
         .with_context(|| format!("failed to open the database {:?}", settings.database))?;
-    // The host stops when asked to, or once another host has migrated the
-    // database past this build (see `watch_schema`).
-    let stop = shutdown.child_token();
-    let schema_watch = tokio::spawn(watch_schema(store.clone(), stop.clone()));
     info!(database = ?settings.database, backend = store.backend(), "database ready");
     let checkpointer = store.start_checkpointer().context("failed to start the SQLite checkpointer")?;
     if settings.workos.webhook_secret.is_none() {
@@ -103,6 +99,10 @@ pub async fn run_with(
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");
 
+    // The host stops when asked to, or once another host has migrated the
+    // database past this build (see `watch_schema`).
+    let stop = shutdown.child_token();
+    let schema_watch = tokio::spawn(watch_schema(store.clone(), stop.clone()));
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let serve_result = tokio::select! {
         result = server => result.context("the HTTP server failed"),
@@ -112,6 +112,8 @@ pub async fn run_with(
         }
     };
     info!("stopped accepting requests; finishing stored work");
+    // However serving ended, the schema watch ends with it.
+    stop.cancel();
 
     // Every `Ingest` clone lived in the router's connections: once they are gone the
     // writer drains and ends. Connections cut off by the grace period may linger a
