@@ -366,6 +366,11 @@ async fn when_postgres_goes_away_webhooks_get_503_the_worker_backs_off_and_all_r
         server.log().contains("worker could not process events; will retry").then_some(())
     })
     .await;
+    // Nor does the check for a newer schema take an outage for a reason to stop.
+    eventually("the schema watch to meet the outage", Duration::from_secs(20), || async {
+        server.log().contains("could not check the database's schema version").then_some(())
+    })
+    .await;
 
     db.set_postgres_available(true).await;
     // WorkOS redelivers the refused webhook; the host serves it as if nothing happened.
