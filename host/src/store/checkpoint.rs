@@ -58,9 +58,9 @@ const RESTART_AFTER_PAGES: i64 = 2_000;
 /// (estimated from bench-tenants' disk writes: up to about 50,000 pages a
 /// second with 1,000 tenants on a 2-core machine), or writers copy the log
 /// themselves inside their commits, at the write gate. For comparison,
-/// Postgres lets its log reach 1 GB by default between checkpoints. While writers are busy the log file keeps the size it
-/// reached (it is reused from its start), and [`KEEP_LOG_BYTES`] says when it
-/// is cut back.
+/// Postgres lets its log reach 1 GB by default between checkpoints. While
+/// writers are busy the log file keeps the size it reached (it is reused from
+/// its start), and [`KEEP_LOG_BYTES`] says when it is cut back.
 pub const FALLBACK_AUTOCHECKPOINT_PAGES: i64 = 100_000;
 
 /// A log file larger than this is cut to nothing once nothing has been
@@ -213,7 +213,7 @@ mod tests {
     fn an_idle_log_larger_than_it_may_stay_is_cut_back_and_writes_go_on() {
         let dir = tempfile::tempdir().unwrap();
         let (path, writer, gate) = fifty_rows_in_the_log(dir.path());
-        let log_size = || std::fs::metadata(dir.path().join("db.sqlite-wal")).unwrap().len();
+        let log_size = || std::fs::metadata(super::super::exec::log_path(&path)).unwrap().len();
         let grown = log_size();
         assert!(grown > 50 * 4000, "{grown} bytes of log");
         // Allowed to keep 100 KB: the 200 KB log is cut once idle.

@@ -125,10 +125,7 @@ impl Store {
             }
         };
         store.check_schema().await?;
-        match &store {
-            Store::Sqlite(pool, _) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
-            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
-        }
+        on_pool!(&store, pool => store.migrator().run(pool).await?);
         Ok(store)
     }
 
@@ -180,13 +177,18 @@ impl Store {
     /// the older one. Servers check it periodically (a migration can happen
     /// while they run); `connect` checks it before migrating.
     pub async fn check_schema(&self) -> Result<()> {
-        let known = match self {
-            Store::Sqlite(..) => newest_migration(&sqlx::migrate!("migrations/sqlite")),
-            Store::Postgres(_) => newest_migration(&sqlx::migrate!("migrations/postgres")),
-        };
+        let known = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
         match self.schema_version().await? {
             Some(found) if found > known => Err(StoreError::NewerSchema { found, known }),
             _ => Ok(()),
+        }
+    }
+
+    /// This build's migrations for the backend.
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        match self {
+            Store::Sqlite(..) => sqlx::migrate!("migrations/sqlite"),
+            Store::Postgres(_) => sqlx::migrate!("migrations/postgres"),
         }
     }
 
@@ -217,11 +219,6 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
-}
-
-/// The version of the last migration this build carries.
-fn newest_migration(migrator: &sqlx::migrate::Migrator) -> i64 {
-    migrator.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 /// The file behind a SQLite pool; `None` for a database with no file (an
