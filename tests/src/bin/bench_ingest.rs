@@ -14,6 +14,13 @@
 //! before it: the machine is shared, and its speed drifts within a minute.
 //! Phases 3 and 4 use the last round's database.
 //!
+//! Each load phase also prints the CPU time the whole process (server and load
+//! generator together) spent per request over its measured seconds. It moves
+//! less with the machine's noise than the rates do, so it shows whether a
+//! change made a request cheaper even when the ratio cannot tell; and the
+//! baseline's figure over ingest's is the ratio the two rates would have if
+//! both used every core.
+//!
 //! Usage: `cargo run --release -p authkit-tests --bin bench-ingest -- [--seconds 5]
 //! [--warmup 1] [--rounds 3] [--connections 64] [--users 10000] [--database-url URL]
 //! [--only baseline,ingest,apply,mixed]`
@@ -86,12 +93,33 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPU seconds the process used over the measured seconds, if Linux's
+    /// `/proc/self/stat` could be read.
+    cpu_seconds: Option<f64>,
 }
 
 impl Figures {
     fn rate(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
+
+    /// CPU microseconds per request answered in the measured seconds.
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        self.cpu_seconds.filter(|_| self.requests > 0).map(|cpu| cpu * 1e6 / self.requests as f64)
+    }
+}
+
+/// CPU time this process has used so far, user and system, in seconds: fields
+/// 14 and 15 of `/proc/self/stat`, in the kernel's clock ticks (100 a second
+/// on Linux, whatever its scheduler's frequency).
+fn process_cpu_seconds() -> Option<f64> {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SECOND)
 }
 
 /// A server running on its own runtime in its own thread.
@@ -178,6 +206,13 @@ fn load(addr: SocketAddr, args: &Args, run: &str) -> anyhow::Result<Figures> {
         let measure_from = start + Duration::from_secs(args.warmup);
         let end = measure_from + Duration::from_secs(args.seconds);
         let secret = Secret::new(SECRET).unwrap();
+        // The process's CPU time over exactly the measured seconds.
+        let cpu = tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let from = process_cpu_seconds();
+            tokio::time::sleep_until(end.into()).await;
+            Some(process_cpu_seconds()? - from?)
+        });
         let mut tasks = Vec::new();
         for _ in 0..args.connections {
             let (next, secret, users, run) = (next.clone(), secret.clone(), args.users, run.clone());
@@ -230,12 +265,14 @@ fn load(addr: SocketAddr, args: &Args, run: &str) -> anyhow::Result<Figures> {
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
             errors,
+            cpu_seconds: cpu.await?,
         })
     })
 }
 
 fn print_row(round: &str, name: &str, f: &Figures) {
-    println!("{round:>5}  {name:<44} {:>10.0} {:>9.2} {:>9.2} {:>7}", f.rate(), f.p50_ms, f.p99_ms, f.errors);
+    let cpu = f.cpu_us_per_request().map_or_else(|| "-".to_string(), |us| format!("{us:.1}"));
+    println!("{round:>5}  {name:<44} {:>10.0} {:>9.2} {:>9.2} {:>7} {cpu:>12}", f.rate(), f.p50_ms, f.p99_ms, f.errors);
 }
 
 fn unfinished(database_url: &str) -> anyhow::Result<i64> {
@@ -273,9 +310,12 @@ fn main() -> anyhow::Result<()> {
             "SQLite (fresh file, WAL, synced before each acknowledgement)"
         }
     );
-    println!("{:>5}  {:<44} {:>10} {:>9} {:>9} {:>7}", "round", "phase", "req/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "{:>5}  {:<44} {:>10} {:>9} {:>9} {:>7} {:>12}",
+        "round", "phase", "req/s", "p50 ms", "p99 ms", "errors", "cpu µs/req"
+    );
 
-    let (mut ratios, mut ingest_rates) = (Vec::new(), Vec::new());
+    let (mut ratios, mut ingest_rates, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         let mut base = None;
         if args.runs("baseline") {
@@ -293,6 +333,9 @@ fn main() -> anyhow::Result<()> {
             ingest_rates.push(figures.rate());
             if let Some(base) = base {
                 ratios.push(figures.rate() / base.rate());
+                if let (Some(base_cpu), Some(cpu)) = (base.cpu_us_per_request(), figures.cpu_us_per_request()) {
+                    cpu_ratios.push((base_cpu, cpu));
+                }
             }
         }
     }
@@ -329,6 +372,15 @@ fn main() -> anyhow::Result<()> {
             each.join(", "),
             ratio * 100.0,
             if ratio >= 0.4 { "met" } else { "NOT met" }
+        );
+    }
+    if !cpu_ratios.is_empty() {
+        let base = median(cpu_ratios.iter().map(|(b, _)| *b).collect());
+        let ingest = median(cpu_ratios.iter().map(|(_, i)| *i).collect());
+        println!(
+            "CPU per request, whole process, median of the rounds: baseline {base:.1} µs, ingest {ingest:.1} µs \
+             ({:.1}%: the ratio if both were bound by the CPU alone)",
+            100.0 * base / ingest
         );
     }
     if !ingest_rates.is_empty() {
