@@ -39,7 +39,7 @@ use anyhow::{Context, bail};
 use authkit_host::settings::{Overrides, Settings};
 use authkit_host::store::Store;
 use authkit_host::workos::signature::{Secret, header_value};
-use authkit_tests::bench::median;
+use authkit_tests::bench::{median, process_cpu_seconds};
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -107,19 +107,6 @@ impl Figures {
     fn cpu_us_per_request(&self) -> Option<f64> {
         self.cpu_seconds.filter(|_| self.requests > 0).map(|cpu| cpu * 1e6 / self.requests as f64)
     }
-}
-
-/// CPU time this process has used so far, user and system, in seconds: fields
-/// 14 and 15 of `/proc/self/stat`, in the kernel's clock ticks (100 a second
-/// on Linux, whatever its scheduler's frequency).
-fn process_cpu_seconds() -> Option<f64> {
-    const TICKS_PER_SECOND: f64 = 100.0;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces: count fields after its ')'.
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / TICKS_PER_SECOND)
 }
 
 /// A server running on its own runtime in its own thread.
