@@ -42,11 +42,12 @@ use super::{Result, WriteGate};
 /// A run writes each page changed since the last one once, however many
 /// commits changed it, so the interval sets how much rewriting it saves. With
 /// many tenants each event changes pages of its own tenant's key ranges in
-/// half a dozen indexes, scattered over the file, and the disk's write rate
-/// becomes the limit. Measured with bench-tenants (1,000 tenants, 20,000
-/// events a turn, third turn): at 100 ms the process wrote 65 KB to disk per
-/// event, at 1 s 44 KB, and spread turns went from 59-64% of one tenant's
-/// rate to 73-79%, in alternating runs; bench-ingest did not change.
+/// half a dozen indexes, scattered over the file, so a run has many pages to
+/// copy, and a page changed again before the run is copied once. Measured
+/// with bench-tenants (1,000 tenants, 20,000 events a turn, third turn): at
+/// 100 ms the process wrote 65 KB to disk per event, at 1 s 44 KB, and spread
+/// turns went from 59-64% of one tenant's rate to 73-79%, in alternating runs;
+/// bench-ingest did not change.
 const INTERVAL: Duration = Duration::from_secs(1);
 
 /// A log this long (about 8 MiB with 4 KiB pages) is made to start over.
