@@ -302,7 +302,7 @@ fn main() -> anyhow::Result<()> {
         "round", "phase", "req/s", "p50 ms", "p99 ms", "errors", "cpu µs/req"
     );
 
-    let (mut ratios, mut ingest_rates, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ratios, mut ingest_rates, mut cpu_pairs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         let mut base = None;
         if args.runs("baseline") {
@@ -321,7 +321,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(base) = base {
                 ratios.push(figures.rate() / base.rate());
                 if let (Some(base_cpu), Some(cpu)) = (base.cpu_us_per_request(), figures.cpu_us_per_request()) {
-                    cpu_ratios.push((base_cpu, cpu));
+                    cpu_pairs.push((base_cpu, cpu));
                 }
             }
         }
@@ -361,9 +361,9 @@ fn main() -> anyhow::Result<()> {
             if ratio >= 0.4 { "met" } else { "NOT met" }
         );
     }
-    if !cpu_ratios.is_empty() {
-        let base = median(cpu_ratios.iter().map(|(b, _)| *b).collect());
-        let ingest = median(cpu_ratios.iter().map(|(_, i)| *i).collect());
+    if !cpu_pairs.is_empty() {
+        let base = median(cpu_pairs.iter().map(|(b, _)| *b).collect());
+        let ingest = median(cpu_pairs.iter().map(|(_, i)| *i).collect());
         println!(
             "CPU per request, whole process, median of the rounds: baseline {base:.1} µs, ingest {ingest:.1} µs \
              ({:.1}%: the ratio if both were bound by the CPU alone)",
