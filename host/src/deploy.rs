@@ -166,6 +166,16 @@ impl Deployment {
         read(&self.live).clone()
     }
 
+    /// Every version this deployment keeps loaded: the live one and the last
+    /// few that were.
+    pub fn loaded_modules(&self) -> Vec<Arc<Module>> {
+        let mut modules: Vec<Arc<Module>> = lock(&self.recent).iter().map(|l| l.module.clone()).collect();
+        if let Some(live) = self.current().filter(|l| !modules.iter().any(|m| Arc::ptr_eq(m, &l.module))) {
+            modules.push(live.module);
+        }
+        modules
+    }
+
     /// Held by a call that may write, for as long as its transaction is open:
     /// the indexes its writes maintain.
     pub fn writing(&self) -> RwLockReadGuard<'_, Arc<Indexes>> {

@@ -253,13 +253,16 @@ async fn refresh_periodically(tenants: Arc<Tenants>, every: std::time::Duration)
         if let Err(e) = tenants.reload().await {
             warn!(error = %e, "could not check the database for tenant changes");
         }
-        let open = tenants.open_deployments();
+        let (open, all) = (tenants.open_deployments(), tenants.clone());
         let checked = tokio::task::spawn_blocking(move || {
             for d in open {
                 if let Err(e) = d.refresh() {
                     warn!(tenant = %d.tenant(), error = %e, "could not check the database for handler version changes");
                 }
             }
+            // Versions loaded since the last check (an upload, an activation
+            // here or elsewhere) may have taken the open ones past the bounds.
+            all.close_past_bounds();
         });
         if let Err(e) = checked.await {
             warn!(error = %e, "the handler version check panicked");

@@ -40,6 +40,8 @@ pub mod env {
     pub const ADMIN_TOKEN: &str = "AUTHKIT_ADMIN_TOKEN";
     pub const CACHE_DIR: &str = "AUTHKIT_CACHE_DIR";
     pub const INSTANCE_SLOTS: &str = "AUTHKIT_INSTANCE_SLOTS";
+    pub const MAX_LOADED_TENANTS: &str = "AUTHKIT_MAX_LOADED_TENANTS";
+    pub const MAX_LOADED_CODE_MIB: &str = "AUTHKIT_MAX_LOADED_CODE_MIB";
     /// The CLI's admin commands: where the server is.
     pub const URL: &str = "AUTHKIT_URL";
     /// The CLI's tenant for admin commands (default: `default`).
@@ -75,7 +77,19 @@ pub struct ModuleSettings {
     pub cache_dir: Option<PathBuf>,
     /// How often a host process looks for a version another process activated.
     pub poll_interval: Duration,
+    /// Tenants whose handler versions stay loaded at once, and the compiled
+    /// code those versions may hold in memory, in bytes (each module counted
+    /// once, however many tenants share it): past either, the least recently
+    /// used idle tenant's versions are closed (see [`crate::tenants`]).
+    pub max_loaded_tenants: usize,
+    pub max_loaded_code: usize,
 }
+
+/// Default of `modules.max_loaded_tenants`: more than the 1,000 tenants the
+/// many-tenant benchmark serves, so it measures them all loaded.
+pub const DEFAULT_MAX_LOADED_TENANTS: usize = 2000;
+/// Default of `modules.max_loaded_code_mib`.
+pub const DEFAULT_MAX_LOADED_CODE_MIB: usize = 1024;
 
 /// 50 MiB: an interpreted guest (JavaScript, Python) is 10 to 20 MiB.
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 50 * 1024 * 1024;
@@ -367,6 +381,8 @@ struct FileModules {
     /// A path, or "" to turn the cache off.
     cache_dir: Option<PathBuf>,
     poll_interval_ms: Option<u64>,
+    max_loaded_tenants: Option<usize>,
+    max_loaded_code_mib: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -602,6 +618,17 @@ impl Settings {
             max_bytes: file.modules.max_bytes.unwrap_or(DEFAULT_MAX_MODULE_BYTES),
             cache_dir: (!cache_dir.as_os_str().is_empty()).then_some(cache_dir),
             poll_interval: ms(file.modules.poll_interval_ms, Duration::from_secs(1)),
+            max_loaded_tenants: env(env::MAX_LOADED_TENANTS)
+                .map(|v| parse_number::<usize>("modules.max_loaded_tenants", &v))
+                .transpose()?
+                .or(file.modules.max_loaded_tenants)
+                .unwrap_or(DEFAULT_MAX_LOADED_TENANTS),
+            max_loaded_code: env(env::MAX_LOADED_CODE_MIB)
+                .map(|v| parse_number::<usize>("modules.max_loaded_code_mib", &v))
+                .transpose()?
+                .or(file.modules.max_loaded_code_mib)
+                .unwrap_or(DEFAULT_MAX_LOADED_CODE_MIB)
+                .saturating_mul(1024 * 1024),
         };
 
         let settings = Settings {
@@ -695,6 +722,12 @@ impl Settings {
         if self.modules.poll_interval < Duration::from_millis(50) {
             return invalid("modules.poll_interval_ms", "must be at least 50");
         }
+        if !(1..=1_000_000).contains(&self.modules.max_loaded_tenants) {
+            return invalid("modules.max_loaded_tenants", "must be between 1 and 1000000");
+        }
+        if !(1 << 20..=1 << 40).contains(&self.modules.max_loaded_code) {
+            return invalid("modules.max_loaded_code_mib", "must be between 1 and 1048576");
+        }
         let base = &self.workos.api_base_url;
         if !(base.starts_with("https://") || base.starts_with("http://")) || base.len() <= "https://".len() {
             return invalid("workos.api_base_url", "must be an http:// or https:// URL, like https://api.workos.com");
@@ -760,6 +793,7 @@ mod tests {
         assert_eq!(s.webhook.tolerance, Duration::from_secs(180));
         assert_eq!(s.webhook.max_body_bytes, 1024 * 1024);
         assert!(s.worker.enabled);
+        assert_eq!((s.modules.max_loaded_tenants, s.modules.max_loaded_code), (2000, 1 << 30));
     }
 
     #[test]
@@ -812,6 +846,14 @@ mod tests {
         assert!(err(Overrides::default(), &[("AUTHKIT_WORKER_ENABLED", "maybe")]).contains("worker.enabled"));
         for slots in ["0", "15", "10001", "many"] {
             assert!(err(Overrides::default(), &[("AUTHKIT_INSTANCE_SLOTS", slots)]).contains("handler.instance_slots"));
+        }
+        for loaded in ["0", "1000001", "-1", "all"] {
+            let e = err(Overrides::default(), &[("AUTHKIT_MAX_LOADED_TENANTS", loaded)]);
+            assert!(e.contains("modules.max_loaded_tenants"), "{loaded}: {e}");
+        }
+        for mib in ["0", "1048577", "-1", "lots"] {
+            let e = err(Overrides::default(), &[("AUTHKIT_MAX_LOADED_CODE_MIB", mib)]);
+            assert!(e.contains("modules.max_loaded_code_mib"), "{mib}: {e}");
         }
         let dir = tempdir();
         let path = dir.join("bad.toml");
@@ -867,10 +909,12 @@ mod tests {
         let s = file(
             "ok.toml",
             "[actions]\nfallback = \"allow\"\nno_handler = \"deny\"\nno_handler_message = \"not yet\"\ndeadline_ms = 250\n\
-             [handler]\nmemory_limit_mib = 32\nevent_deadline_ms = 800\ninstance_slots = 2500\n",
+             [handler]\nmemory_limit_mib = 32\nevent_deadline_ms = 800\ninstance_slots = 2500\n\
+             [modules]\nmax_loaded_tenants = 300\nmax_loaded_code_mib = 64\n",
         )
         .unwrap();
         assert_eq!(s.handler.instance_slots, Some(2500));
+        assert_eq!((s.modules.max_loaded_tenants, s.modules.max_loaded_code), (300, 64 << 20));
         assert_eq!(s.actions.fallback, ConfiguredVerdict::Allow);
         assert_eq!(s.actions.no_handler, ConfiguredVerdict::Deny("not yet".into()));
         assert_eq!(s.actions.deadline, Duration::from_millis(250));

@@ -25,6 +25,8 @@ on_both_backends!(
     a_tenant_cannot_store_more_documents_than_its_quota,
     an_actions_call_made_ready_ahead_follows_changed_limits,
     the_instance_pool_is_sized_for_the_tenants_stored_at_start,
+    only_a_bounded_number_of_tenants_stay_loaded,
+    loaded_tenants_hold_a_bounded_amount_of_compiled_code,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -739,4 +741,119 @@ async fn the_instance_pool_is_sized_for_the_tenants_stored_at_start(db: TestDb) 
     assert_eq!(slots(TestServer::start_with(&db, options(&db)).await).await, 1400);
     let set = options(&db).env("AUTHKIT_INSTANCE_SLOTS", "64");
     assert_eq!(slots(TestServer::start_with(&db, set).await).await, 64);
+}
+
+/// `modules.max_loaded_tenants`: with room for two, four tenants (`default`
+/// included) in turn each close the least recently used idle one, and a
+/// closed tenant comes back on its next use with its active version, an
+/// activation made while it was closed included, and its events applied.
+async fn only_a_bounded_number_of_tenants_stay_loaded(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db).env("AUTHKIT_MAX_LOADED_TENANTS", "2")).await;
+    let loaded = || async {
+        let reply = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body["loaded"].clone()
+    };
+    assert_eq!(loaded().await["max"], 2);
+    for (n, (slug, webhook, action)) in TENANTS.into_iter().enumerate() {
+        create(&server, slug, webhook, action, json!({})).await;
+        deploy(&server, slug, stamped(n as u32 + 1)).await;
+    }
+    let version_of = |slug: &str| match slug {
+        "acme" => 1,
+        "globex" => 2,
+        _ => 3,
+    };
+    let mut sent = std::collections::HashMap::new();
+    for round in 0..3 {
+        for (slug, webhook, action) in TENANTS {
+            let (status, payload) = act(&server, slug, action, "Version", action).await;
+            assert_eq!(status, 200, "{slug}, round {round}");
+            let expected = format!("version {}", version_of(slug));
+            assert_eq!(payload.unwrap()["error_message"], expected.as_str(), "{slug}'s own version, round {round}");
+            let (_, status) =
+                deliver(&server, &webhook_path(slug), webhook, "test.other", json!({ "round": round })).await;
+            assert_eq!(status, 200);
+            *sent.entry(slug).or_insert(0) += 1;
+        }
+    }
+    let store = db.store().await;
+    eventually("every tenant's events applied", Duration::from_secs(60), || async {
+        (store.count_unfinished().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    for (slug, count) in &sent {
+        let seen = tenant_documents(&store, slug, "seen").await;
+        assert_eq!(seen.len(), *count, "{slug}'s handler ran once per event, loaded or not");
+    }
+
+    // Activated through the admin API, then closed again by the others' turns.
+    let upload = server.admin("POST", "/t/acme/admin/modules?activate=true", Some(ROOT), Some(stamped(7))).await;
+    assert_eq!(upload.status, 201, "{upload:?}");
+    eventually("acme closed by the others' turns", Duration::from_secs(20), || async {
+        for (slug, _, action) in &TENANTS[1..] {
+            assert_eq!(act(&server, slug, action, "Version", action).await.0, 200);
+        }
+        let reply = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
+        let acme = reply.body["tenants"].as_array().unwrap().iter().find(|t| t["slug"] == "acme").cloned().unwrap();
+        (acme["loaded"] == false).then_some(())
+    })
+    .await;
+    let (_, payload) = act(&server, "acme", "sk_action_acme", "Version", "sk_action_acme").await;
+    assert_eq!(payload.unwrap()["error_message"], "version 7", "acme opened again on its active version");
+
+    // Once idle, the next opening brings the count back within the bound (a
+    // deployment in use when another opens, by the version check for one, is
+    // kept until then), and tenants taking turns have closed each other.
+    eventually("at most two tenants loaded", Duration::from_secs(20), || async {
+        // Three tenants in turn: with room for two, at least one opens.
+        for (slug, _, action) in TENANTS {
+            assert_eq!(act(&server, slug, action, "Version", action).await.0, 200);
+        }
+        let stats = loaded().await;
+        (stats["open"].as_u64() <= Some(2) && stats["evicted"].as_u64() >= Some(3)).then_some(())
+    })
+    .await;
+}
+
+/// `modules.max_loaded_code_mib`: three tenants, each with its own version of
+/// about 0.8 MiB of compiled code, and room for 2 MiB: at most two stay
+/// loaded, and each still runs its own version.
+async fn loaded_tenants_hold_a_bounded_amount_of_compiled_code(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db).env("AUTHKIT_MAX_LOADED_CODE_MIB", "2")).await;
+    let loaded = || async {
+        let reply = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body["loaded"].clone()
+    };
+    for (n, (slug, webhook, action)) in TENANTS.into_iter().enumerate() {
+        create(&server, slug, webhook, action, json!({})).await;
+        deploy(&server, slug, stamped(n as u32 + 1)).await;
+        if n == 0 {
+            let one = loaded().await["code_bytes"].as_u64().unwrap();
+            assert!((600_000..1_048_576).contains(&one), "the test's premise: one version's code is {one} bytes");
+        }
+    }
+    for round in 0..2 {
+        for (n, (slug, _, action)) in TENANTS.into_iter().enumerate() {
+            let (status, payload) = act(&server, slug, action, "Version", action).await;
+            assert_eq!(status, 200, "{slug}, round {round}");
+            let expected = format!("version {}", n + 1);
+            assert_eq!(payload.unwrap()["error_message"], expected.as_str(), "{slug}'s own version, round {round}");
+        }
+    }
+    let stats = eventually("at most 2 MiB of code loaded", Duration::from_secs(20), || async {
+        for (slug, _, action) in TENANTS {
+            assert_eq!(act(&server, slug, action, "Version", action).await.0, 200);
+        }
+        // The bound holds once the check after the last upload ran (or an
+        // opening since), and from then on the tenants taking turns close
+        // each other.
+        let stats = loaded().await;
+        let within = stats["code_bytes"].as_u64() <= stats["max_code_bytes"].as_u64();
+        (within && stats["evicted"].as_u64() >= Some(3)).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats["max_code_bytes"], 2 << 20);
+    assert!(stats["open"].as_u64().unwrap() <= 3, "two tenants' code at most, and `default` has none: {stats}");
 }

@@ -335,9 +335,20 @@ async fn update_own(
     Ok(Json(state.tenants.update(&tenant.slug, change).await?.describe()))
 }
 
+/// Every tenant, whether each has its handler versions loaded now, and the
+/// host-wide figures of the bounded cache they are loaded in (root only).
 async fn list_tenants(_: RootAdmin, State(state): State<AppState>) -> Json<Value> {
-    let all: Vec<Value> = state.tenants.all().iter().map(|t| t.describe()).collect();
-    Json(json!({ "tenants": all }))
+    let all: Vec<Value> = state
+        .tenants
+        .all()
+        .iter()
+        .map(|t| {
+            let mut described = t.describe();
+            described["loaded"] = json!(state.tenants.is_loaded(&t.slug));
+            described
+        })
+        .collect();
+    Json(json!({ "tenants": all, "loaded": state.tenants.loaded() }))
 }
 
 async fn create_tenant(_: RootAdmin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

@@ -162,6 +162,9 @@ pub struct Module {
     pub indexes: Arc<Indexes>,
     /// Which handler interfaces it exports: `events`, `actions`, `queries`, `schema`.
     pub exports: Vec<&'static str>,
+    /// The size of its compiled code in memory, in bytes: most of what keeping
+    /// it loaded costs.
+    pub code_bytes: usize,
 }
 
 impl Module {
@@ -349,7 +352,9 @@ impl Runtime {
         if events.is_none() && actions.is_none() && queries.is_none() {
             return Err(LoadError::NoHandler(exports.join(", ")));
         }
+        let code = component.image_range();
         let mut module = Module {
+            code_bytes: (code.end as usize).saturating_sub(code.start as usize),
             hash: hash.clone(),
             pre,
             events,

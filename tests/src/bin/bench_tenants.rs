@@ -16,7 +16,11 @@
 //!    three turns each of the same number for one tenant and spread again (all
 //!    loaded), alternating, and the median of each; resident memory with every
 //!    tenant loaded. The host sizes its instance pool itself (two slots per
-//!    tenant) unless `AUTHKIT_INSTANCE_SLOTS` is set, which is passed through.
+//!    tenant) unless `AUTHKIT_INSTANCE_SLOTS` is set, which is passed through,
+//!    as are `AUTHKIT_MAX_LOADED_TENANTS` and `AUTHKIT_MAX_LOADED_CODE_MIB`
+//!    (set below what 1,000 tenants need, spread turns close and open
+//!    tenants' versions as they go; "all loaded" then means as many as the
+//!    bounds hold).
 //!
 //! It fails if any event ended dead-lettered, so the rates are of events the
 //! handler applied.
@@ -317,8 +321,10 @@ const ROUNDS: usize = 3;
 async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let (db, cache) = (dir.join("tenants.db"), dir.join("cache"));
     // 2. cold
-    let set = std::env::var("AUTHKIT_INSTANCE_SLOTS").ok();
-    let env: Vec<(&str, &str)> = set.iter().map(|v| ("AUTHKIT_INSTANCE_SLOTS", v.as_str())).collect();
+    let passed = ["AUTHKIT_INSTANCE_SLOTS", "AUTHKIT_MAX_LOADED_TENANTS", "AUTHKIT_MAX_LOADED_CODE_MIB"]
+        .map(|k| (k, std::env::var(k).ok()));
+    let env: Vec<(&str, &str)> = passed.iter().filter_map(|(k, v)| Some((*k, v.as_deref()?))).collect();
+    let set = passed[0].1.clone();
     let (host, startup) = Host::start_with(&db, &cache, &env).await?;
     let status =
         host.client.get(host.url("/admin/status")).bearer_auth(TOKEN).send().await?.json::<serde_json::Value>().await?;
@@ -358,7 +364,25 @@ async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         "            the first spread run, most loading on first use: {spread_cold:.0} events/s ({:.0}%)",
         100.0 * spread_cold / single
     );
-    println!("memory: resident {rss:.0} MiB with every tenant loaded (peak {peak:.0} MiB)");
+    let listed = host
+        .client
+        .get(host.url("/admin/tenants"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await?;
+    let loaded = &listed["loaded"];
+    let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
+    println!(
+        "memory: resident {rss:.0} MiB (peak {peak:.0} MiB) with {} tenants loaded at the end, holding {:.1} MiB of \
+         compiled code; at most {} tenants and {:.0} MiB stay loaded, and {} were closed to make room during the run",
+        loaded["open"],
+        mib(&loaded["code_bytes"]),
+        loaded["max"],
+        mib(&loaded["max_code_bytes"]),
+        loaded["evicted"]
+    );
     every_event_applied(&store, tenants).await?;
     Arc::into_inner(host).context("no request still holds the host")?.stop().await?;
     Ok(())
