@@ -743,18 +743,20 @@ async fn the_instance_pool_is_sized_for_the_tenants_stored_at_start(db: TestDb) 
     assert_eq!(slots(TestServer::start_with(&db, set).await).await, 64);
 }
 
+/// `GET /admin/tenants`: every tenant, and the figures of the loaded ones.
+async fn listed(server: &TestServer) -> Value {
+    let reply = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body
+}
+
 /// `modules.max_loaded_tenants`: with room for two, four tenants (`default`
 /// included) in turn each close the least recently used idle one, and a
 /// closed tenant comes back on its next use with its active version, an
 /// activation made while it was closed included, and its events applied.
 async fn only_a_bounded_number_of_tenants_stay_loaded(db: TestDb) {
     let server = TestServer::start_with(&db, options(&db).env("AUTHKIT_MAX_LOADED_TENANTS", "2")).await;
-    let loaded = || async {
-        let reply = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
-        assert_eq!(reply.status, 200, "{reply:?}");
-        reply.body["loaded"].clone()
-    };
-    assert_eq!(loaded().await["max"], 2);
+    assert_eq!(listed(&server).await["loaded"]["max"], 2);
     for (n, (slug, webhook, action)) in TENANTS.into_iter().enumerate() {
         create(&server, slug, webhook, action, json!({})).await;
         deploy(&server, slug, stamped(n as u32 + 1)).await;
@@ -794,8 +796,8 @@ async fn only_a_bounded_number_of_tenants_stay_loaded(db: TestDb) {
         for (slug, _, action) in &TENANTS[1..] {
             assert_eq!(act(&server, slug, action, "Version", action).await.0, 200);
         }
-        let reply = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
-        let acme = reply.body["tenants"].as_array().unwrap().iter().find(|t| t["slug"] == "acme").cloned().unwrap();
+        let all = listed(&server).await;
+        let acme = all["tenants"].as_array().unwrap().iter().find(|t| t["slug"] == "acme").cloned().unwrap();
         (acme["loaded"] == false).then_some(())
     })
     .await;
@@ -810,7 +812,7 @@ async fn only_a_bounded_number_of_tenants_stay_loaded(db: TestDb) {
         for (slug, _, action) in TENANTS {
             assert_eq!(act(&server, slug, action, "Version", action).await.0, 200);
         }
-        let stats = loaded().await;
+        let stats = listed(&server).await["loaded"].clone();
         (stats["open"].as_u64() <= Some(2) && stats["evicted"].as_u64() >= Some(3)).then_some(())
     })
     .await;
@@ -821,16 +823,11 @@ async fn only_a_bounded_number_of_tenants_stay_loaded(db: TestDb) {
 /// loaded, and each still runs its own version.
 async fn loaded_tenants_hold_a_bounded_amount_of_compiled_code(db: TestDb) {
     let server = TestServer::start_with(&db, options(&db).env("AUTHKIT_MAX_LOADED_CODE_MIB", "2")).await;
-    let loaded = || async {
-        let reply = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
-        assert_eq!(reply.status, 200, "{reply:?}");
-        reply.body["loaded"].clone()
-    };
     for (n, (slug, webhook, action)) in TENANTS.into_iter().enumerate() {
         create(&server, slug, webhook, action, json!({})).await;
         deploy(&server, slug, stamped(n as u32 + 1)).await;
         if n == 0 {
-            let one = loaded().await["code_bytes"].as_u64().unwrap();
+            let one = listed(&server).await["loaded"]["code_bytes"].as_u64().unwrap();
             assert!((600_000..1_048_576).contains(&one), "the test's premise: one version's code is {one} bytes");
         }
     }
@@ -849,7 +846,7 @@ async fn loaded_tenants_hold_a_bounded_amount_of_compiled_code(db: TestDb) {
         // The bound holds once the check after the last upload ran (or an
         // opening since), and from then on the tenants taking turns close
         // each other.
-        let stats = loaded().await;
+        let stats = listed(&server).await["loaded"].clone();
         let within = stats["code_bytes"].as_u64() <= stats["max_code_bytes"].as_u64();
         (within && stats["evicted"].as_u64() >= Some(3)).then_some(stats)
     })
