@@ -313,6 +313,7 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
     assert!(!out.contains("whsec_cli_acme"), "{out}");
     let (ok, out, _) = remote(&["tenants", "list"]);
     assert!(ok && out.contains("default") && out.contains("acme"), "{out}");
+    assert!(out.contains("LOADED") && out.contains("of at most 2000 tenants loaded"), "{out}");
 
     // Deploy to the tenant, and read its data from the database.
     let handler = rust_guest("hostile");

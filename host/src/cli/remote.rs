@@ -388,19 +388,35 @@ pub async fn tenants(cmd: TenantsCommand) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            writeln!(out, "{:<24} {:<8} {:<8} {:<24} WEBHOOK ROUTE", "SLUG", "WEBHOOK", "ACTION", "CLIENT ID")?;
+            writeln!(
+                out,
+                "{:<24} {:<8} {:<8} {:<7} {:<24} WEBHOOK ROUTE",
+                "SLUG", "WEBHOOK", "ACTION", "LOADED", "CLIENT ID"
+            )?;
             for t in tenants {
-                let set = |k: &str| if t[k].as_bool() == Some(true) { "set" } else { "-" };
+                let yes = |k: &str, word: &'static str| if t[k].as_bool() == Some(true) { word } else { "-" };
                 writeln!(
                     out,
-                    "{:<24} {:<8} {:<8} {:<24} {}",
+                    "{:<24} {:<8} {:<8} {:<7} {:<24} {}",
                     t["slug"].as_str().unwrap_or(""),
-                    set("webhook_secret_set"),
-                    set("action_secret_set"),
+                    yes("webhook_secret_set", "set"),
+                    yes("action_secret_set", "set"),
+                    yes("loaded", "yes"),
                     t["client_id"].as_str().unwrap_or("-"),
                     t["routes"]["webhook"].as_str().unwrap_or(""),
                 )?;
             }
+            let loaded = &listed["loaded"];
+            let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
+            writeln!(
+                out,
+                "\n{} of at most {} tenants loaded, {:.1} of at most {:.0} MiB of compiled code; {} closed to make room since the start",
+                loaded["open"],
+                loaded["max"],
+                mib(&loaded["code_bytes"]),
+                mib(&loaded["max_code_bytes"]),
+                loaded["evicted"]
+            )?;
         }
         TenantsCommand::Show { slug, remote } => {
             let client = Client::new(remote)?;
