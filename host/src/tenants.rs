@@ -365,15 +365,12 @@ impl Tenants {
     /// Runs after each opening, and after each check for versions activated
     /// elsewhere (a version loaded into an open deployment adds code too).
     pub fn close_past_bounds(&self) {
-        let modules = &self.settings.modules;
-        let within = |open: &HashMap<String, Loaded>| {
-            open.len() <= modules.max_loaded_tenants && CodeHeld::of(open).bytes <= modules.max_loaded_code
-        };
+        let (max, max_code) = (self.settings.modules.max_loaded_tenants, self.settings.modules.max_loaded_code);
         // Checked first under the read lock, which requests still share.
-        if within(&read(&self.deployments)) {
+        if CodeHeld::of(&read(&self.deployments)).within(max, max_code) {
             return;
         }
-        let closed = evict_idle(&mut write(&self.deployments), modules.max_loaded_tenants, modules.max_loaded_code);
+        let closed = evict_idle(&mut write(&self.deployments), max, max_code);
         if !closed.is_empty() {
             self.evicted.fetch_add(closed.len() as u64, Ordering::Relaxed);
             tracing::debug!(tenants = closed.len(), "closed the least recently used idle deployments to make room");
@@ -673,13 +670,15 @@ pub struct LoadedStats {
 /// address), with how many of them hold it.
 #[derive(Default)]
 struct CodeHeld {
+    /// How many deployments are open.
+    open: usize,
     bytes: usize,
     holders: HashMap<usize, (usize, u32)>,
 }
 
 impl CodeHeld {
     fn of(open: &HashMap<String, Loaded>) -> CodeHeld {
-        let mut held = CodeHeld::default();
+        let mut held = CodeHeld { open: open.len(), ..CodeHeld::default() };
         for loaded in open.values() {
             for module in loaded.deployment.loaded_modules() {
                 let entry = held.holders.entry(Arc::as_ptr(&module) as usize).or_insert((module.code_bytes, 0));
@@ -692,8 +691,14 @@ impl CodeHeld {
         held
     }
 
-    /// Counts `deployment` out; what no open deployment holds any more is freed.
+    /// Whether at most `max` deployments are open, holding at most `max_code` bytes.
+    fn within(&self, max: usize, max_code: usize) -> bool {
+        self.open <= max && self.bytes <= max_code
+    }
+
+    /// Counts a closed deployment out; what no open deployment holds any more is freed.
     fn release(&mut self, deployment: &Deployment) {
+        self.open -= 1;
         for module in deployment.loaded_modules() {
             if let Some(entry) = self.holders.get_mut(&(Arc::as_ptr(&module) as usize)) {
                 entry.1 -= 1;
@@ -713,7 +718,7 @@ impl CodeHeld {
 /// held by nobody else now stays unused.
 fn evict_idle(open: &mut HashMap<String, Loaded>, max: usize, max_code: usize) -> Vec<Loaded> {
     let mut held = CodeHeld::of(open);
-    if open.len() <= max && held.bytes <= max_code {
+    if held.within(max, max_code) {
         return Vec::new();
     }
     let mut idle: Vec<(u64, String)> = open
@@ -724,7 +729,7 @@ fn evict_idle(open: &mut HashMap<String, Loaded>, max: usize, max_code: usize) -
     idle.sort_unstable();
     let mut closed = Vec::new();
     for (_, slug) in idle {
-        if open.len() <= max && held.bytes <= max_code {
+        if held.within(max, max_code) {
             break;
         }
         if let Some(loaded) = open.remove(&slug) {
