@@ -2,7 +2,8 @@
 # Builds app.py into dist/handler.wasm, a component of the `full-handler`
 # world of ../../wit/handler.wit, with componentize-py from PyPI (installed
 # once into .venv/, which git ignores). Also writes the bindings it generates
-# into bindings/, so editors know the API.
+# into bindings/ (git ignores them too: they are regenerated on every build),
+# so editors know the API.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/componentize-py ]; then
