@@ -170,12 +170,20 @@ async fn the_cli_lists_users_and_pages_through_them(db: TestDb) {
         let (_, body) = user_event(&server, i);
         assert_eq!(server.deliver(&body).await.status, 200);
     }
+    // A name and an event id that would add a row and clear the screen if printed as they are.
+    let at = "2025-01-01T00:00:00.000Z";
+    let (_, body) =
+        server.emulator.event("user.created", user("user_0099", "eve@example.com", "Eve\u{1b}[2J\nuser_fake", at), at);
+    let mut forged: Value = serde_json::from_slice(&body).unwrap();
+    forged["id"] = "evt_eve\nforged-row".into();
+    assert_eq!(server.deliver(&serde_json::to_vec(&forged).unwrap()).await.status, 200);
     settle(&db.store().await).await;
     let (ok, table, _) = cli(&db, &["users", "list"]);
     assert!(ok);
     assert!(table.starts_with("ID"), "{table}");
-    assert_eq!(table.lines().count(), 6);
+    assert_eq!(table.lines().count(), 7, "{table}");
     assert!(table.contains("u3@example.com"));
+    assert!(!table.contains('\u{1b}') && table.contains("Eve\\u{1b}[2J\\u{a}user_fake"), "{table}");
     let (ok, page, _) = cli(&db, &["users", "list", "--json", "--limit", "2", "--after", "user_0001"]);
     assert!(ok);
     let ids: Vec<String> =
@@ -185,7 +193,13 @@ async fn the_cli_lists_users_and_pages_through_them(db: TestDb) {
     assert!(!ok && err.contains("no user with id"), "{err}");
     let (ok, events, _) = cli(&db, &["events", "list", "--status", "done", "--type", "user.created"]);
     assert!(ok);
-    assert_eq!(events.lines().count(), 6, "{events}");
+    assert_eq!(events.lines().count(), 7, "{events}");
+    assert!(events.contains("evt_eve\\u{a}forged-row"), "{events}");
+    // JSON output keeps the text as it is (JSON escapes it).
+    let (ok, page, _) = cli(&db, &["users", "list", "--json", "--after", "user_0004"]);
+    assert!(ok);
+    let eve: Value = serde_json::from_str(page.lines().next().unwrap()).unwrap();
+    assert_eq!(eve["first_name"], "Eve\u{1b}[2J\nuser_fake");
 }
 
 async fn a_config_file_supplies_the_secret(db: TestDb) {

@@ -300,7 +300,18 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
     assert!(out.contains("/t/acme/workos/webhook"), "{out}");
     let (ok, out, err) = remote(&["tenants", "create", "acme"]);
     assert!(!ok && err.contains("tenant_exists"), "{out}{err}");
-    let (ok, out, err) = remote(&["tenants", "update", "acme", "--fallback", "allow", "--max-calls", "50"]);
+    // A client id that would retitle the root operator's terminal if printed as it is.
+    let (ok, out, err) = remote(&[
+        "tenants",
+        "update",
+        "acme",
+        "--fallback",
+        "allow",
+        "--max-calls",
+        "50",
+        "--client-id",
+        "client_\u{1b}]0;owned\u{7}",
+    ]);
     assert!(ok, "{out}{err}");
     let (ok, out, _) = remote(&["tenants", "show", "acme", "--json"]);
     assert!(ok);
@@ -314,6 +325,7 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
     let (ok, out, _) = remote(&["tenants", "list"]);
     assert!(ok && out.contains("default") && out.contains("acme"), "{out}");
     assert!(out.contains("LOADED") && out.contains("of at most 2000 tenants loaded"), "{out}");
+    assert!(!out.contains('\u{1b}') && out.contains("client_\\u{1b}]0;owned\\u{7}"), "{out}");
 
     // Deploy to the tenant, and read its data from the database.
     let handler = rust_guest("hostile");

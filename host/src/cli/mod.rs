@@ -7,6 +7,7 @@
 mod dev;
 mod remote;
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -264,12 +265,12 @@ async fn actions(cmd: ActionsCommand, tenant: &str, store: &Store) -> anyhow::Re
                 out,
                 "{:<24} {:<36} {:<18} {:<6} {:<10} {:>9.2} {}",
                 d.decided_at_text(),
-                d.action_id,
-                d.kind,
-                d.verdict,
-                d.source,
+                cell(&d.action_id),
+                cell(&d.kind),
+                cell(&d.verdict),
+                cell(&d.source),
                 d.latency_us as f64 / 1000.0,
-                detail
+                cell(detail)
             )?;
         }
     }
@@ -332,10 +333,10 @@ async fn users(cmd: UsersCommand, tenant: &str, store: &Store) -> anyhow::Result
                     writeln!(
                         out,
                         "{:<40} {:<32} {:<24} {}",
-                        view.id,
-                        view.email.as_deref().unwrap_or("-"),
-                        name.as_deref().unwrap_or("-"),
-                        view.updated_at
+                        cell(&view.id),
+                        cell(view.email.as_deref().unwrap_or("-")),
+                        cell(name.as_deref().unwrap_or("-")),
+                        cell(&view.updated_at)
                     )?;
                 }
             }
@@ -391,21 +392,55 @@ async fn events(cmd: EventsCommand, tenant: &str, store: &Store) -> anyhow::Resu
             writeln!(
                 out,
                 "{:<36} {:<32} {:<8} {:>8} {:<24} {}",
-                e.event_id,
-                e.event_type,
+                cell(&e.event_id),
+                cell(&e.event_type),
                 e.status,
                 e.attempts,
                 clock::format_ms(e.occurred_at),
-                detail
+                cell(detail)
             )?;
         }
     }
     Ok(())
 }
 
+/// Text from outside (a user's name, an event id, a handler's error, a
+/// tenant's client id) as one cell of a printed table: control characters
+/// (line breaks, terminal escape sequences) and the marks that reorder
+/// displayed text are shown escaped, as `\u{1b}`, so such text can neither add
+/// rows to a table nor drive the terminal of whoever reads it. `--json` output
+/// needs none of this: JSON escapes control characters itself.
+pub(crate) fn cell(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::describe;
+    use super::{cell, describe};
+
+    #[test]
+    fn a_table_cell_shows_control_characters_escaped() {
+        assert!(matches!(cell("Ada Lovelace <ada@example.com> é 名"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(cell("Eve\u{1b}[2J\nuser_fake"), "Eve\\u{1b}[2J\\u{a}user_fake");
+        assert_eq!(cell("\t\r\u{7f}\u{9b}"), "\\u{9}\\u{d}\\u{7f}\\u{9b}");
+        // Right-to-left override: would show "txt.exe" as "exe.txt".
+        assert_eq!(cell("a\u{202e}b"), "a\\u{202e}b");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("database error: {0}")]

@@ -402,7 +402,7 @@ pub async fn tenants(cmd: TenantsCommand) -> anyhow::Result<()> {
                     yes("webhook_secret_set", "set"),
                     yes("action_secret_set", "set"),
                     yes("loaded", "yes"),
-                    t["client_id"].as_str().unwrap_or("-"),
+                    super::cell(t["client_id"].as_str().unwrap_or("-")),
                     t["routes"]["webhook"].as_str().unwrap_or(""),
                 )?;
             }
