@@ -196,6 +196,8 @@ async fn requests_that_are_not_genuine_are_refused_and_change_nothing(db: TestDb
     }
     for (name, body, code) in [
         ("not JSON", b"{not json".to_vec(), "invalid_json"),
+        ("JSON, but an array", b"[]".to_vec(), "invalid_action"),
+        ("JSON, but a string", br#""authentication_action_context""#.to_vec(), "invalid_action"),
         (
             "an event, not an action",
             br#"{"object":"event","id":"e","event":"user.created","data":{}}"#.to_vec(),

@@ -82,7 +82,7 @@ impl From<ActionError> for ApiError {
     fn from(e: ActionError) -> ApiError {
         let code = match &e {
             ActionError::InvalidJson(_) => "invalid_json",
-            ActionError::UnknownKind(_) | ActionError::Invalid { .. } => "invalid_action",
+            ActionError::NotAnObject | ActionError::UnknownKind(_) | ActionError::Invalid { .. } => "invalid_action",
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     }

@@ -94,6 +94,8 @@ pub enum ActionRequest {
 pub enum ActionError {
     #[error("the body is not valid JSON: {0}")]
     InvalidJson(#[source] serde_json::Error),
+    #[error("the body is valid JSON but not an object, so not an Actions request")]
+    NotAnObject,
     #[error(
         "the body is neither an authentication_action_context nor a user_registration_action_context (`object` is {0})"
     )]
@@ -110,7 +112,13 @@ impl ActionRequest {
             object: Option<&'a RawValue>,
         }
         let text = std::str::from_utf8(body).map_err(|_| ActionError::UnknownKind("not UTF-8 text".into()))?;
-        let object = serde_json::from_str::<Object>(text).map_err(ActionError::InvalidJson)?.object;
+        let object = serde_json::from_str::<Object>(text)
+            .map_err(|e| match e.classify() {
+                // JSON, but an array, a string, a number... (`Object` takes any object).
+                serde_json::error::Category::Data => ActionError::NotAnObject,
+                _ => ActionError::InvalidJson(e),
+            })?
+            .object;
         let invalid =
             |kind: &'static str| move |e: serde_json::Error| ActionError::Invalid { kind, reason: e.to_string() };
         match object.map(RawValue::get) {
