@@ -410,7 +410,7 @@ async fn events(cmd: EventsCommand, tenant: &str, store: &Store) -> anyhow::Resu
 /// displayed text are shown escaped, as `\u{1b}`, so such text can neither add
 /// rows to a table nor drive the terminal of whoever reads it. `--json` output
 /// needs none of this: JSON escapes control characters itself.
-pub(crate) fn cell(text: &str) -> Cow<'_, str> {
+fn cell(text: &str) -> Cow<'_, str> {
     let unsafe_char = |c: char| {
         c.is_control()
             || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
