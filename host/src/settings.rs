@@ -79,8 +79,9 @@ pub struct ModuleSettings {
     pub poll_interval: Duration,
     /// Tenants whose handler versions stay loaded at once, and the compiled
     /// code those versions may hold in memory, in bytes (each module counted
-    /// once, however many tenants share it): past either, the least recently
-    /// used idle tenant's versions are closed (see [`crate::tenants`]).
+    /// once, however many tenants share it): past either, idle tenants'
+    /// versions are closed, those used least often of late first (see
+    /// [`crate::tenants`]).
     pub max_loaded_tenants: usize,
     pub max_loaded_code: usize,
 }

@@ -27,6 +27,7 @@ on_both_backends!(
     the_instance_pool_is_sized_for_the_tenants_stored_at_start,
     only_a_bounded_number_of_tenants_stay_loaded,
     loaded_tenants_hold_a_bounded_amount_of_compiled_code,
+    a_busy_tenant_stays_loaded_while_others_come_and_go,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -764,7 +765,7 @@ async fn listed(server: &TestServer) -> Value {
 }
 
 /// `modules.max_loaded_tenants`: with room for two, four tenants (`default`
-/// included) in turn each close the least recently used idle one, and a
+/// included) taking turns close each other's idle deployments, and a
 /// closed tenant comes back on its next use with its active version, an
 /// activation made while it was closed included, and its events applied.
 async fn only_a_bounded_number_of_tenants_stay_loaded(db: TestDb) {
@@ -866,4 +867,43 @@ async fn loaded_tenants_hold_a_bounded_amount_of_compiled_code(db: TestDb) {
     .await;
     assert_eq!(stats["max_code_bytes"], 2 << 20);
     assert!(stats["open"].as_u64().unwrap() <= 3, "two tenants' code at most, and `default` has none: {stats}");
+}
+
+/// The cache keeps what is used often: with room for three, a tenant in
+/// steady use stays loaded while four others are used once each (closing
+/// the least recently used would have closed it on the second of them).
+async fn a_busy_tenant_stays_loaded_while_others_come_and_go(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db).env("AUTHKIT_MAX_LOADED_TENANTS", "3")).await;
+    let others = [("hooli", "whsec_hooli_0004", "sk_action_hooli"), ("umbrella", "whsec_umbrella_5", "sk_action_umb")];
+    let all: Vec<(&str, &str, &str)> = TENANTS.into_iter().chain(others).collect();
+    for (n, (slug, webhook, action)) in all.iter().enumerate() {
+        create(&server, slug, webhook, action, json!({})).await;
+        deploy(&server, slug, stamped(n as u32 + 1)).await;
+    }
+    let (busy, _, busy_secret) = all[0];
+    for _ in 0..10 {
+        assert_eq!(act(&server, busy, busy_secret, "Version", busy_secret).await.0, 200);
+    }
+    let evicted_before = listed(&server).await["loaded"]["evicted"].as_u64().unwrap();
+    for (n, (slug, _, action)) in all.iter().enumerate().skip(1) {
+        let (status, payload) = act(&server, slug, action, "Version", action).await;
+        assert_eq!(status, 200, "{slug}");
+        let expected = format!("version {}", n + 1);
+        assert_eq!(payload.unwrap()["error_message"], expected.as_str(), "{slug} runs its own version");
+    }
+    let listed = listed(&server).await;
+    assert!(listed["loaded"]["open"].as_u64() <= Some(3), "{listed}");
+    assert!(
+        listed["loaded"]["evicted"].as_u64().unwrap() >= evicted_before + 2,
+        "the others closed each other: {listed}"
+    );
+    let loaded: Vec<(String, bool)> = listed["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["slug"].as_str().unwrap().to_string(), t["loaded"] == true))
+        .collect();
+    assert!(loaded.contains(&(busy.to_string(), true)), "the busy tenant is still loaded: {loaded:?}");
+    let (_, payload) = act(&server, busy, busy_secret, "Version", busy_secret).await;
+    assert_eq!(payload.unwrap()["error_message"], "version 1");
 }

@@ -15,18 +15,17 @@
 //! Host processes sharing a database pick up each other's tenant changes on
 //! their next poll (`modules.poll_interval_ms`).
 //!
-//! Loaded deployments are a bounded cache: at most `modules.max_loaded_tenants`
-//! stay open, holding at most `modules.max_loaded_code_mib` of compiled code
-//! (each module counted once, however many tenants share it). Opening one past
-//! either bound closes the least recently used that no call, change or check
-//! is using at that moment, so a deployment is never open twice for one
-//! tenant (the index maintenance in [`crate::deploy`] relies on that). A
-//! closed one opens again on its tenant's next use, from the compiled-code
-//! cache. While the open ones are in use the cache holds more, until they are
-//! released and the next opening closes what is past the bounds.
+//! Loaded deployments are a bounded cache ([`loaded`]): at most
+//! `modules.max_loaded_tenants` stay open, holding at most
+//! `modules.max_loaded_code_mib` of compiled code. Opening one past either
+//! bound closes idle ones, those used least often of late first, so a
+//! deployment is never open twice for one tenant (the index maintenance in
+//! [`crate::deploy`] relies on that). A closed one opens again on its
+//! tenant's next use, from the compiled-code cache.
+
+mod loaded;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -45,6 +44,9 @@ use crate::store::exec::SyncDb;
 use crate::store::tenants::TenantRow;
 use crate::store::{Store, StoreError};
 use crate::workos::signature::Secret;
+
+pub use loaded::LoadedStats;
+use loaded::Open;
 
 /// The tenant the unprefixed routes serve, configured by the host's settings.
 pub const DEFAULT_TENANT: &str = crate::store::inbox::DEFAULT_TENANT;
@@ -234,12 +236,8 @@ pub struct Tenants {
     /// Slug → settings. Replaced as a whole entry on every change.
     by_slug: RwLock<HashMap<String, Arc<Tenant>>>,
     /// Slug → handler versions, opened on the tenant's first use; a bounded
-    /// cache (see the module's comment).
-    deployments: RwLock<HashMap<String, Loaded>>,
-    /// Counts uses of open deployments: the clock of [`Loaded::last_used`].
-    uses: AtomicU64,
-    /// Deployments closed to make room, since the start.
-    evicted: AtomicU64,
+    /// cache (see [`loaded`]).
+    deployments: RwLock<Open<Arc<Deployment>>>,
     /// One opening at a time, so two first requests do not both load.
     opening: Mutex<()>,
     /// Slug → (its cap, the permits of its running Actions handler calls).
@@ -263,14 +261,12 @@ impl Tenants {
         settings: Arc<Settings>,
     ) -> Result<Tenants, StoreError> {
         let tenants = Tenants {
+            deployments: RwLock::new(Open::new(settings.modules.max_loaded_tenants, settings.modules.max_loaded_code)),
             store,
             db,
             runtime,
             settings,
             by_slug: RwLock::default(),
-            deployments: RwLock::default(),
-            uses: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
             opening: Mutex::default(),
             actions_running: Mutex::default(),
             queries_running: Mutex::default(),
@@ -310,33 +306,23 @@ impl Tenants {
 
     /// The tenant's deployment if it is open already (no blocking).
     pub fn open_deployment(&self, slug: &str) -> Option<Arc<Deployment>> {
-        let open = read(&self.deployments);
-        let loaded = open.get(slug)?;
-        loaded.last_used.store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-        Some(loaded.deployment.clone())
+        read(&self.deployments).get(slug)
     }
 
     /// Whether the tenant's handler versions are loaded now.
     pub fn is_loaded(&self, slug: &str) -> bool {
-        read(&self.deployments).contains_key(slug)
+        read(&self.deployments).contains(slug)
     }
 
     /// Every deployment open now (without counting this as a use).
     pub fn open_deployments(&self) -> Vec<Arc<Deployment>> {
-        read(&self.deployments).values().map(|l| l.deployment.clone()).collect()
+        read(&self.deployments).values()
     }
 
     /// How many deployments are open and the code they hold, the most of
     /// each that stays, and how many were closed to make room since the start.
     pub fn loaded(&self) -> LoadedStats {
-        let open = read(&self.deployments);
-        LoadedStats {
-            open: open.len(),
-            max: self.settings.modules.max_loaded_tenants,
-            code_bytes: CodeHeld::of(&open).bytes,
-            max_code_bytes: self.settings.modules.max_loaded_code,
-            evicted: self.evicted.load(Ordering::Relaxed),
-        }
+        read(&self.deployments).stats()
     }
 
     /// The tenant's handler versions, opened (its active version loaded) on
@@ -351,29 +337,23 @@ impl Tenants {
         }
         let deployment =
             Arc::new(Deployment::open(slug, self.runtime.clone(), self.db.clone(), self.settings.modules.max_bytes)?);
-        {
-            let mut open = write(&self.deployments);
-            let used = self.uses.fetch_add(1, Ordering::Relaxed);
-            open.insert(slug.to_string(), Loaded { deployment: deployment.clone(), last_used: AtomicU64::new(used) });
-        }
+        write(&self.deployments).insert(slug.to_string(), deployment.clone());
         self.close_past_bounds();
         Ok(deployment)
     }
 
-    /// Closes the least recently used idle deployments while the open ones are
-    /// past `modules.max_loaded_tenants` or `modules.max_loaded_code_mib`.
+    /// Closes idle deployments, those used least often of late first, while the
+    /// open ones are past `modules.max_loaded_tenants` or `modules.max_loaded_code_mib`.
     /// Runs after each opening, and after each check for versions activated
     /// elsewhere (a version loaded into an open deployment adds code too).
     pub fn close_past_bounds(&self) {
-        let (max, max_code) = (self.settings.modules.max_loaded_tenants, self.settings.modules.max_loaded_code);
         // Checked first under the read lock, which requests still share.
-        if CodeHeld::of(&read(&self.deployments)).within(max, max_code) {
+        if read(&self.deployments).within_bounds() {
             return;
         }
-        let closed = evict_idle(&mut write(&self.deployments), max, max_code);
+        let closed = write(&self.deployments).close_past_bounds();
         if !closed.is_empty() {
-            self.evicted.fetch_add(closed.len() as u64, Ordering::Relaxed);
-            tracing::debug!(tenants = closed.len(), "closed the least recently used idle deployments to make room");
+            tracing::debug!(tenants = closed.len(), "closed idle deployments to make room");
         }
         // Their modules are freed here, outside the lock.
         drop(closed);
@@ -645,99 +625,6 @@ fn permit(
         entry.1.clone()
     };
     semaphore.try_acquire_owned().ok()
-}
-
-/// An open deployment and its last use (a tick of [`Tenants::uses`]).
-struct Loaded {
-    deployment: Arc<Deployment>,
-    last_used: AtomicU64,
-}
-
-/// What `GET /admin/tenants` reports about the open deployments.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct LoadedStats {
-    /// Tenants with their handler versions loaded, and the most that stay so.
-    pub open: usize,
-    pub max: usize,
-    /// Compiled code those versions hold (each module once), and the most kept.
-    pub code_bytes: usize,
-    pub max_code_bytes: usize,
-    /// Tenants closed to make room since the start.
-    pub evicted: u64,
-}
-
-/// The compiled code the open deployments hold: each module once (by
-/// address), with how many of them hold it.
-#[derive(Default)]
-struct CodeHeld {
-    /// How many deployments are open.
-    open: usize,
-    bytes: usize,
-    holders: HashMap<usize, (usize, u32)>,
-}
-
-impl CodeHeld {
-    fn of(open: &HashMap<String, Loaded>) -> CodeHeld {
-        let mut held = CodeHeld { open: open.len(), ..CodeHeld::default() };
-        for loaded in open.values() {
-            for module in loaded.deployment.loaded_modules() {
-                let entry = held.holders.entry(Arc::as_ptr(&module) as usize).or_insert((module.code_bytes, 0));
-                if entry.1 == 0 {
-                    held.bytes += entry.0;
-                }
-                entry.1 += 1;
-            }
-        }
-        held
-    }
-
-    /// Whether at most `max` deployments are open, holding at most `max_code` bytes.
-    fn within(&self, max: usize, max_code: usize) -> bool {
-        self.open <= max && self.bytes <= max_code
-    }
-
-    /// Counts a closed deployment out; what no open deployment holds any more is freed.
-    fn release(&mut self, deployment: &Deployment) {
-        self.open -= 1;
-        for module in deployment.loaded_modules() {
-            if let Some(entry) = self.holders.get_mut(&(Arc::as_ptr(&module) as usize)) {
-                entry.1 -= 1;
-                if entry.1 == 0 {
-                    self.bytes -= entry.0;
-                }
-            }
-        }
-    }
-}
-
-/// Takes out of `open`, least recently used first, deployments that nothing
-/// else holds, until at most `max` are left holding at most `max_code` bytes
-/// of code, or none of the rest is idle; returns them, for the caller to drop
-/// after it releases the lock. Under the write lock nobody can take a new
-/// handle of one (handles are only handed out under the read lock), so one
-/// held by nobody else now stays unused.
-fn evict_idle(open: &mut HashMap<String, Loaded>, max: usize, max_code: usize) -> Vec<Loaded> {
-    let mut held = CodeHeld::of(open);
-    if held.within(max, max_code) {
-        return Vec::new();
-    }
-    let mut idle: Vec<(u64, String)> = open
-        .iter()
-        .filter(|(_, l)| Arc::strong_count(&l.deployment) == 1)
-        .map(|(slug, l)| (l.last_used.load(Ordering::Relaxed), slug.clone()))
-        .collect();
-    idle.sort_unstable();
-    let mut closed = Vec::new();
-    for (_, slug) in idle {
-        if held.within(max, max_code) {
-            break;
-        }
-        if let Some(loaded) = open.remove(&slug) {
-            held.release(&loaded.deployment);
-            closed.push(loaded);
-        }
-    }
-    closed
 }
 
 /// Lowercase letters, digits and `-`, starting with a letter or digit, at most 63 characters.
