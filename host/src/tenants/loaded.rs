@@ -16,8 +16,9 @@
 //! equally used ones the most recently opened. Uses are counted up to 15, and
 //! every count is halved once per 16 uses per open entry (all tenants' uses
 //! together), so a count says how often of late, not ever. A closed tenant's
-//! count is kept among the recently closed (at most four per open entry), so
-//! one that comes back soon starts where it left off. Against plain
+//! count is kept, and halved with the others, among the recently closed (at
+//! most four per open entry), so one that comes back soon starts where it
+//! left off. Against plain
 //! least-recently-used, this keeps a tenant in steady use loaded through a
 //! burst of events to many tenants used once (least-recently-used closed the
 //! busy one first), and when more tenants than fit take turns, a stable part
@@ -76,12 +77,16 @@ pub struct LoadedStats {
 /// Slug → open entry, with the counts that decide which closes first.
 pub struct Open<T> {
     entries: HashMap<String, Entry<T>>,
-    /// Slug → use count of a tenant closed to make room, recently.
-    closed: HashMap<String, u8>,
+    /// Slug → use count of a tenant closed to make room, recently, and the
+    /// `halvings` then (its count is halved as many times as `halvings` has
+    /// grown since).
+    closed: HashMap<String, (u8, u64)>,
     /// Uses so far, all entries together: the clock of halving and of [`Entry::opened`].
     uses: AtomicU64,
-    /// The `uses` at which counts were last halved.
-    halved_at: u64,
+    /// The `uses` at which the counts are halved next.
+    next_halving: AtomicU64,
+    /// How many times the counts were halved.
+    halvings: AtomicU64,
     max: usize,
     max_code: usize,
     /// Entries closed to make room since the start.
@@ -102,7 +107,8 @@ impl<T: Cached> Open<T> {
             entries: HashMap::new(),
             closed: HashMap::new(),
             uses: AtomicU64::new(0),
-            halved_at: 0,
+            next_halving: AtomicU64::new(0),
+            halvings: AtomicU64::new(0),
             max,
             max_code,
             evicted: 0,
@@ -112,7 +118,7 @@ impl<T: Cached> Open<T> {
     /// The tenant's open entry, counted as a use.
     pub fn get(&self, slug: &str) -> Option<T> {
         let entry = self.entries.get(slug)?;
-        self.uses.fetch_add(1, Ordering::Relaxed);
+        self.tick();
         let _ = entry.count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c < MAX_COUNT).then_some(c + 1));
         Some(entry.value.clone())
     }
@@ -144,9 +150,9 @@ impl<T: Cached> Open<T> {
     /// Adds a tenant's newly opened entry, counted as a use (on top of its
     /// count from before it was last closed, if it was recently).
     pub fn insert(&mut self, slug: String, value: T) {
-        self.halve_counts();
-        let count = self.closed.remove(&slug).unwrap_or(0).saturating_add(1).min(MAX_COUNT);
-        let opened = self.uses.fetch_add(1, Ordering::Relaxed);
+        let before = self.closed.remove(&slug).map_or(0, |(count, at)| self.aged(count, at));
+        let count = before.saturating_add(1).min(MAX_COUNT);
+        let opened = self.tick();
         self.entries.insert(slug, Entry { value, count: AtomicU8::new(count), opened });
     }
 
@@ -162,7 +168,6 @@ impl<T: Cached> Open<T> {
     /// Under an exclusive borrow nobody can take a new handle of one, so an
     /// entry idle now stays unused.
     pub fn close_past_bounds(&mut self) -> Vec<T> {
-        self.halve_counts();
         let mut held = self.held();
         if held.within(self.max, self.max_code) {
             return Vec::new();
@@ -182,43 +187,50 @@ impl<T: Cached> Open<T> {
             if let Some(entry) = self.entries.remove(&slug) {
                 held.release(&entry.value);
                 if count > 0 {
-                    self.closed.insert(slug, count);
+                    self.closed.insert(slug, (count, self.halvings.load(Ordering::Relaxed)));
                 }
                 closed.push(entry.value);
             }
         }
         self.evicted += closed.len() as u64;
-        // Past their own bound, the closed tenants' counts age faster.
+        // Past their own bound, the closed tenants used least go first.
         let keep = CLOSED_KEPT_PER_ENTRY * self.entries.len().max(1);
         while self.closed.len() > keep {
-            self.closed.retain(|_, c| {
-                *c >>= 1;
-                *c > 0
-            });
+            let aged: HashMap<&String, u8> = self.closed.iter().map(|(s, &(c, at))| (s, self.aged(c, at))).collect();
+            let least = aged.values().copied().min().unwrap_or(0);
+            let gone: Vec<String> = aged.into_iter().filter(|&(_, c)| c == least).map(|(s, _)| s.clone()).collect();
+            for slug in gone {
+                self.closed.remove(&slug);
+            }
         }
         closed
     }
 
-    /// Halves every count once for each [`HALVING_USES_PER_ENTRY`] uses per
-    /// open entry since the last time, dropping closed tenants whose count is
-    /// spent. Per open entry, not per slot of the count bound: when the code
-    /// bound is the one that binds, fewer fit than that.
-    fn halve_counts(&mut self) {
-        let period = HALVING_USES_PER_ENTRY * self.entries.len().max(1) as u64;
-        let periods = self.uses.load(Ordering::Relaxed).saturating_sub(self.halved_at) / period;
-        if periods == 0 {
-            return;
+    /// Counts a use on the clock, and halves every open entry's count when
+    /// [`HALVING_USES_PER_ENTRY`] uses per open entry have passed since the
+    /// last time. Returns the use's tick. Runs on the path of every call (under
+    /// the map's read lock), so counts are halved on time however long no
+    /// tenant has been opened; one of the callers that find it due does it.
+    fn tick(&self) -> u64 {
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
+        let due = self.next_halving.load(Ordering::Relaxed);
+        if tick >= due {
+            let period = HALVING_USES_PER_ENTRY * self.entries.len().max(1) as u64;
+            if self.next_halving.compare_exchange(due, tick + period, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                for entry in self.entries.values() {
+                    let _ = entry.count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c >> 1));
+                }
+                self.halvings.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        // Four halvings take MAX_COUNT to 0.
-        let shift = periods.min(4) as u32;
-        for entry in self.entries.values_mut() {
-            *entry.count.get_mut() >>= shift;
-        }
-        self.closed.retain(|_, c| {
-            *c >>= shift;
-            *c > 0
-        });
-        self.halved_at += periods * period;
+        tick
+    }
+
+    /// A closed tenant's `count`, kept when `halvings` was `at`, halved as
+    /// often as the open ones' counts were since.
+    fn aged(&self, count: u8, at: u64) -> u8 {
+        let since = self.halvings.load(Ordering::Relaxed).saturating_sub(at);
+        count.checked_shr(u32::try_from(since).unwrap_or(u32::MAX)).unwrap_or(0)
     }
 
     fn held(&self) -> CodeHeld {
@@ -351,6 +363,23 @@ mod tests {
     }
 
     #[test]
+    fn counts_age_while_nothing_is_opened() {
+        let mut open = Open::new(3, usize::MAX);
+        for slug in ["a", "b", "c"] {
+            use_one(&mut open, slug, 0, 1);
+        }
+        // A long stretch in which everything fits: `a` falls silent, `b` and
+        // `c` stay busy.
+        for _ in 0..10_000 {
+            use_one(&mut open, "b", 0, 1);
+            use_one(&mut open, "c", 0, 1);
+        }
+        use_one(&mut open, "d", 0, 1);
+        assert!(!open.contains("a"), "the silent tenant closes, not the busy one opened last");
+        assert!(open.contains("b") && open.contains("c") && open.contains("d"));
+    }
+
+    #[test]
     fn entries_in_use_stay_open_past_the_bound_until_idle() {
         let mut open = Open::new(2, usize::MAX);
         let held: Vec<Fake> = (0..4)
@@ -393,7 +422,7 @@ mod tests {
         }
         use_one(&mut open, "b", 1, 1);
         assert!(open.contains("b") && !open.contains("a"), "the entry in use stays, the idle one closes");
-        assert_eq!(open.closed.get("a"), Some(&10), "the closed tenant's count is kept");
+        assert_eq!(open.closed.get("a").map(|&(count, _)| count), Some(10), "the closed tenant's count is kept");
         open.remove("a");
         open.remove("b");
         assert!(open.closed.is_empty() && open.entries.is_empty());
