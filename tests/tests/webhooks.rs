@@ -134,6 +134,16 @@ async fn every_rejection_has_its_status_and_code_and_writes_nothing(db: TestDb) 
         let reply = server.deliver(&body).await;
         assert_eq!((reply.status, reply.code()), (400, code), "case {name:?}: {reply:?}");
     }
+    // A field given twice or of the wrong type: the message says which and where.
+    for (body, says) in [
+        (br#"{"id":"evt_a","id":"evt_b","event":"user.created","data":{}}"#.as_slice(), "duplicate field `id`"),
+        (br#"{"id":7,"event":"user.created","data":{}}"#.as_slice(), "invalid type: integer `7`, expected"),
+    ] {
+        let reply = server.deliver(body).await;
+        assert_eq!((reply.status, reply.code()), (400, "invalid_event"), "{reply:?}");
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says) && message.contains("column"), "{message:?} should say {says:?} and where");
+    }
     let wrong_method = server.get("/workos/webhook").await;
     assert_eq!((wrong_method.status, wrong_method.code()), (405, "method_not_allowed"));
     let unknown = server.get("/workos/elsewhere").await;

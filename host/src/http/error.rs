@@ -71,7 +71,7 @@ impl From<EventError> for ApiError {
     fn from(e: EventError) -> ApiError {
         let code = match e {
             EventError::InvalidJson(_) => "invalid_json",
-            EventError::NotAnEvent(_) => "invalid_event",
+            EventError::NotAnEvent(_) | EventError::BadField(_) => "invalid_event",
             EventError::InvalidData { .. } => "invalid_event_data",
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())

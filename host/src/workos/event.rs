@@ -20,6 +20,10 @@ pub enum EventError {
     InvalidJson(#[source] serde_json::Error),
     #[error("the body is not a WorkOS event: {0}")]
     NotAnEvent(&'static str),
+    /// An envelope field of the wrong type, or given twice: serde's own
+    /// account, which names what it found and where.
+    #[error("the body is not a WorkOS event: {0}")]
+    BadField(String),
     #[error("the event's data is not a valid {kind}: {reason}")]
     InvalidData { kind: &'static str, reason: String },
 }
@@ -80,7 +84,7 @@ impl Event {
             });
         }
         let envelope: Envelope = serde_json::from_slice(body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => EventError::NotAnEvent("a field has the wrong type"),
+            serde_json::error::Category::Data => EventError::BadField(e.to_string()),
             _ => EventError::InvalidJson(e),
         })?;
         let id = envelope.id.ok_or(EventError::NotAnEvent("no string `id`"))?;
