@@ -384,10 +384,15 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
         .as_str()
         .unwrap()
         .to_string();
+    // Both tenants' decisions: they are recorded in batches, a moment after
+    // the answer, and globex's must not land between the two counts below.
     eventually("the events applied and the decisions recorded", Duration::from_secs(60), || async {
-        let counts = store.count_tenant_rows("acme").await.unwrap();
-        let done = store.count_unfinished().await.unwrap() == 0;
-        (done && counts.iter().find(|(t, _)| *t == "action_decisions").unwrap().1 > 0).then_some(())
+        let mut recorded = true;
+        for slug in ["acme", "globex"] {
+            let counts = store.count_tenant_rows(slug).await.unwrap();
+            recorded &= counts.iter().find(|(t, _)| *t == "action_decisions").unwrap().1 > 0;
+        }
+        (recorded && store.count_unfinished().await.unwrap() == 0).then_some(())
     })
     .await;
     let before_globex = store.count_tenant_rows("globex").await.unwrap();
