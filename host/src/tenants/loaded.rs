@@ -157,7 +157,8 @@ impl<T: Cached> Open<T> {
     /// Adds a tenant's newly opened entry, counted as a use (on top of its
     /// count from before it was last closed, if it was recently).
     pub fn insert(&mut self, slug: String, value: T) {
-        let before = self.closed.remove(&slug).map_or(0, |(count, at)| self.aged(count, at));
+        let now = self.halvings.load(Ordering::Relaxed);
+        let before = self.closed.remove(&slug).map_or(0, |(count, at)| aged(count, at, now));
         let count = before.saturating_add(1).min(MAX_COUNT);
         let opened = self.tick();
         self.entries.insert(slug, Entry { value, count: AtomicU8::new(count), hit: AtomicBool::new(false), opened });
@@ -205,13 +206,10 @@ impl<T: Cached> Open<T> {
         self.evicted += closed.len() as u64;
         // Past their own bound, the closed tenants used least go first.
         let keep = CLOSED_KEPT_PER_ENTRY * self.entries.len().max(1);
+        let now = self.halvings.load(Ordering::Relaxed);
         while self.closed.len() > keep {
-            let aged: HashMap<&String, u8> = self.closed.iter().map(|(s, &(c, at))| (s, self.aged(c, at))).collect();
-            let least = aged.values().copied().min().unwrap_or(0);
-            let gone: Vec<String> = aged.into_iter().filter(|&(_, c)| c == least).map(|(s, _)| s.clone()).collect();
-            for slug in gone {
-                self.closed.remove(&slug);
-            }
+            let least = self.closed.values().map(|&(count, at)| aged(count, at, now)).min().unwrap_or(0);
+            self.closed.retain(|_, &mut (count, at)| aged(count, at, now) > least);
         }
         closed
     }
@@ -236,16 +234,15 @@ impl<T: Cached> Open<T> {
         tick
     }
 
-    /// A closed tenant's `count`, kept when `halvings` was `at`, halved as
-    /// often as the open ones' counts were since.
-    fn aged(&self, count: u8, at: u64) -> u8 {
-        let since = self.halvings.load(Ordering::Relaxed).saturating_sub(at);
-        count.checked_shr(u32::try_from(since).unwrap_or(u32::MAX)).unwrap_or(0)
-    }
-
     fn held(&self) -> CodeHeld {
         CodeHeld::of(self.entries.values().map(|e| &e.value))
     }
+}
+
+/// A closed tenant's `count`, kept when [`Open::halvings`] was `at`, halved
+/// as often as the open ones' counts were since (it is `now`).
+fn aged(count: u8, at: u64, now: u64) -> u8 {
+    count.checked_shr(u32::try_from(now.saturating_sub(at)).unwrap_or(u32::MAX)).unwrap_or(0)
 }
 
 /// The compiled code the open entries hold: each module once (by identity),
@@ -313,15 +310,20 @@ mod tests {
     /// One use of `slug`, as `Tenants::deployment` makes it: a hit, or an
     /// opening (of a module of `bytes` bytes, shared by every tenant with the
     /// same `module`) that closes what is past the bounds while the new entry
-    /// is still in use. Whether it was a hit.
-    fn use_one(open: &mut Open<Fake>, slug: &str, module: usize, bytes: usize) -> bool {
-        if open.get(slug).is_some() {
-            return true;
+    /// is still in use. The handle, and whether it was a hit.
+    fn take(open: &mut Open<Fake>, slug: &str, module: usize, bytes: usize) -> (Fake, bool) {
+        if let Some(found) = open.get(slug) {
+            return (found, true);
         }
         let fresh = Fake(Arc::new((module, bytes)));
         open.insert(slug.to_string(), fresh.clone());
         drop(open.close_past_bounds());
-        false
+        (fresh, false)
+    }
+
+    /// One use, released at once; whether it was a hit.
+    fn use_one(open: &mut Open<Fake>, slug: &str, module: usize, bytes: usize) -> bool {
+        take(open, slug, module, bytes).1
     }
 
     fn hits(open: &mut Open<Fake>, slugs: impl IntoIterator<Item = String>) -> usize {
@@ -335,16 +337,9 @@ mod tests {
         for chunk in slugs.chunks(64) {
             let mut held = Vec::new();
             for &i in chunk {
-                let slug = format!("t{i}");
-                if let Some(found) = open.get(&slug) {
-                    hits += 1;
-                    held.push(found);
-                    continue;
-                }
-                let fresh = Fake(Arc::new((i, 1)));
-                open.insert(slug, fresh.clone());
-                drop(open.close_past_bounds());
-                held.push(fresh);
+                let (handle, hit) = take(open, &format!("t{i}"), i, 1);
+                hits += usize::from(hit);
+                held.push(handle);
             }
         }
         hits
