@@ -326,6 +326,7 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
     let (ok, out, _) = remote(&["tenants", "list"]);
     assert!(ok && out.contains("default") && out.contains("acme"), "{out}");
     assert!(out.contains("LOADED") && out.contains("of at most 2000 tenants loaded"), "{out}");
+    assert!(out.contains("uses found their tenant loaded") && out.contains("(hit rate "), "{out}");
     assert!(!out.contains('\u{1b}') && out.contains("client_\\u{1b}]0;owned\\u{7}"), "{out}");
 
     // Deploy to the tenant, and read its data from the database.
@@ -896,13 +897,13 @@ async fn a_busy_tenant_stays_loaded_while_others_come_and_go(db: TestDb) {
         let expected = format!("version {}", n + 1);
         assert_eq!(payload.unwrap()["error_message"], expected.as_str(), "{slug} runs its own version");
     }
-    let listed = listed(&server).await;
-    assert!(listed["loaded"]["open"].as_u64() <= Some(3), "{listed}");
+    let before = listed(&server).await;
+    assert!(before["loaded"]["open"].as_u64() <= Some(3), "{before}");
     assert!(
-        listed["loaded"]["evicted"].as_u64().unwrap() >= evicted_before + 2,
-        "the others closed each other: {listed}"
+        before["loaded"]["evicted"].as_u64().unwrap() >= evicted_before + 2,
+        "the others closed each other: {before}"
     );
-    let loaded: Vec<(String, bool)> = listed["tenants"]
+    let loaded: Vec<(String, bool)> = before["tenants"]
         .as_array()
         .unwrap()
         .iter()
@@ -911,4 +912,9 @@ async fn a_busy_tenant_stays_loaded_while_others_come_and_go(db: TestDb) {
     assert!(loaded.contains(&(busy.to_string(), true)), "the busy tenant is still loaded: {loaded:?}");
     let (_, payload) = act(&server, busy, busy_secret, "Version", busy_secret).await;
     assert_eq!(payload.unwrap()["error_message"], "version 1");
+    // The operator sees it as a hit, not a load.
+    let after = listed(&server).await;
+    let count = |v: &Value, k: &str| v["loaded"][k].as_u64().unwrap();
+    assert_eq!(count(&after, "loads"), count(&before, "loads"), "{after}");
+    assert!(count(&after, "hits") > count(&before, "hits"), "{after}");
 }

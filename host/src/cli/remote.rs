@@ -408,9 +408,16 @@ pub async fn tenants(cmd: TenantsCommand) -> anyhow::Result<()> {
             }
             let loaded = &listed["loaded"];
             let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
+            let (hits, loads) = (loaded["hits"].as_u64().unwrap_or(0), loaded["loads"].as_u64().unwrap_or(0));
+            let rate = if hits + loads == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.0}%", 100.0 * hits as f64 / (hits + loads) as f64)
+            };
             writeln!(
                 out,
-                "\n{} of at most {} tenants loaded, {:.1} of at most {:.0} MiB of compiled code; {} closed to make room since the start",
+                "\n{} of at most {} tenants loaded, {:.1} of at most {:.0} MiB of compiled code; {} closed to make room since the start\n\
+                 since the start: {hits} uses found their tenant loaded, {loads} loaded it (hit rate {rate})",
                 loaded["open"],
                 loaded["max"],
                 mib(&loaded["code_bytes"]),

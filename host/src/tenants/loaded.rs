@@ -74,6 +74,12 @@ pub struct LoadedStats {
     pub max_code_bytes: usize,
     /// Tenants closed to make room since the start.
     pub evicted: u64,
+    /// Since the start: uses that found their tenant loaded, and loads (a
+    /// tenant's first use, or its first after it was closed). `hits / (hits +
+    /// loads)` is the cache's hit rate; loads well past the tenants in use
+    /// mean the bounds are too small for them.
+    pub hits: u64,
+    pub loads: u64,
 }
 
 /// Slug → open entry, with the counts that decide which closes first.
@@ -93,6 +99,9 @@ pub struct Open<T> {
     max_code: usize,
     /// Entries closed to make room since the start.
     evicted: u64,
+    /// Uses that found their entry open, and entries opened, since the start.
+    hits: AtomicU64,
+    loads: u64,
 }
 
 struct Entry<T> {
@@ -116,6 +125,8 @@ impl<T: Cached> Open<T> {
             max,
             max_code,
             evicted: 0,
+            hits: AtomicU64::new(0),
+            loads: 0,
         }
     }
 
@@ -123,6 +134,7 @@ impl<T: Cached> Open<T> {
     pub fn get(&self, slug: &str) -> Option<T> {
         let entry = self.entries.get(slug)?;
         self.tick();
+        self.hits.fetch_add(1, Ordering::Relaxed);
         let _ = entry.count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c < MAX_COUNT).then_some(c + 1));
         if !entry.hit.load(Ordering::Relaxed) {
             entry.hit.store(true, Ordering::Relaxed);
@@ -146,6 +158,8 @@ impl<T: Cached> Open<T> {
             code_bytes: self.held().bytes,
             max_code_bytes: self.max_code,
             evicted: self.evicted,
+            hits: self.hits.load(Ordering::Relaxed),
+            loads: self.loads,
         }
     }
 
@@ -161,6 +175,7 @@ impl<T: Cached> Open<T> {
         let before = self.closed.remove(&slug).map_or(0, |(count, at)| aged(count, at, now));
         let count = before.saturating_add(1).min(MAX_COUNT);
         let opened = self.tick();
+        self.loads += 1;
         self.entries.insert(slug, Entry { value, count: AtomicU8::new(count), hit: AtomicBool::new(false), opened });
     }
 
@@ -353,14 +368,19 @@ mod tests {
         for i in (0..1000).step_by(3).rev() {
             round.insert((i + 101).min(round.len()), i);
         }
-        assert!(hits_in_chunks(&mut open, &round) < 400, "the first round opens every tenant");
+        let mut found = hits_in_chunks(&mut open, &round);
+        assert!(found < 400, "the first round opens every tenant");
         for turn in 2..=10 {
             let hit = hits_in_chunks(&mut open, &round);
             // Least recently used closed each tenant just before its turn came
             // again: only the second visits 100 turns later found theirs open.
             assert!(hit >= 500, "round {turn}: {hit} of {} found open, with room for 320", round.len());
             assert!(open.stats().open <= 320);
+            found += hit;
         }
+        // The operator's figures are the same count.
+        let stats = open.stats();
+        assert_eq!((stats.hits, stats.loads), (found as u64, (10 * round.len() - found) as u64));
     }
 
     #[test]

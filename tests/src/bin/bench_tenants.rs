@@ -376,12 +376,15 @@ async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
     println!(
         "memory: resident {rss:.0} MiB (peak {peak:.0} MiB) with {} tenants loaded at the end, holding {:.1} MiB of \
-         compiled code; at most {} tenants and {:.0} MiB stay loaded, and {} were closed to make room during the run",
+         compiled code; at most {} tenants and {:.0} MiB stay loaded, and {} were closed to make room during the run \
+         ({} uses found their tenant loaded, {} loaded it)",
         loaded["open"],
         mib(&loaded["code_bytes"]),
         loaded["max"],
         mib(&loaded["max_code_bytes"]),
-        loaded["evicted"]
+        loaded["evicted"],
+        loaded["hits"],
+        loaded["loads"]
     );
     every_event_applied(&store, tenants).await?;
     Arc::into_inner(host).context("no request still holds the host")?.stop().await?;
