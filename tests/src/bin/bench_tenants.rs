@@ -27,6 +27,9 @@
 //!
 //! Resident memory is the measuring process's (phases 2 and 3 run in a fresh
 //! one), host and load generator together. `--cold 0` skips phase 2's samples.
+//! Each throughput turn ends its line with its start and end in seconds since
+//! the Unix epoch, so that a `perf record -k CLOCK_REALTIME` of the run can be
+//! cut into turns (`perf report --time <start>,<end>`).
 //!
 //! Usage: `cargo run --release -p authkit-tests --bin bench-tenants -- [--tenants 1000]
 //! [--events 5000] [--cold 20] [--distinct]`. The guests must be built (tests/run.sh
@@ -216,8 +219,21 @@ async fn throughput(
     if let (Some(before), Some(after)) = (cpu, process_cpu_seconds()) {
         per_event.push_str(&format!(", {:.0} µs of CPU per event", (after - before) * 1e6 / n as f64));
     }
-    println!("  {run}: {n} acknowledged in {:.0} ms, all applied after {:.0} ms{per_event}", ms(sent), ms(total));
+    let (from, to) = (wall_clock(started), wall_clock(started + total));
+    println!(
+        "  {run}: {n} acknowledged in {:.0} ms, all applied after {:.0} ms{per_event} [{from:.6},{to:.6}]",
+        ms(sent),
+        ms(total)
+    );
     Ok(n as f64 / total.as_secs_f64())
+}
+
+/// `at` as seconds since the Unix epoch: the turn's bounds, for `perf report
+/// --time` on a recording made with `perf record -k CLOCK_REALTIME`, which
+/// tells one kind of turn's profile from the other's.
+fn wall_clock(at: Instant) -> f64 {
+    let ago = Instant::now().saturating_duration_since(at);
+    (std::time::SystemTime::now() - ago).duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Bytes this process has caused to be written to disk so far (Linux's
