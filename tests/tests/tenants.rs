@@ -326,7 +326,7 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
     let (ok, out, _) = remote(&["tenants", "list"]);
     assert!(ok && out.contains("default") && out.contains("acme"), "{out}");
     assert!(out.contains("LOADED") && out.contains("of at most 2000 tenants loaded"), "{out}");
-    assert!(out.contains("uses found their tenant loaded") && out.contains("(hit rate "), "{out}");
+    assert!(out.contains("that found their tenant loaded: ") && out.contains("(hit rate "), "{out}");
     assert!(!out.contains('\u{1b}') && out.contains("client_\\u{1b}]0;owned\\u{7}"), "{out}");
 
     // Deploy to the tenant, and read its data from the database.

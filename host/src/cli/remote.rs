@@ -417,7 +417,7 @@ pub async fn tenants(cmd: TenantsCommand) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "\n{} of at most {} tenants loaded, {:.1} of at most {:.0} MiB of compiled code; {} closed to make room since the start\n\
-                 since the start: {hits} uses found their tenant loaded, {loads} loaded it (hit rate {rate})",
+                 uses since the start that found their tenant loaded: {hits}, that loaded it: {loads} (hit rate {rate})",
                 loaded["open"],
                 loaded["max"],
                 mib(&loaded["code_bytes"]),
