@@ -149,10 +149,43 @@ async fn every_rejection_has_its_status_and_code_and_writes_nothing(db: TestDb) 
     let unknown = server.get("/workos/elsewhere").await;
     assert_eq!((unknown.status, unknown.code()), (404, "not_found"));
 
+    // Not parseable as HTTP, around a correctly signed event: the HTTP layer
+    // answers with a bare status and closes, and no route runs.
+    let signature = sig(now_ms(), &good);
+    let signed = |extra: &str| {
+        let head = format!(
+            "POST /workos/webhook HTTP/1.1\r\nHost: x\r\nWorkOS-Signature: {signature}\r\n{extra}Content-Length: {}\r\n\r\n",
+            good.len()
+        );
+        [head.as_bytes(), &good].concat()
+    };
+    let many: String = (0..150).map(|i| format!("X-Filler-{i}: a\r\n")).collect();
+    for (raw, status) in [
+        (signed("A header without a colon\r\n"), "HTTP/1.1 400 "),
+        (signed(&many), "HTTP/1.1 431 "),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), "HTTP/1.1 400 "),
+    ] {
+        let response = raw_exchange(&server, &raw).await;
+        assert!(response.starts_with(status), "{status}: {response:?}");
+        assert!(response.to_ascii_lowercase().contains("content-length: 0"), "{response:?}");
+    }
+
     assert_eq!(inbox_len(&db).await, 0, "a rejected request wrote to the inbox");
     // Still serving: a good delivery goes through.
     assert_eq!(server.deliver(&good).await.status, 200);
     assert_eq!(inbox_len(&db).await, 1);
+}
+
+/// Sends `raw` bytes on a new connection and reads until the server closes it.
+async fn raw_exchange(server: &TestServer, raw: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 async fn a_body_over_one_mebibyte_is_rejected_with_413_even_when_chunked(db: TestDb) {
