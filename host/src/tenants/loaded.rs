@@ -1,8 +1,9 @@
 //! The bounded cache of open deployments: which tenants keep their handler
 //! versions loaded, and which close when there is no room for another.
 //!
-//! Owns: the open entries, how often each was used of late, and that count
-//! for tenants closed recently. Must not: open or load a deployment (the
+//! Owns: the open entries, how often each was used of late, that count
+//! for tenants closed recently, and the hits and loads since the start that
+//! `GET /admin/tenants` reports. Must not: open or load a deployment (the
 //! caller does, and hands it in), or drop one it closes (they are handed
 //! back, so the caller frees their modules after it releases its lock).
 //!
