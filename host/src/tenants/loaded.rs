@@ -90,7 +90,8 @@ pub struct Open<T> {
     /// `halvings` then (its count is halved as many times as `halvings` has
     /// grown since).
     closed: HashMap<String, (u8, u64)>,
-    /// Uses so far, all entries together: the clock of halving and of [`Entry::opened`].
+    /// Uses so far, all entries together: the clock of halving and of [`Entry::opened`],
+    /// and, less the loads, the hits reported.
     uses: AtomicU64,
     /// The `uses` at which the counts are halved next.
     next_halving: AtomicU64,
@@ -100,8 +101,7 @@ pub struct Open<T> {
     max_code: usize,
     /// Entries closed to make room since the start.
     evicted: u64,
-    /// Uses that found their entry open, and entries opened, since the start.
-    hits: AtomicU64,
+    /// Entries opened since the start (every other use, of [`Open::uses`], found its entry open).
     loads: u64,
 }
 
@@ -126,7 +126,6 @@ impl<T: Cached> Open<T> {
             max,
             max_code,
             evicted: 0,
-            hits: AtomicU64::new(0),
             loads: 0,
         }
     }
@@ -135,7 +134,6 @@ impl<T: Cached> Open<T> {
     pub fn get(&self, slug: &str) -> Option<T> {
         let entry = self.entries.get(slug)?;
         self.tick();
-        self.hits.fetch_add(1, Ordering::Relaxed);
         let _ = entry.count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c < MAX_COUNT).then_some(c + 1));
         if !entry.hit.load(Ordering::Relaxed) {
             entry.hit.store(true, Ordering::Relaxed);
@@ -159,7 +157,7 @@ impl<T: Cached> Open<T> {
             code_bytes: self.held().bytes,
             max_code_bytes: self.max_code,
             evicted: self.evicted,
-            hits: self.hits.load(Ordering::Relaxed),
+            hits: self.uses.load(Ordering::Relaxed).saturating_sub(self.loads),
             loads: self.loads,
         }
     }
