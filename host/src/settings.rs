@@ -168,6 +168,10 @@ pub struct WorkerSettings {
     pub retry_max: Duration,
     /// How often an idle worker looks for events whose retry time has come.
     pub poll_interval: Duration,
+    /// With several host processes on one Postgres database: how many of them
+    /// may give one tenant a turn at the same time (a tenant's
+    /// `max_worker_processes` overrides it). `None`: as many as there are.
+    pub max_processes_per_tenant: Option<usize>,
 }
 
 impl Default for WorkerSettings {
@@ -179,6 +183,7 @@ impl Default for WorkerSettings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             poll_interval: Duration::from_millis(500),
+            max_processes_per_tenant: None,
         }
     }
 }
@@ -464,6 +469,7 @@ struct FileWorker {
     retry_base_ms: Option<u64>,
     retry_max_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
+    max_processes_per_tenant: Option<usize>,
 }
 
 impl Settings {
@@ -543,6 +549,7 @@ impl Settings {
             retry_base: ms(file.worker.retry_base_ms, defaults.retry_base),
             retry_max: ms(file.worker.retry_max_ms, defaults.retry_max),
             poll_interval: ms(file.worker.poll_interval_ms, defaults.poll_interval),
+            max_processes_per_tenant: file.worker.max_processes_per_tenant.or(defaults.max_processes_per_tenant),
         };
 
         let hd = HandlerSettings::default();
@@ -670,6 +677,9 @@ impl Settings {
         }
         if self.worker.poll_interval.is_zero() {
             return invalid("worker.poll_interval_ms", "must be positive");
+        }
+        if self.worker.max_processes_per_tenant.is_some_and(|n| !(1..=1024).contains(&n)) {
+            return invalid("worker.max_processes_per_tenant", "must be between 1 and 1024");
         }
         if self.handler.event_deadline < Duration::from_millis(10)
             || self.handler.event_deadline > Duration::from_secs(300)
@@ -911,9 +921,12 @@ mod tests {
             "ok.toml",
             "[actions]\nfallback = \"allow\"\nno_handler = \"deny\"\nno_handler_message = \"not yet\"\ndeadline_ms = 250\n\
              [handler]\nmemory_limit_mib = 32\nevent_deadline_ms = 800\ninstance_slots = 2500\n\
-             [modules]\nmax_loaded_tenants = 300\nmax_loaded_code_mib = 64\n",
+             [modules]\nmax_loaded_tenants = 300\nmax_loaded_code_mib = 64\n\
+             [worker]\nmax_processes_per_tenant = 2\n",
         )
         .unwrap();
+        assert_eq!(s.worker.max_processes_per_tenant, Some(2));
+        assert_eq!(defaults.worker.max_processes_per_tenant, None);
         assert_eq!(s.handler.instance_slots, Some(2500));
         assert_eq!((s.modules.max_loaded_tenants, s.modules.max_loaded_code), (300, 64 << 20));
         assert_eq!(s.actions.fallback, ConfiguredVerdict::Allow);
@@ -931,6 +944,7 @@ mod tests {
         assert!(err("m.toml", low_ceiling).contains("handler.max_memory_limit_mib"));
         assert!(err("c.toml", "[handler]\nmax_calls = 0\n").contains("handler.max_calls"));
         assert!(err("c.toml", "[handler]\nmax_documents = 0\n").contains("handler.max_documents"));
+        assert!(err("w.toml", "[worker]\nmax_processes_per_tenant = 0\n").contains("worker.max_processes_per_tenant"));
     }
 
     #[test]

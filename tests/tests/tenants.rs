@@ -10,7 +10,7 @@ use authkit_tests::documents::tenant_documents;
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::{TEST_SECRET, cli};
 use authkit_tests::workos::{Emulator, authentication_action, now_ms, user, verify_action_response};
-use authkit_tests::{ServerOptions, TestDb, TestServer, eventually, on_both_backends};
+use authkit_tests::{Backend, ServerOptions, TestDb, TestServer, eventually, on_both_backends};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -310,6 +310,10 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
         "allow",
         "--max-calls",
         "50",
+        "--max-concurrent-actions",
+        "4",
+        "--max-worker-processes",
+        "1",
         "--client-id",
         "client_\u{1b}]0;owned\u{7}",
     ]);
@@ -319,9 +323,18 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
     let shown: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         shown["options"],
-        json!({ "event_deadline_ms": 750, "max_calls": 50, "fallback": { "verdict": "allow" } })
+        json!({
+            "event_deadline_ms": 750,
+            "max_calls": 50,
+            "max_concurrent_actions": 4,
+            "max_worker_processes": 1,
+            "fallback": { "verdict": "allow" }
+        })
     );
     assert_eq!(shown["effective"]["event_deadline_ms"], 750, "an update keeps what it does not name");
+    assert_eq!((&shown["effective"]["max_concurrent_actions"], &shown["effective"]["max_worker_processes"]), (&json!(4), &json!(1)));
+    let (ok, out, err) = remote(&["tenants", "update", "acme", "--max-worker-processes", "0"]);
+    assert!(!ok && err.contains("options.max_worker_processes"), "{out}{err}");
     assert!(!out.contains("whsec_cli_acme"), "{out}");
     let (ok, out, _) = remote(&["tenants", "list"]);
     assert!(ok && out.contains("default") && out.contains("acme"), "{out}");
@@ -554,6 +567,53 @@ async fn a_noisy_neighbour_does_not_hold_up_another_tenant(db: TestDb) {
     assert!(noisy_left > 0, "the neighbour was still busy while quiet's events were applied");
     let worst = latencies.iter().max().unwrap();
     assert!(*worst < Duration::from_secs(4), "quiet waited {worst:?} behind noisy: {latencies:?}");
+}
+
+/// Two host processes on one Postgres database, each with its worker. Tenant
+/// `noisy` may have its turn in one process at a time (`max_worker_processes`)
+/// and its handler loops on every event until its 3 s deadline, so one process
+/// is always in its handler; the other applies `quiet`'s events at once.
+/// Without the cap both processes would be in noisy's handler most of the
+/// time, and each of quiet's events would wait for one of them to come out
+/// (up to 3 s). SQLite has one worker process by design.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_capped_at_one_worker_process_leaves_the_other_process_free() {
+    let Some(db) = TestDb::create(Backend::Postgres, "capped_tenant").await else { return };
+    let first = TestServer::start_with(&db, options(&db)).await;
+    let capped = json!({ "event_deadline_ms": 3000, "max_worker_processes": 1 });
+    create(&first, "noisy", "whsec_noisy", "sk_noisy", capped).await;
+    create(&first, "quiet", "whsec_quiet", "sk_quiet", json!({})).await;
+    deploy(&first, "noisy", stamped(1)).await;
+    deploy(&first, "quiet", stamped(2)).await;
+    // Started once the tenants exist, so it serves them from the start.
+    let second = TestServer::start_with(&db, options(&db)).await;
+    let servers = [&first, &second];
+    // Enough to keep noisy in its handler in both processes for the whole test, were that allowed.
+    for i in 0..12 {
+        let data = json!({ "i": i });
+        let (_, status) = deliver(servers[i % 2], "/t/noisy/workos/webhook", "whsec_noisy", "test.loop", data).await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // both workers have seen noisy's events
+    let store = db.store().await;
+    let mut latencies = Vec::new();
+    for i in 0..8 {
+        let id = format!("user_quiet_{i}");
+        let data = user(&id, "q@example.com", "Quiet", "2025-01-01T00:00:01.000Z");
+        let started = Instant::now();
+        let (_, status) = deliver(servers[i % 2], "/t/quiet/workos/webhook", "whsec_quiet", "user.created", data).await;
+        assert_eq!(status, 200);
+        eventually("quiet's event applied", Duration::from_secs(30), || async {
+            store.get_user("quiet", &id).await.unwrap().map(drop)
+        })
+        .await;
+        latencies.push(started.elapsed());
+    }
+    let noisy_left = store.count_unfinished_of("noisy").await.unwrap();
+    println!("quiet's latencies {latencies:?}; noisy still had {noisy_left} unfinished events");
+    assert!(noisy_left > 0, "noisy was still busy while quiet's events were applied");
+    let worst = latencies.iter().max().unwrap();
+    assert!(*worst < Duration::from_millis(1500), "quiet waited {worst:?} for a worker: {latencies:?}");
 }
 
 /// Two host processes on one database: a tenant created, deployed to or

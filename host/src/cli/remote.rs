@@ -104,6 +104,12 @@ pub struct TenantArgs {
     /// The tenant's document quota (all its tables together).
     #[arg(long, value_name = "N")]
     max_documents: Option<u64>,
+    /// Actions handler calls the tenant may have running at once.
+    #[arg(long, value_name = "N")]
+    max_concurrent_actions: Option<usize>,
+    /// Host processes (on Postgres) that may apply the tenant's events at the same time.
+    #[arg(long, value_name = "N")]
+    max_worker_processes: Option<usize>,
     /// The verdict when the handler fails: allow or deny.
     #[arg(long, value_name = "VERDICT")]
     fallback: Option<String>,
@@ -141,6 +147,8 @@ impl TenantArgs {
         set("memory_limit_bytes", self.memory_limit_mib.map(|v| json!(v.saturating_mul(1024 * 1024))));
         set("max_calls", self.max_calls.map(|v| json!(v)));
         set("max_documents", self.max_documents.map(|v| json!(v)));
+        set("max_concurrent_actions", self.max_concurrent_actions.map(|v| json!(v)));
+        set("max_worker_processes", self.max_worker_processes.map(|v| json!(v)));
         set("fallback", verdict(&self.fallback, &self.fallback_message));
         set("no_handler", verdict(&self.no_handler, &self.no_handler_message));
         body.insert("options".into(), Value::Object(options));

@@ -24,6 +24,13 @@
 //! the budget plus one event (at most that tenant's event deadline), however
 //! large a tenant's backlog or however slow its handler.
 //!
+//! With several host processes on Postgres, each has its worker, and a tenant
+//! with a cap on worker processes (`max_worker_processes`) has its turn in at
+//! most that many of them at once: each turn holds one of the tenant's slots
+//! (an advisory lock) until its transaction commits, and a process that finds
+//! every slot taken skips the tenant in that round. So one tenant cannot hold
+//! every process's worker while others wait.
+//!
 //! It runs on a blocking thread: handlers run synchronously in wasmtime and
 //! reach the batch's transaction while they run.
 
@@ -231,6 +238,13 @@ impl Worker {
             // applied. On Postgres this also holds the tenant until the commit.
             if !stored_tenants::hold(&mut tx, &tenant.slug)? {
                 stored_tenants::purge_events(&mut tx, &tenant.slug)?;
+                continue;
+            }
+            // Already having turns in as many other processes as it may: they
+            // serve it, this one serves the others.
+            if let Some(cap) = tenant.worker_processes
+                && !stored_tenants::take_turn_slot(&mut tx, &tenant.slug, cap)?
+            {
                 continue;
             }
             let together =

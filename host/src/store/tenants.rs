@@ -215,6 +215,24 @@ pub fn hold(tx: &mut SyncTx, slug: &str) -> Result<bool> {
     Ok(tx.query_one(sql, &[slug.into()])?.is_some())
 }
 
+/// Inside the worker's transaction on Postgres: takes one of `slug`'s `cap`
+/// turn slots until the commit, if one is free. With several host processes,
+/// at most `cap` of them give one tenant a turn at the same time; a process
+/// that finds every slot taken leaves that tenant to the processes that hold
+/// them. On SQLite one process applies events: always `true`.
+pub fn take_turn_slot(tx: &mut SyncTx, slug: &str, cap: usize) -> Result<bool> {
+    if !tx.is_postgres() {
+        return Ok(true);
+    }
+    for slot in 0..cap {
+        let sql = "SELECT 1 WHERE pg_try_advisory_xact_lock(hashtextextended('authkit-turn:' || $1, 0))";
+        if tx.query_one(sql, &[format!("{slug}:{slot}").into()])?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Inside the worker's transaction: deletes the events of a tenant that no
 /// longer exists (accepted while its deletion was under way, or by a process
 /// that had not yet heard of it).

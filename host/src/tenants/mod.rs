@@ -76,6 +76,10 @@ pub struct TenantOptions {
     /// Actions handler calls running at once (see `actions.max_concurrent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_actions: Option<usize>,
+    /// Host processes that may give this tenant a turn at the same time (see
+    /// `worker.max_processes_per_tenant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_worker_processes: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<VerdictOption>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +149,9 @@ pub struct Tenant {
     pub limits: InvocationLimits,
     /// How its Actions are decided.
     pub actions: ActionSettings,
+    /// How many host processes may give it a turn at the same time (Postgres;
+    /// on SQLite one process applies events); `None`: no cap.
+    pub worker_processes: Option<usize>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -176,6 +183,7 @@ impl Tenant {
                 "max_calls": self.limits.max_calls,
                 "max_documents": self.limits.documents.max_documents,
                 "max_concurrent_actions": self.actions.max_concurrent,
+                "max_worker_processes": self.worker_processes,
                 "fallback": VerdictOption::of(&self.actions.fallback),
                 "no_handler": VerdictOption::of(&self.actions.no_handler),
             },
@@ -518,6 +526,7 @@ impl Tenants {
             options: TenantOptions::default(),
             limits: self.runtime.limits().clone(),
             actions: s.actions.clone(),
+            worker_processes: s.worker.max_processes_per_tenant,
             created_at: 0,
             updated_at: 0,
         }
@@ -531,9 +540,9 @@ impl Tenants {
                 TenantOptions::default()
             }
         };
-        let (limits, actions) = self.effective(&options).unwrap_or_else(|e| {
+        let Effective { limits, actions, worker_processes } = self.effective(&options).unwrap_or_else(|e| {
             warn!(tenant = %row.slug, error = %e, "stored tenant options no longer fit this host; using the host's defaults");
-            (self.runtime.limits().clone(), self.settings.actions.clone())
+            self.effective(&TenantOptions::default()).expect("the host's own settings are valid")
         });
         Tenant {
             slug: row.slug,
@@ -543,6 +552,7 @@ impl Tenants {
             options,
             limits,
             actions,
+            worker_processes,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -555,7 +565,7 @@ impl Tenants {
     }
 
     /// The host's defaults with `options` applied, if they are valid here.
-    fn effective(&self, o: &TenantOptions) -> Result<(InvocationLimits, ActionSettings), TenantError> {
+    fn effective(&self, o: &TenantOptions) -> Result<Effective, TenantError> {
         let mut limits = self.runtime.limits().clone();
         let mut actions = self.settings.actions.clone();
         if let Some(ms) = o.event_deadline_ms {
@@ -598,14 +608,28 @@ impl Tenants {
             }
             actions.max_concurrent = n;
         }
+        let mut worker_processes = self.settings.worker.max_processes_per_tenant;
+        if let Some(n) = o.max_worker_processes {
+            if !(1..=1024).contains(&n) {
+                return Err(TenantError::invalid("options.max_worker_processes", "must be between 1 and 1024"));
+            }
+            worker_processes = Some(n);
+        }
         if let Some(v) = &o.fallback {
             actions.fallback = v.configured("options.fallback")?;
         }
         if let Some(v) = &o.no_handler {
             actions.no_handler = v.configured("options.no_handler")?;
         }
-        Ok((limits, actions))
+        Ok(Effective { limits, actions, worker_processes })
     }
+}
+
+/// A tenant's options applied over the host's settings.
+struct Effective {
+    limits: InvocationLimits,
+    actions: ActionSettings,
+    worker_processes: Option<usize>,
 }
 
 /// A permit from `slug`'s semaphore in `running` (made with `cap` permits);
