@@ -28,6 +28,7 @@ on_both_backends!(
     only_a_bounded_number_of_tenants_stay_loaded,
     loaded_tenants_hold_a_bounded_amount_of_compiled_code,
     a_busy_tenant_stays_loaded_while_others_come_and_go,
+    a_closed_tenant_opens_again_with_its_indexes,
 );
 
 const ROOT: &str = "root-admin-token-for-tenant-tests";
@@ -896,6 +897,68 @@ async fn only_a_bounded_number_of_tenants_stay_loaded(db: TestDb) {
         (stats["open"].as_u64() <= Some(2) && stats["evicted"].as_u64() >= Some(3)).then_some(())
     })
     .await;
+}
+
+/// A tenant closed by the bound on loaded tenants opens again with the
+/// indexes its stored versions declare, read back from the database: the
+/// hostile fixture's `test.seq` handler finds its user's document through the
+/// `seq.subject` index (which the tenant's upload added) and updates it, or
+/// inserts one if it finds none. After each opening, finds reach the documents
+/// written before the tenant closed and those written since; a lost index
+/// would fail the event ("not indexed"), a stale one would insert a second
+/// document for the user.
+async fn a_closed_tenant_opens_again_with_its_indexes(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db).env("AUTHKIT_MAX_LOADED_TENANTS", "1")).await;
+    for (n, (slug, webhook, action)) in TENANTS[..2].iter().enumerate() {
+        create(&server, slug, webhook, action, json!({})).await;
+        deploy(&server, slug, stamped(n as u32 + 1)).await;
+    }
+    let store = db.store().await;
+    let (acme, acme_hook, _) = TENANTS[0];
+    let (globex, _, globex_act) = TENANTS[1];
+    let apply = |user: &'static str, n: i64| {
+        let (server, store) = (&server, &store);
+        async move {
+            let data = json!({ "user_id": user, "n": n });
+            assert_eq!(deliver(server, &webhook_path(acme), acme_hook, "test.seq", data).await.1, 200);
+            eventually("acme's event applied", Duration::from_secs(30), || async {
+                (store.count_unfinished_of(acme).await.unwrap() == 0).then_some(())
+            })
+            .await;
+        }
+    };
+    let close_acme = || async {
+        eventually("acme closed by globex's calls", Duration::from_secs(20), || async {
+            assert_eq!(act(&server, globex, globex_act, "Version", globex_act).await.0, 200);
+            let all = listed(&server).await;
+            let entry = all["tenants"].as_array().unwrap().iter().find(|t| t["slug"] == acme).cloned().unwrap();
+            (entry["loaded"] == false).then_some(())
+        })
+        .await;
+    };
+    apply("user_1", 0).await;
+    close_acme().await;
+    apply("user_1", 1).await; // found through the index read back
+    apply("user_2", 0).await; // inserted after the opening
+    close_acme().await;
+    apply("user_2", 1).await;
+    apply("user_1", 2).await;
+
+    let filter = authkit_host::store::inbox::EventFilter { tenant: acme.into(), limit: 100, ..Default::default() };
+    let events = store.list_events(&filter).await.unwrap();
+    assert_eq!(events.len(), 5);
+    for e in &events {
+        assert_eq!(e.status, "done", "{e:?}");
+    }
+    let mut last: Vec<(String, i64)> = tenant_documents(&store, acme, "seq")
+        .await
+        .into_iter()
+        .map(|(_, d)| (d["subject"].as_str().unwrap().to_string(), d["last"].as_i64().unwrap()))
+        .collect();
+    last.sort();
+    assert_eq!(last, [("user_1".to_string(), 2), ("user_2".to_string(), 1)], "one document per user, found each time");
+    assert!(tenant_documents(&store, acme, "violations").await.is_empty());
+    assert!(listed(&server).await["loaded"]["evicted"].as_u64() >= Some(2));
 }
 
 /// `modules.max_loaded_code_mib`: three tenants, each with its own version of
