@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 on_both_backends!(
     tenants_are_kept_apart_in_routes_secrets_tokens_and_data,
     the_cli_manages_tenants_and_reads_one_tenant_at_a_time,
+    a_tenant_token_cannot_raise_its_tenants_limits,
     deleting_a_tenant_removes_everything_it_has,
     an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothing,
     a_token_is_not_stored_for_a_tenant_that_is_gone,
@@ -277,6 +278,66 @@ async fn tenants_are_kept_apart_in_routes_secrets_tokens_and_data(db: TestDb) {
         assert!(!log.contains(webhook) && !log.contains(action), "a secret reached the log");
     }
     assert!(!log.contains(&token) && !log.contains(ROOT), "a token reached the log");
+}
+
+/// A tenant token changes its tenant's secrets, client id and verdicts, not
+/// the limits the operator set with the root token: `PATCH /admin/tenant`
+/// keeps the limits a change leaves out and refuses one that sets a limit to
+/// another value (403, nothing changed), and an upload may ask for less than
+/// the tenant's limits, not more. The root token may do both.
+async fn a_tenant_token_cannot_raise_its_tenants_limits(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let limits = json!({ "event_deadline_ms": 300, "max_documents": 10, "max_worker_processes": 1 });
+    create(&server, "acme", "whsec_acme", "sk_acme", limits.clone()).await;
+    let created = server.admin("POST", "/admin/tenants/acme/tokens", Some(ROOT), None).await;
+    let token = created.body["token"].as_str().unwrap().to_string();
+
+    let change = json!({ "options": { "fallback": { "verdict": "allow" } } });
+    let patched = server.admin("PATCH", "/t/acme/admin/tenant", Some(&token), body(change)).await;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    let mut kept = limits.clone();
+    kept["fallback"] = json!({ "verdict": "allow" });
+    assert_eq!(patched.body["options"], kept, "the limits it left out stay");
+    let same = json!({ "options": { "max_documents": 10, "no_handler": { "verdict": "deny" } } });
+    let patched = server.admin("PATCH", "/t/acme/admin/tenant", Some(&token), body(same)).await;
+    assert_eq!(patched.status, 200, "a limit given as it is: {patched:?}");
+    let stored = patched.body["options"].clone();
+    assert_eq!(stored["max_documents"], 10);
+    assert_eq!(stored["event_deadline_ms"], 300);
+
+    for (key, value) in [
+        ("max_documents", json!(1_000_000)),
+        ("event_deadline_ms", json!(100)),
+        ("action_deadline_ms", json!(30_000)),
+        ("memory_limit_bytes", json!(512 * 1024 * 1024)),
+        ("max_calls", json!(1_000_000)),
+        ("max_concurrent_actions", json!(1024)),
+        ("max_worker_processes", json!(64)),
+    ] {
+        let change = json!({ "options": { key: value } });
+        let refused = server.admin("PATCH", "/t/acme/admin/tenant", Some(&token), body(change)).await;
+        assert_eq!((refused.status, refused.code()), (403, "limit_set_by_operator"), "{key}: {refused:?}");
+        assert!(refused.body.to_string().contains(&format!("options.{key}")), "{refused:?}");
+    }
+    let shown = server.admin("GET", "/t/acme/admin/tenant", Some(&token), None).await;
+    assert_eq!(shown.body["options"], stored, "nothing changed");
+
+    // Uploads: a version may ask for less than the tenant's limits, not more.
+    let upload = |who: &str, query: &str, n: u32| {
+        let (server, who, path) = (&server, who.to_string(), format!("/t/acme/admin/modules?{query}"));
+        async move { server.admin("POST", &path, Some(&who), Some(stamped(n))).await }
+    };
+    for query in ["event_deadline_ms=5000", "memory_limit_mib=128", "action_deadline_ms=5000", "query_deadline_ms=5000"] {
+        let refused = upload(&token, query, 1).await;
+        assert_eq!((refused.status, refused.code()), (403, "limit_set_by_operator"), "{query}: {refused:?}");
+    }
+    let versions = server.admin("GET", "/t/acme/admin/modules", Some(&token), None).await;
+    assert_eq!(versions.body["versions"].as_array().unwrap().len(), 0, "no refused upload was stored");
+    assert_eq!(upload(&token, "event_deadline_ms=200&memory_limit_mib=32", 1).await.status, 201);
+    assert_eq!(upload(ROOT, "event_deadline_ms=5000&memory_limit_mib=128", 2).await.status, 201);
+    let raised = json!({ "options": { "max_documents": 1_000_000 } });
+    let patched = server.admin("PATCH", "/t/acme/admin/tenant", Some(ROOT), body(raised)).await;
+    assert_eq!((patched.status, &patched.body["effective"]["max_documents"]), (200, &json!(1_000_000)));
 }
 
 async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {

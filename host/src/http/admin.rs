@@ -9,7 +9,9 @@
 //! Tokens: the API is off (503) until the root token is configured. A missing
 //! or unknown bearer token is 401 (compared in constant time). A tenant token
 //! reaches only its own tenant's routes; anything else answers 404, exactly as
-//! an unknown tenant does, never 403.
+//! an unknown tenant does, never 403. On its own routes it cannot raise its
+//! tenant's limits, which the root token sets (403 `limit_set_by_operator`):
+//! `PATCH /admin/tenant` keeps them, and an upload may ask for less, not more.
 //!
 //! Routes of one tenant, unprefixed for `default` or under `/t/{tenant}`:
 //! - `GET /admin/modules`: every version, oldest first.
@@ -55,7 +57,7 @@ use crate::deploy::{DeployError, Deployment};
 use crate::runtime::ModuleLimits;
 use crate::settings::env;
 use crate::store::inbox::{EventFilter, Status};
-use crate::tenants::{NewTenant, Tenant, TenantChange, TenantError};
+use crate::tenants::{ChangedBy, NewTenant, Tenant, TenantChange, TenantError};
 
 pub fn routes() -> Router<AppState> {
     let scoped = || {
@@ -126,11 +128,27 @@ impl FromRequestParts<AppState> for TenantAdmin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<TenantAdmin, Response> {
+        Ok(TenantAdmin(TenantSettingsAdmin::from_request_parts(parts, state).await?.tenant))
+    }
+}
+
+/// A [`TenantAdmin`] request that also says whose token it carries: a tenant
+/// token may not change the tenant's limits.
+pub struct TenantSettingsAdmin {
+    tenant: Arc<Tenant>,
+    by: ChangedBy,
+}
+
+impl FromRequestParts<AppState> for TenantSettingsAdmin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<TenantSettingsAdmin, Response> {
         let caller = caller(parts, state).await?;
         let tenant = tenant_of(parts, state).await.map_err(IntoResponse::into_response)?;
         match caller {
             Caller::Tenant(own) if own != tenant.slug => Err(unknown_tenant(&tenant.slug).into_response()),
-            _ => Ok(TenantAdmin(tenant)),
+            Caller::Tenant(_) => Ok(TenantSettingsAdmin { tenant, by: ChangedBy::Tenant }),
+            Caller::Root => Ok(TenantSettingsAdmin { tenant, by: ChangedBy::Root }),
         }
     }
 }
@@ -202,6 +220,7 @@ impl From<TenantError> for ApiError {
             TenantError::Exists(_) => (StatusCode::CONFLICT, "tenant_exists"),
             TenantError::DefaultIsFixed => (StatusCode::CONFLICT, "default_tenant_fixed"),
             TenantError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_tenant"),
+            TenantError::LimitSetByOperator { .. } => (StatusCode::FORBIDDEN, "limit_set_by_operator"),
             TenantError::Store(_) => {
                 error!(error = %e, "a tenant change failed");
                 return storage_unavailable();
@@ -244,7 +263,7 @@ fn version(params: &HashMap<String, String>) -> Result<i64, ApiError> {
 /// client sending a large upload with a bad token gets the 401, not a reset
 /// connection.
 async fn upload(
-    admin: Result<TenantAdmin, Response>,
+    admin: Result<TenantSettingsAdmin, Response>,
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
     req: Request,
@@ -269,11 +288,14 @@ async fn upload(
             e
         }
     })?;
-    let tenant = match admin {
-        Ok(TenantAdmin(tenant)) => tenant,
+    let (tenant, by) = match admin {
+        Ok(TenantSettingsAdmin { tenant, by }) => (tenant, by),
         Err(refused) => return Ok(refused),
     };
     let limits = module_limits(&query)?;
+    if by == ChangedBy::Tenant {
+        tenant.allows_version_limits(&limits)?;
+    }
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -327,12 +349,12 @@ async fn show_own(TenantAdmin(tenant): TenantAdmin) -> Json<Value> {
 }
 
 async fn update_own(
-    TenantAdmin(tenant): TenantAdmin,
+    TenantSettingsAdmin { tenant, by }: TenantSettingsAdmin,
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let change: TenantChange = parse(&body)?;
-    Ok(Json(state.tenants.update(&tenant.slug, change).await?.describe()))
+    Ok(Json(state.tenants.update(&tenant.slug, change, by).await?.describe()))
 }
 
 /// Every tenant, whether each has its handler versions loaded now, and the
@@ -376,7 +398,7 @@ async fn update_tenant(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let change: TenantChange = parse(&body)?;
-    Ok(Json(state.tenants.update(&slug, change).await?.describe()))
+    Ok(Json(state.tenants.update(&slug, change, ChangedBy::Root).await?.describe()))
 }
 
 async fn delete_tenant(

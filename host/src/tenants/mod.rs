@@ -12,6 +12,9 @@
 //! through the admin API. A tenant's settings are an immutable snapshot: a
 //! change swaps in a new one, so a request sees one consistent set.
 //!
+//! A tenant's limits (every option but its verdicts) are the operator's: a
+//! change through the tenant's own token keeps them ([`ChangedBy`]).
+//!
 //! Host processes sharing a database pick up each other's tenant changes on
 //! their next poll (`modules.poll_interval_ms`).
 //!
@@ -37,7 +40,7 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::deploy::{DeployError, Deployment};
 use crate::locks::{lock, read, write};
-use crate::runtime::limits::{self, ACTION_DEADLINE_MS, EVENT_DEADLINE_MS, QUERY_DEADLINE_MS};
+use crate::runtime::limits::{self, ACTION_DEADLINE_MS, EVENT_DEADLINE_MS, ModuleLimits, QUERY_DEADLINE_MS};
 use crate::runtime::{InvocationLimits, Runtime};
 use crate::settings::{ActionSettings, ConfiguredVerdict, DEFAULT_FALLBACK_MESSAGE, Settings};
 use crate::store::exec::SyncDb;
@@ -126,6 +129,9 @@ pub enum TenantError {
     DefaultIsFixed,
     #[error("invalid `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    /// A tenant token tried to raise a limit of its own tenant.
+    #[error("`{key}` is a limit the host's operator sets with the root token: {reason}")]
+    LimitSetByOperator { key: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,6 +163,30 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// Whether a tenant token may upload a version with `limits`: each limit
+    /// it sets at most the tenant's own (a version may ask for less, not more).
+    pub fn allows_version_limits(&self, limits: &ModuleLimits) -> Result<(), TenantError> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let checks = [
+            ("memory_limit_mib", limits.memory_limit_bytes.map(|b| b as u64), self.limits.memory_limit as u64, 1 << 20),
+            ("event_deadline_ms", limits.event_deadline_ms, ms(self.limits.event_deadline), 1),
+            ("action_deadline_ms", limits.action_deadline_ms, ms(self.actions.deadline), 1),
+            ("query_deadline_ms", limits.query_deadline_ms, ms(self.limits.query_deadline), 1),
+        ];
+        for (key, asked, own, unit) in checks {
+            if asked.is_some_and(|v| v > own) {
+                return Err(TenantError::LimitSetByOperator {
+                    key: key.into(),
+                    reason: format!(
+                        "a tenant token may upload a version with at most the tenant's own {}",
+                        own.div_ceil(unit)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_default(&self) -> bool {
         self.slug == DEFAULT_TENANT
     }
@@ -461,12 +491,21 @@ impl Tenants {
         Ok(tenant)
     }
 
-    pub async fn update(&self, slug: &str, change: TenantChange) -> Result<Arc<Tenant>, TenantError> {
+    /// Applies `change`. Through a tenant token (`by` the tenant) the
+    /// tenant's limits stay as the operator set them: an option that is a
+    /// limit keeps its stored value when the change leaves it out, and a
+    /// change that sets it to another value is refused.
+    pub async fn update(&self, slug: &str, mut change: TenantChange, by: ChangedBy) -> Result<Arc<Tenant>, TenantError> {
         if slug == DEFAULT_TENANT {
             return Err(TenantError::DefaultIsFixed);
         }
         let _changing = self.changing.lock().await;
         let mut row = self.store.get_tenant(slug).await?.ok_or_else(|| TenantError::NotFound(slug.to_string()))?;
+        if let (ChangedBy::Tenant, Some(options)) = (by, change.options.as_mut()) {
+            // Unreadable stored options count as none (see `tenant_of_row`).
+            let stored = serde_json::from_str::<TenantOptions>(&row.options).unwrap_or_default();
+            keep_limits(&stored, options)?;
+        }
         if let Some(v) = change.webhook_secret {
             row.webhook_secret = non_empty("webhook_secret", v)?;
         }
@@ -623,6 +662,52 @@ impl Tenants {
         }
         Ok(Effective { limits, actions, worker_processes })
     }
+}
+
+/// Who changes a tenant's settings: the root token, or the tenant's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangedBy {
+    Root,
+    Tenant,
+}
+
+/// Gives every limit of `change` its `stored` value, or refuses the change if
+/// it sets one to another value. Every field is named, so a new option has to
+/// be sorted into a limit or a tenant's own choice here.
+fn keep_limits(stored: &TenantOptions, change: &mut TenantOptions) -> Result<(), TenantError> {
+    fn keep<T: Clone + PartialEq>(key: &'static str, stored: &Option<T>, change: &mut Option<T>) -> Result<(), TenantError> {
+        if change.is_some() && change != stored {
+            return Err(TenantError::LimitSetByOperator {
+                key: format!("options.{key}"),
+                reason: "a tenant token changes the tenant's secrets, client id and verdicts (`fallback`, \
+                         `no_handler`) and leaves its limits as they are"
+                    .into(),
+            });
+        }
+        change.clone_from(stored);
+        Ok(())
+    }
+    let TenantOptions {
+        event_deadline_ms,
+        action_deadline_ms,
+        query_deadline_ms,
+        memory_limit_bytes,
+        max_calls,
+        max_documents,
+        max_concurrent_actions,
+        max_worker_processes,
+        // The tenant's own choices.
+        fallback: _,
+        no_handler: _,
+    } = change;
+    keep("event_deadline_ms", &stored.event_deadline_ms, event_deadline_ms)?;
+    keep("action_deadline_ms", &stored.action_deadline_ms, action_deadline_ms)?;
+    keep("query_deadline_ms", &stored.query_deadline_ms, query_deadline_ms)?;
+    keep("memory_limit_bytes", &stored.memory_limit_bytes, memory_limit_bytes)?;
+    keep("max_calls", &stored.max_calls, max_calls)?;
+    keep("max_documents", &stored.max_documents, max_documents)?;
+    keep("max_concurrent_actions", &stored.max_concurrent_actions, max_concurrent_actions)?;
+    keep("max_worker_processes", &stored.max_worker_processes, max_worker_processes)
 }
 
 /// A tenant's options applied over the host's settings.
