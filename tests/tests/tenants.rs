@@ -327,7 +327,8 @@ async fn a_tenant_token_cannot_raise_its_tenants_limits(db: TestDb) {
         let (server, who, path) = (&server, who.to_string(), format!("/t/acme/admin/modules?{query}"));
         async move { server.admin("POST", &path, Some(&who), Some(stamped(n))).await }
     };
-    for query in ["event_deadline_ms=5000", "memory_limit_mib=128", "action_deadline_ms=5000", "query_deadline_ms=5000"] {
+    for query in ["event_deadline_ms=5000", "memory_limit_mib=128", "action_deadline_ms=5000", "query_deadline_ms=5000"]
+    {
         let refused = upload(&token, query, 1).await;
         assert_eq!((refused.status, refused.code()), (403, "limit_set_by_operator"), "{query}: {refused:?}");
     }
@@ -394,7 +395,10 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
         })
     );
     assert_eq!(shown["effective"]["event_deadline_ms"], 750, "an update keeps what it does not name");
-    assert_eq!((&shown["effective"]["max_concurrent_actions"], &shown["effective"]["max_worker_processes"]), (&json!(4), &json!(1)));
+    assert_eq!(
+        (&shown["effective"]["max_concurrent_actions"], &shown["effective"]["max_worker_processes"]),
+        (&json!(4), &json!(1))
+    );
     let (ok, out, err) = remote(&["tenants", "update", "acme", "--max-worker-processes", "0"]);
     assert!(!ok && err.contains("options.max_worker_processes"), "{out}{err}");
     assert!(!out.contains("whsec_cli_acme"), "{out}");

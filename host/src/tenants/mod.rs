@@ -495,7 +495,12 @@ impl Tenants {
     /// tenant's limits stay as the operator set them: an option that is a
     /// limit keeps its stored value when the change leaves it out, and a
     /// change that sets it to another value is refused.
-    pub async fn update(&self, slug: &str, mut change: TenantChange, by: ChangedBy) -> Result<Arc<Tenant>, TenantError> {
+    pub async fn update(
+        &self,
+        slug: &str,
+        mut change: TenantChange,
+        by: ChangedBy,
+    ) -> Result<Arc<Tenant>, TenantError> {
         if slug == DEFAULT_TENANT {
             return Err(TenantError::DefaultIsFixed);
         }
@@ -675,7 +680,11 @@ pub enum ChangedBy {
 /// it sets one to another value. Every field is named, so a new option has to
 /// be sorted into a limit or a tenant's own choice here.
 fn keep_limits(stored: &TenantOptions, change: &mut TenantOptions) -> Result<(), TenantError> {
-    fn keep<T: Clone + PartialEq>(key: &'static str, stored: &Option<T>, change: &mut Option<T>) -> Result<(), TenantError> {
+    fn keep<T: Clone + PartialEq>(
+        key: &'static str,
+        stored: &Option<T>,
+        change: &mut Option<T>,
+    ) -> Result<(), TenantError> {
         if change.is_some() && change != stored {
             return Err(TenantError::LimitSetByOperator {
                 key: format!("options.{key}"),
