@@ -1,7 +1,8 @@
 //! `/admin/...`: the operator's API for tenants and their handler versions.
 //!
 //! Owns: the admin extractors ([`TenantAdmin`]: the root token, or a token of
-//! the tenant the path names; [`RootAdmin`]: the root token only), the routes,
+//! the tenant the path names; [`TenantSettingsAdmin`]: the same, saying which
+//! of the two; [`RootAdmin`]: the root token only), the routes,
 //! and the mapping of [`DeployError`] and [`TenantError`] to statuses and
 //! codes. Must not: validate or swap modules or tenants itself (see
 //! [`crate::deploy`] and [`crate::tenants`]), or echo a token or a secret.
