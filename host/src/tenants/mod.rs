@@ -562,15 +562,16 @@ impl Tenants {
 
     fn default_from_settings(&self) -> Tenant {
         let s = &self.settings;
+        let Effective { limits, actions, worker_processes } = self.host_defaults();
         Tenant {
             slug: DEFAULT_TENANT.to_string(),
             webhook_secret: s.workos.webhook_secret.clone(),
             action_secret: s.workos.action_secret.clone(),
             client_id: s.workos.client_id.clone(),
             options: TenantOptions::default(),
-            limits: self.runtime.limits().clone(),
-            actions: s.actions.clone(),
-            worker_processes: s.worker.max_processes_per_tenant,
+            limits,
+            actions,
+            worker_processes,
             created_at: 0,
             updated_at: 0,
         }
@@ -586,7 +587,7 @@ impl Tenants {
         };
         let Effective { limits, actions, worker_processes } = self.effective(&options).unwrap_or_else(|e| {
             warn!(tenant = %row.slug, error = %e, "stored tenant options no longer fit this host; using the host's defaults");
-            self.effective(&TenantOptions::default()).expect("the host's own settings are valid")
+            self.host_defaults()
         });
         Tenant {
             slug: row.slug,
@@ -609,9 +610,17 @@ impl Tenants {
     }
 
     /// The host's defaults with `options` applied, if they are valid here.
+    /// What a tenant that sets no option gets: the host's settings.
+    fn host_defaults(&self) -> Effective {
+        Effective {
+            limits: self.runtime.limits().clone(),
+            actions: self.settings.actions.clone(),
+            worker_processes: self.settings.worker.max_processes_per_tenant,
+        }
+    }
+
     fn effective(&self, o: &TenantOptions) -> Result<Effective, TenantError> {
-        let mut limits = self.runtime.limits().clone();
-        let mut actions = self.settings.actions.clone();
+        let Effective { mut limits, mut actions, mut worker_processes } = self.host_defaults();
         if let Some(ms) = o.event_deadline_ms {
             limits.event_deadline = within("options.event_deadline_ms", ms, EVENT_DEADLINE_MS)?;
         }
@@ -652,7 +661,6 @@ impl Tenants {
             }
             actions.max_concurrent = n;
         }
-        let mut worker_processes = self.settings.worker.max_processes_per_tenant;
         if let Some(n) = o.max_worker_processes {
             if !(1..=1024).contains(&n) {
                 return Err(TenantError::invalid("options.max_worker_processes", "must be between 1 and 1024"));
