@@ -17,6 +17,7 @@ on_both_backends!(
     tenants_are_kept_apart_in_routes_secrets_tokens_and_data,
     the_cli_manages_tenants_and_reads_one_tenant_at_a_time,
     a_tenant_token_cannot_raise_its_tenants_limits,
+    a_tenant_tokens_versions_follow_their_tenants_lowered_limits,
     deleting_a_tenant_removes_everything_it_has,
     an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothing,
     a_token_is_not_stored_for_a_tenant_that_is_gone,
@@ -339,6 +340,60 @@ async fn a_tenant_token_cannot_raise_its_tenants_limits(db: TestDb) {
     let raised = json!({ "options": { "max_documents": 1_000_000 } });
     let patched = server.admin("PATCH", "/t/acme/admin/tenant", Some(ROOT), body(raised)).await;
     assert_eq!((patched.status, &patched.body["effective"]["max_documents"]), (200, &json!(1_000_000)));
+}
+
+/// A version the tenant's own token uploaded is held to its tenant's limits
+/// whenever it runs, not only at upload: after the operator lowers the
+/// tenant's memory cap it gets the lower one. A version the root token
+/// uploaded keeps the limits the operator gave it.
+async fn a_tenant_tokens_versions_follow_their_tenants_lowered_limits(db: TestDb) {
+    const MIB: usize = 1024 * 1024;
+    let server = TestServer::start_with(&db, options(&db)).await;
+    create(&server, "acme", "whsec_acme", "sk_acme", json!({ "memory_limit_bytes": 64 * MIB })).await;
+    let created = server.admin("POST", "/admin/tenants/acme/tokens", Some(ROOT), None).await;
+    let token = created.body["token"].as_str().unwrap().to_string();
+    let upload = |who: &str, n: u32| {
+        let (server, who) = (&server, who.to_string());
+        async move {
+            let path = "/t/acme/admin/modules?activate=true&memory_limit_mib=64";
+            server.admin("POST", path, Some(&who), Some(stamped(n))).await
+        }
+    };
+    // Needs 40 MiB: fits 64, not 16.
+    let hold = || async {
+        let args = json!({ "mib": 40 }).to_string().into_bytes();
+        let (status, body, _) = server.authorized("POST", "/t/acme/query/hold", None, Some(args)).await;
+        (status, body)
+    };
+    let lower = |mib: usize| {
+        let server = &server;
+        async move {
+            let change = json!({ "options": { "memory_limit_bytes": mib * MIB } });
+            let patched = server.admin("PATCH", "/admin/tenants/acme", Some(ROOT), body(change)).await;
+            assert_eq!(patched.status, 200, "{patched:?}");
+        }
+    };
+
+    let own = upload(&token, 1).await;
+    assert_eq!(own.status, 201, "{own:?}");
+    assert_eq!(own.body["limits"], json!({ "memory_limit_bytes": 64 * MIB, "held_to_tenant": true }));
+    assert_eq!(hold().await, (200, json!({ "held": 40 })));
+    lower(16).await;
+    let (status, body) = hold().await;
+    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("query_failed")), "held to 16 MiB: {body}");
+
+    // The operator's version of the same bytes keeps its 64 MiB.
+    let operators = upload(ROOT, 1).await;
+    assert_eq!((operators.status, &operators.body["version"]), (201, &json!(2)), "{operators:?}");
+    assert_eq!(operators.body["limits"], json!({ "memory_limit_bytes": 64 * MIB }));
+    assert_eq!(hold().await, (200, json!({ "held": 40 })));
+
+    // The tenant's own version, activated again, is still held; raised again, it has its 64 MiB.
+    let activated = server.admin("POST", "/t/acme/admin/modules/1/activate", Some(&token), None).await;
+    assert_eq!(activated.status, 200, "{activated:?}");
+    assert_eq!(hold().await.0, 500);
+    lower(64).await;
+    assert_eq!(hold().await, (200, json!({ "held": 40 })));
 }
 
 async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {

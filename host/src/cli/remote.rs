@@ -203,6 +203,8 @@ impl ModuleLimitArgs {
             event_deadline_ms: self.module_event_deadline_ms,
             action_deadline_ms: self.module_action_deadline_ms,
             query_deadline_ms: self.module_query_deadline_ms,
+            // The server decides this from the token that uploads.
+            held_to_tenant: false,
         }
     }
 

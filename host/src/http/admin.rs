@@ -293,9 +293,10 @@ async fn upload(
         Ok(TenantSettingsAdmin { tenant, by }) => (tenant, by),
         Err(refused) => return Ok(refused),
     };
-    let limits = module_limits(&query)?;
+    let mut limits = module_limits(&query)?;
     if by == ChangedBy::Tenant {
         tenant.allows_version_limits(&limits)?;
+        limits = limits.held_to_tenant();
     }
     if bytes.is_empty() {
         return Err(ApiError::new(
@@ -485,6 +486,8 @@ fn module_limits(query: &HashMap<String, String>) -> Result<ModuleLimits, ApiErr
         event_deadline_ms: number("event_deadline_ms")?,
         action_deadline_ms: number("action_deadline_ms")?,
         query_deadline_ms: number("query_deadline_ms")?,
+        // Decided by who uploads (see `upload`), not by the request.
+        held_to_tenant: false,
     })
 }
 

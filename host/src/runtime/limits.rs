@@ -9,6 +9,11 @@
 //! and may need a larger memory cap or a longer deadline than a Rust handler of
 //! the same tenant. Setting them on the version keeps them with the code that
 //! needs them, and a hot swap or a roll back brings the right ones along.
+//!
+//! Whose they are: a version the root token uploaded keeps its own limits up
+//! to the host's ceilings (the operator chose them). One the tenant's own
+//! token uploaded may ask at most its tenant's limits, and is held to them
+//! whenever it runs, so lowering a tenant's limits later lowers those too.
 
 use std::time::Duration;
 
@@ -38,6 +43,14 @@ pub struct ModuleLimits {
     pub action_deadline_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_deadline_ms: Option<u64>,
+    /// Set on a version the tenant's own token uploaded (see
+    /// [`ModuleLimits::held_to_tenant`]): each limit set is at most the
+    /// tenant's current one whenever the version runs, so lowering a tenant's
+    /// limits lowers its own versions' too. Unset (the root token's versions,
+    /// and every version stored before this existed): the version's values
+    /// stand, up to the host's ceilings.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_to_tenant: bool,
 }
 
 /// A limit outside what this host allows: the field and why.
@@ -51,6 +64,13 @@ pub struct InvalidLimit {
 impl ModuleLimits {
     pub fn is_empty(&self) -> bool {
         *self == ModuleLimits::default()
+    }
+
+    /// These limits as a tenant token's upload stores them: held to the
+    /// tenant's whenever they run (none set: nothing to hold, so the same
+    /// as the root token's empty set).
+    pub fn held_to_tenant(self) -> ModuleLimits {
+        ModuleLimits { held_to_tenant: !self.is_empty(), ..self }
     }
 
     /// Whether every limit set is within the ranges, and the memory limit within
@@ -81,17 +101,23 @@ impl ModuleLimits {
 
     /// `tenant`'s limits with these applied. The values were checked when the
     /// version was stored; one the host no longer allows (its ceiling was
-    /// lowered since) is held to the ceiling.
+    /// lowered since) is held to the ceiling, and one of a version held to its
+    /// tenant to the tenant's current value.
     pub fn over(&self, tenant: &InvocationLimits) -> InvocationLimits {
         let mut limits = tenant.clone();
-        let ms = |v: Option<u64>, (min, max): (u64, u64), default: Duration| {
-            v.map_or(default, |ms| Duration::from_millis(ms.clamp(min, max)))
+        let held = self.held_to_tenant;
+        let ms = |v: Option<u64>, (min, max): (u64, u64), own: Duration| {
+            v.map_or(own, |ms| {
+                let asked = Duration::from_millis(ms.clamp(min, max));
+                if held { asked.min(own) } else { asked }
+            })
         };
         limits.event_deadline = ms(self.event_deadline_ms, EVENT_DEADLINE_MS, tenant.event_deadline);
         limits.action_deadline = ms(self.action_deadline_ms, ACTION_DEADLINE_MS, tenant.action_deadline);
         limits.query_deadline = ms(self.query_deadline_ms, QUERY_DEADLINE_MS, tenant.query_deadline);
         if let Some(bytes) = self.memory_limit_bytes {
-            limits.memory_limit = bytes.clamp(MIN_MEMORY_BYTES, tenant.max_memory_limit.max(MIN_MEMORY_BYTES));
+            let asked = bytes.clamp(MIN_MEMORY_BYTES, tenant.max_memory_limit.max(MIN_MEMORY_BYTES));
+            limits.memory_limit = if held { asked.min(tenant.memory_limit) } else { asked };
         }
         limits
     }
@@ -146,6 +172,32 @@ mod tests {
         assert_eq!(err(ModuleLimits { event_deadline_ms: Some(5), ..Default::default() }), "event_deadline_ms");
         assert_eq!(err(ModuleLimits { action_deadline_ms: Some(30_001), ..Default::default() }), "action_deadline_ms");
         assert_eq!(err(ModuleLimits { query_deadline_ms: Some(60_001), ..Default::default() }), "query_deadline_ms");
+    }
+
+    #[test]
+    fn a_version_held_to_its_tenant_asks_at_most_the_tenants_current_limits() {
+        let tenant = InvocationLimits {
+            memory_limit: 32 * MIB,
+            event_deadline: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let asked = ModuleLimits {
+            memory_limit_bytes: Some(64 * MIB),
+            event_deadline_ms: Some(2000),
+            query_deadline_ms: Some(20),
+            ..Default::default()
+        };
+        let held = asked.held_to_tenant();
+        assert!(held.held_to_tenant);
+        let limits = held.over(&tenant);
+        assert_eq!((limits.memory_limit, limits.event_deadline), (32 * MIB, Duration::from_millis(500)));
+        assert_eq!(limits.query_deadline, Duration::from_millis(20), "less than the tenant's stays");
+        assert_eq!(limits.action_deadline, tenant.action_deadline);
+        // The operator's version keeps what it asked for.
+        assert_eq!(asked.over(&tenant).memory_limit, 64 * MIB);
+        // Nothing set: nothing to hold, the same as the root token's empty set.
+        assert_eq!(ModuleLimits::default().held_to_tenant(), ModuleLimits::default());
+        assert_eq!(serde_json::to_string(&ModuleLimits::default()).unwrap(), "{}");
     }
 
     #[test]
