@@ -24,6 +24,7 @@ on_both_backends!(
     a_noisy_neighbour_does_not_hold_up_another_tenant,
     another_process_on_the_same_database_follows_tenant_changes,
     one_tenant_cannot_take_every_actions_call,
+    one_tenant_cannot_take_every_query_slot,
     a_tenant_cannot_store_more_documents_than_its_quota,
     an_actions_call_made_ready_ahead_follows_changed_limits,
     the_instance_pool_is_sized_for_the_tenants_stored_at_start,
@@ -313,6 +314,7 @@ async fn a_tenant_token_cannot_raise_its_tenants_limits(db: TestDb) {
         ("memory_limit_bytes", json!(512 * 1024 * 1024)),
         ("max_calls", json!(1_000_000)),
         ("max_concurrent_actions", json!(1024)),
+        ("max_concurrent_queries", json!(1024)),
         ("max_worker_processes", json!(64)),
     ] {
         let change = json!({ "options": { key: value } });
@@ -430,6 +432,8 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
         "50",
         "--max-concurrent-actions",
         "4",
+        "--max-concurrent-queries",
+        "3",
         "--max-worker-processes",
         "1",
         "--client-id",
@@ -445,14 +449,20 @@ async fn the_cli_manages_tenants_and_reads_one_tenant_at_a_time(db: TestDb) {
             "event_deadline_ms": 750,
             "max_calls": 50,
             "max_concurrent_actions": 4,
+            "max_concurrent_queries": 3,
             "max_worker_processes": 1,
             "fallback": { "verdict": "allow" }
         })
     );
     assert_eq!(shown["effective"]["event_deadline_ms"], 750, "an update keeps what it does not name");
+    let effective = &shown["effective"];
     assert_eq!(
-        (&shown["effective"]["max_concurrent_actions"], &shown["effective"]["max_worker_processes"]),
-        (&json!(4), &json!(1))
+        (
+            &effective["max_concurrent_actions"],
+            &effective["max_concurrent_queries"],
+            &effective["max_worker_processes"]
+        ),
+        (&json!(4), &json!(3), &json!(1))
     );
     let (ok, out, err) = remote(&["tenants", "update", "acme", "--max-worker-processes", "0"]);
     assert!(!ok && err.contains("options.max_worker_processes"), "{out}{err}");
@@ -818,6 +828,52 @@ async fn one_tenant_cannot_take_every_actions_call(db: TestDb) {
     assert!(decisions.iter().all(|d| d.source == "fallback"), "{decisions:?}");
     assert_eq!(capped + ran, 12, "{decisions:?}");
     assert!((1..=4).contains(&ran), "at most the cap ran at a time ({ran} ran, {capped} refused at once)");
+}
+
+/// A tenant capped at one query at a time answers 503 `queries_busy` while
+/// its one query runs, and another tenant's queries still run (the host's
+/// `queries.max_concurrent`, 32, would have let the capped one run them too).
+async fn one_tenant_cannot_take_every_query_slot(db: TestDb) {
+    let server = Arc::new(TestServer::start_with(&db, options(&db)).await);
+    let capped = json!({ "max_concurrent_queries": 1, "query_deadline_ms": 1500 });
+    create(&server, "slow", "whsec_slow", "sk_slow", capped).await;
+    create(&server, "fast", "whsec_fast", "sk_fast", json!({ "query_deadline_ms": 1500 })).await;
+    deploy(&server, "slow", stamped(1)).await;
+    deploy(&server, "fast", stamped(2)).await;
+    let query = {
+        let server = server.clone();
+        move |slug: &'static str, name: &'static str| {
+            let server = server.clone();
+            async move { server.authorized("POST", &format!("/t/{slug}/query/{name}"), None, None).await }
+        }
+    };
+
+    // Slow's one query loops until its deadline, holding the tenant's one
+    // permit (sent again while it finds the permit taken by an echo below).
+    let looping = tokio::spawn({
+        let query = query.clone();
+        async move {
+            for _ in 0..20 {
+                let reply = query("slow", "loop").await;
+                if reply.0 != 503 {
+                    return reply;
+                }
+            }
+            panic!("the looping query never found slow's permit free");
+        }
+    });
+    let (status, busy, _) = eventually("slow's second query to find it busy", Duration::from_secs(5), || async {
+        let reply = query("slow", "echo").await;
+        (reply.0 == 503).then_some(reply)
+    })
+    .await;
+    assert_eq!(busy["error"]["code"], "queries_busy", "{status}: {busy}");
+    assert!(busy["error"]["message"].as_str().unwrap().contains("max_concurrent_queries"), "{busy}");
+    // Meanwhile fast's queries run, several at once.
+    let (a, b) = tokio::join!(query("fast", "echo"), query("fast", "echo"));
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(looping.await.unwrap().0, 504, "the loop is stopped at its deadline");
+    assert_eq!(query("slow", "echo").await.0, 200, "its permit is free again");
 }
 
 /// The User data example writes two documents per new user (its `users` row

@@ -107,6 +107,9 @@ pub struct TenantArgs {
     /// Actions handler calls the tenant may have running at once.
     #[arg(long, value_name = "N")]
     max_concurrent_actions: Option<usize>,
+    /// Queries the tenant may have running at once.
+    #[arg(long, value_name = "N")]
+    max_concurrent_queries: Option<usize>,
     /// Host processes (on Postgres) that may apply the tenant's events at the same time.
     #[arg(long, value_name = "N")]
     max_worker_processes: Option<usize>,
@@ -148,6 +151,7 @@ impl TenantArgs {
         set("max_calls", self.max_calls.map(|v| json!(v)));
         set("max_documents", self.max_documents.map(|v| json!(v)));
         set("max_concurrent_actions", self.max_concurrent_actions.map(|v| json!(v)));
+        set("max_concurrent_queries", self.max_concurrent_queries.map(|v| json!(v)));
         set("max_worker_processes", self.max_worker_processes.map(|v| json!(v)));
         set("fallback", verdict(&self.fallback, &self.fallback_message));
         set("no_handler", verdict(&self.no_handler, &self.no_handler_message));

@@ -25,7 +25,10 @@ pub enum QueryError {
     #[error("tenant {0:?} has no handler that answers queries: deploy one that exports `queries`")]
     NoQueries(String),
     /// The tenant already runs its cap of queries.
-    #[error("tenant {tenant:?} already has {cap} queries running (queries.max_concurrent); try again")]
+    #[error(
+        "tenant {tenant:?} already has {cap} queries running (its max_concurrent_queries, by default \
+         queries.max_concurrent); try again"
+    )]
     Busy { tenant: String, cap: usize },
     /// The token is valid but its user is not in the users table yet.
     #[error("user {0:?} is not synced to this host yet: its user.created webhook has not arrived or not been applied")]
@@ -63,10 +66,9 @@ pub async fn run(tenants: &Arc<Tenants>, tenant: &Arc<Tenant>, request: QueryReq
         .current()
         .filter(|live| live.module.handles_queries())
         .ok_or_else(|| QueryError::NoQueries(tenant.slug.clone()))?;
-    let permit = tenants.query_permit(tenant).ok_or_else(|| QueryError::Busy {
-        tenant: tenant.slug.clone(),
-        cap: tenants.settings().queries.max_concurrent,
-    })?;
+    let permit = tenants
+        .query_permit(tenant)
+        .ok_or_else(|| QueryError::Busy { tenant: tenant.slug.clone(), cap: tenant.max_concurrent_queries })?;
     let (db, task_tenant) = (tenants.db().clone(), tenant.clone());
     // The version's own limits (a longer deadline, more memory) over the tenant's.
     let limits = live.limits_over(&tenant.limits);

@@ -79,6 +79,9 @@ pub struct TenantOptions {
     /// Actions handler calls running at once (see `actions.max_concurrent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_actions: Option<usize>,
+    /// Queries running at once (see `queries.max_concurrent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_queries: Option<usize>,
     /// Host processes that may give this tenant a turn at the same time (see
     /// `worker.max_processes_per_tenant`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +158,8 @@ pub struct Tenant {
     pub limits: InvocationLimits,
     /// How its Actions are decided.
     pub actions: ActionSettings,
+    /// How many of its queries may run at once.
+    pub max_concurrent_queries: usize,
     /// How many host processes may give it a turn at the same time (Postgres;
     /// on SQLite one process applies events); `None`: no cap.
     pub worker_processes: Option<usize>,
@@ -213,6 +218,7 @@ impl Tenant {
                 "max_calls": self.limits.max_calls,
                 "max_documents": self.limits.documents.max_documents,
                 "max_concurrent_actions": self.actions.max_concurrent,
+                "max_concurrent_queries": self.max_concurrent_queries,
                 "max_worker_processes": self.worker_processes,
                 "fallback": VerdictOption::of(&self.actions.fallback),
                 "no_handler": VerdictOption::of(&self.actions.no_handler),
@@ -426,9 +432,10 @@ impl Tenants {
         permit(&self.actions_running, &tenant.slug, tenant.actions.max_concurrent)
     }
 
-    /// A permit to run one of `tenant`'s queries (`queries.max_concurrent` at once).
+    /// A permit to run one of `tenant`'s queries, held until the query ends;
+    /// `None` when it already has its cap running.
     pub fn query_permit(&self, tenant: &Tenant) -> Option<OwnedSemaphorePermit> {
-        permit(&self.queries_running, &tenant.slug, self.settings.queries.max_concurrent)
+        permit(&self.queries_running, &tenant.slug, tenant.max_concurrent_queries)
     }
 
     /// Reads the stored tenants again (another process may have changed them).
@@ -562,7 +569,7 @@ impl Tenants {
 
     fn default_from_settings(&self) -> Tenant {
         let s = &self.settings;
-        let Effective { limits, actions, worker_processes } = self.host_defaults();
+        let Effective { limits, actions, max_concurrent_queries, worker_processes } = self.host_defaults();
         Tenant {
             slug: DEFAULT_TENANT.to_string(),
             webhook_secret: s.workos.webhook_secret.clone(),
@@ -571,6 +578,7 @@ impl Tenants {
             options: TenantOptions::default(),
             limits,
             actions,
+            max_concurrent_queries,
             worker_processes,
             created_at: 0,
             updated_at: 0,
@@ -585,7 +593,7 @@ impl Tenants {
                 TenantOptions::default()
             }
         };
-        let Effective { limits, actions, worker_processes } = self.effective(&options).unwrap_or_else(|e| {
+        let Effective { limits, actions, max_concurrent_queries, worker_processes } = self.effective(&options).unwrap_or_else(|e| {
             warn!(tenant = %row.slug, error = %e, "stored tenant options no longer fit this host; using the host's defaults");
             self.host_defaults()
         });
@@ -597,6 +605,7 @@ impl Tenants {
             options,
             limits,
             actions,
+            max_concurrent_queries,
             worker_processes,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -615,12 +624,14 @@ impl Tenants {
         Effective {
             limits: self.runtime.limits().clone(),
             actions: self.settings.actions.clone(),
+            max_concurrent_queries: self.settings.queries.max_concurrent,
             worker_processes: self.settings.worker.max_processes_per_tenant,
         }
     }
 
     fn effective(&self, o: &TenantOptions) -> Result<Effective, TenantError> {
-        let Effective { mut limits, mut actions, mut worker_processes } = self.host_defaults();
+        let Effective { mut limits, mut actions, mut max_concurrent_queries, mut worker_processes } =
+            self.host_defaults();
         if let Some(ms) = o.event_deadline_ms {
             limits.event_deadline = within("options.event_deadline_ms", ms, EVENT_DEADLINE_MS)?;
         }
@@ -661,6 +672,12 @@ impl Tenants {
             }
             actions.max_concurrent = n;
         }
+        if let Some(n) = o.max_concurrent_queries {
+            if !(1..=1024).contains(&n) {
+                return Err(TenantError::invalid("options.max_concurrent_queries", "must be between 1 and 1024"));
+            }
+            max_concurrent_queries = n;
+        }
         if let Some(n) = o.max_worker_processes {
             if !(1..=1024).contains(&n) {
                 return Err(TenantError::invalid("options.max_worker_processes", "must be between 1 and 1024"));
@@ -673,7 +690,7 @@ impl Tenants {
         if let Some(v) = &o.no_handler {
             actions.no_handler = v.configured("options.no_handler")?;
         }
-        Ok(Effective { limits, actions, worker_processes })
+        Ok(Effective { limits, actions, max_concurrent_queries, worker_processes })
     }
 }
 
@@ -712,6 +729,7 @@ fn keep_limits(stored: &TenantOptions, change: &mut TenantOptions) -> Result<(),
         max_calls,
         max_documents,
         max_concurrent_actions,
+        max_concurrent_queries,
         max_worker_processes,
         // The tenant's own choices.
         fallback: _,
@@ -724,6 +742,7 @@ fn keep_limits(stored: &TenantOptions, change: &mut TenantOptions) -> Result<(),
     keep("max_calls", &stored.max_calls, max_calls)?;
     keep("max_documents", &stored.max_documents, max_documents)?;
     keep("max_concurrent_actions", &stored.max_concurrent_actions, max_concurrent_actions)?;
+    keep("max_concurrent_queries", &stored.max_concurrent_queries, max_concurrent_queries)?;
     keep("max_worker_processes", &stored.max_worker_processes, max_worker_processes)
 }
 
@@ -731,6 +750,7 @@ fn keep_limits(stored: &TenantOptions, change: &mut TenantOptions) -> Result<(),
 struct Effective {
     limits: InvocationLimits,
     actions: ActionSettings,
+    max_concurrent_queries: usize,
     worker_processes: Option<usize>,
 }
 
