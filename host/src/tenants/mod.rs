@@ -593,10 +593,11 @@ impl Tenants {
                 TenantOptions::default()
             }
         };
-        let Effective { limits, actions, max_concurrent_queries, worker_processes } = self.effective(&options).unwrap_or_else(|e| {
+        let effective = self.effective(&options).unwrap_or_else(|e| {
             warn!(tenant = %row.slug, error = %e, "stored tenant options no longer fit this host; using the host's defaults");
             self.host_defaults()
         });
+        let Effective { limits, actions, max_concurrent_queries, worker_processes } = effective;
         Tenant {
             slug: row.slug,
             webhook_secret: row.webhook_secret.and_then(Secret::new),
