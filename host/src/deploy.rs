@@ -97,6 +97,9 @@ pub struct Status {
     pub cache: CacheStats,
     /// The host's instance pool size (`handler.instance_slots`).
     pub instance_slots: u32,
+    /// The parts wasmtime splits it into, one per CPU (at most 16): a thread
+    /// keeps versions warm in its own part only.
+    pub instance_pool_parts: u32,
 }
 
 pub struct Deployment {
@@ -188,6 +191,7 @@ impl Deployment {
             wit_version: WIT_VERSION,
             cache: self.runtime.cache_stats(),
             instance_slots: self.runtime.instance_slots(),
+            instance_pool_parts: self.runtime.instance_pool_parts(),
         }
     }
 

@@ -26,7 +26,7 @@ use crate::http::{self, AppState, Shared};
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::worker::Worker;
-use crate::runtime::{InvocationLimits, ModuleLimits, Runtime, instance_slots_for};
+use crate::runtime::{InvocationLimits, ModuleLimits, Runtime, instance_slots_for, pool_parts};
 use crate::settings::{Settings, env};
 use crate::store::Store;
 use crate::store::documents::Limits;
@@ -189,7 +189,7 @@ async fn open_tenants(settings: &Arc<Settings>, store: &Store) -> anyhow::Result
     let db = store.sync_db(Handle::current()).context("failed to open a database connection for the handlers")?;
     let slots = match h.instance_slots {
         Some(slots) => slots,
-        None => instance_slots_for(store.count_tenants().await.context("failed to count the tenants")?),
+        None => instance_slots_for(store.count_tenants().await.context("failed to count the tenants")?, pool_parts()),
     };
     info!(slots, "instance pool sized");
     let cache_dir = settings.modules.cache_dir.clone();

@@ -210,7 +210,7 @@ pub struct HandlerSettings {
     /// Instances the engine's pool holds: at most this many run at once, and
     /// each handler version keeps the slot it last ran in while the pool has
     /// room, so its next call skips mapping its memory again. `None`: sized
-    /// at start for the tenants stored then (see
+    /// at start for the tenants stored then and the CPUs (see
     /// [`crate::runtime::instance_slots_for`]).
     pub instance_slots: Option<u32>,
 }

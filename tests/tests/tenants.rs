@@ -973,21 +973,26 @@ async fn an_actions_call_made_ready_ahead_follows_changed_limits(db: TestDb) {
 }
 
 /// Without `handler.instance_slots`, a host sizes its instance pool at two
-/// slots per tenant stored when it starts (at least 1000); the setting wins.
+/// slots per tenant stored when it starts in each of the pool's parts (one
+/// per CPU, at most 16; at least 1000 slots, at most 10000); the setting wins.
 async fn the_instance_pool_is_sized_for_the_tenants_stored_at_start(db: TestDb) {
-    let slots = |server: TestServer| async move {
+    let status = |server: TestServer| async move {
         let reply = server.admin("GET", "/admin/status", Some(ROOT), None).await;
         assert_eq!(reply.status, 200, "{reply:?}");
-        reply.body["instance_slots"].as_u64().unwrap()
+        let number = |key: &str| reply.body[key].as_u64().unwrap();
+        (number("instance_slots"), number("instance_pool_parts"))
     };
-    assert_eq!(slots(TestServer::start_with(&db, options(&db)).await).await, 1000);
+    // The same machine, so the same rule as wasmtime's: one part per CPU, at most 16.
+    let cpus = std::thread::available_parallelism().unwrap().get().min(16) as u64;
+    assert_eq!(status(TestServer::start_with(&db, options(&db)).await).await, (1000, cpus));
     let store = db.store().await;
     for i in 0..700 {
         assert!(store.insert_tenant(&bare_tenant(&format!("tenant{i:03}"))).await.unwrap());
     }
-    assert_eq!(slots(TestServer::start_with(&db, options(&db)).await).await, 1400);
+    let expected = (1400 * cpus).clamp(1000, 10_000);
+    assert_eq!(status(TestServer::start_with(&db, options(&db)).await).await, (expected, cpus));
     let set = options(&db).env("AUTHKIT_INSTANCE_SLOTS", "64");
-    assert_eq!(slots(TestServer::start_with(&db, set).await).await, 64);
+    assert_eq!(status(TestServer::start_with(&db, set).await).await.0, 64);
 }
 
 /// `GET /admin/tenants`: every tenant, and the figures of the loaded ones.

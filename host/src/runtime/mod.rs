@@ -73,12 +73,27 @@ pub const MIN_INSTANCE_SLOTS: u32 = 16;
 /// linear memory; this many stays well inside a 47-bit address space.
 pub const MAX_INSTANCE_SLOTS: u32 = 10_000;
 
+/// How many parts wasmtime splits the instance pool into: one per CPU this
+/// process may run on, at most 16 (wasmtime's own rule, which it does not let
+/// us set). Each thread takes its slots from one part, its own, and looks for
+/// a slot still warm for its module only there (it tries the other parts only
+/// when its own is full). So the worker, one thread, keeps a version warm only
+/// within one part: with more versions in use than that part's slots, LRU
+/// eviction remaps a memory image on nearly every call.
+pub fn pool_parts() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+    u32::try_from(cpus).unwrap_or(16)
+}
+
 /// The pool's size when the operator sets none (`handler.instance_slots`): two
-/// slots per tenant stored at start, so each tenant's active version keeps a
-/// warm slot with room for a version being swapped in and for calls running
-/// at once; at least [`DEFAULT_INSTANCE_SLOTS`].
-pub fn instance_slots_for(tenants: usize) -> u32 {
-    u32::try_from(tenants.saturating_mul(2)).unwrap_or(u32::MAX).clamp(DEFAULT_INSTANCE_SLOTS, MAX_INSTANCE_SLOTS)
+/// slots per tenant stored at start in each of the pool's `parts` (see
+/// [`pool_parts`]), so each tenant's active version keeps a warm slot in the
+/// part of whichever thread runs it, with room for a version being swapped in
+/// and for calls running at once; at least [`DEFAULT_INSTANCE_SLOTS`], at most
+/// [`MAX_INSTANCE_SLOTS`].
+pub fn instance_slots_for(tenants: usize, parts: u32) -> u32 {
+    let slots = tenants.saturating_mul(2).saturating_mul(parts.max(1) as usize);
+    u32::try_from(slots).unwrap_or(u32::MAX).clamp(DEFAULT_INSTANCE_SLOTS, MAX_INSTANCE_SLOTS)
 }
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -319,6 +334,11 @@ impl Runtime {
     /// The instance pool's size.
     pub fn instance_slots(&self) -> u32 {
         self.slots
+    }
+
+    /// How many parts the instance pool is split into (see [`pool_parts`]).
+    pub fn instance_pool_parts(&self) -> u32 {
+        pool_parts()
     }
 
     pub fn limits(&self) -> &InvocationLimits {
@@ -817,6 +837,16 @@ mod tests {
 
     /// The smallest component there is: the magic and the component layer's version.
     const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    #[test]
+    fn the_pool_holds_two_slots_per_tenant_in_each_part() {
+        assert_eq!(instance_slots_for(1, 2), DEFAULT_INSTANCE_SLOTS);
+        assert_eq!(instance_slots_for(700, 1), 1400);
+        assert_eq!(instance_slots_for(700, 2), 2800);
+        assert_eq!(instance_slots_for(1000, 16), MAX_INSTANCE_SLOTS);
+        assert_eq!(instance_slots_for(usize::MAX, 0), MAX_INSTANCE_SLOTS);
+        assert!((1..=16).contains(&pool_parts()));
+    }
 
     #[test]
     fn the_pool_holds_as_many_instances_as_it_has_slots() {

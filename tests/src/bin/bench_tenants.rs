@@ -345,7 +345,10 @@ async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let status =
         host.client.get(host.url("/admin/status")).bearer_auth(TOKEN).send().await?.json::<serde_json::Value>().await?;
     let how = if set.is_some() { "AUTHKIT_INSTANCE_SLOTS" } else { "sized by the host for its tenants" };
-    println!("instance slots: {} ({how})", status["instance_slots"]);
+    println!(
+        "instance slots: {} ({how}), in {} parts (one per CPU)",
+        status["instance_slots"], status["instance_pool_parts"]
+    );
     let host = Arc::new(host);
     let store = Store::connect(&DatabaseUrl::Sqlite(format!("sqlite://{}", db.display()))).await?;
     let (rss, _) = resident_mib();
