@@ -95,6 +95,16 @@ impl Host {
     }
 }
 
+/// A flag a benchmark does not take: `--help` or `-h` prints `usage` and
+/// exits; anything else is an error that shows it.
+pub fn not_a_flag(flag: &str, usage: &str) -> anyhow::Error {
+    if flag == "--help" || flag == "-h" {
+        println!("usage: {usage}");
+        std::process::exit(0);
+    }
+    anyhow::anyhow!("unknown flag {flag}\nusage: {usage}")
+}
+
 /// Appends a custom section of `pad` bytes: a bigger component with the same code.
 pub fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
     with_custom_section(bytes, "bench-padding", &vec![0x5a; pad])

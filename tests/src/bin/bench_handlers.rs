@@ -53,6 +53,8 @@ impl Args {
     }
 }
 
+const USAGE: &str = "bench-handlers [--only invoke,events,lookup,actions] [--iterations 20000] [--events 10000] [--large 1000000] [--seconds 20] [--rate 200] [--database-url URL]";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         only: None,
@@ -74,7 +76,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => args.seconds = value()?.parse()?,
             "--rate" => args.rate = value()?.parse()?,
             "--database-url" => args.database_url = Some(value()?),
-            other => bail!("unknown flag {other}"),
+            other => return Err(authkit_tests::bench::not_a_flag(other, USAGE)),
         }
     }
     Ok(args)

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use authkit_host::settings::{Overrides, Settings};
 use authkit_host::store::Store;
 use authkit_host::workos::signature::{Secret, header_value};
@@ -66,6 +66,8 @@ impl Args {
     }
 }
 
+const USAGE: &str = "bench-ingest [--seconds 5] [--warmup 1] [--rounds 3] [--connections 64] [--users 10000] [--database-url URL] [--only baseline,ingest,apply,mixed]";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args =
         Args { seconds: 5, warmup: 1, rounds: 3, connections: 64, users: 10_000, database_url: None, only: None };
@@ -80,7 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--users" => args.users = value()?.parse()?,
             "--database-url" => args.database_url = Some(value()?),
             "--only" => args.only = Some(value()?.split(',').map(str::to_string).collect()),
-            other => bail!("unknown flag {other}"),
+            other => return Err(authkit_tests::bench::not_a_flag(other, USAGE)),
         }
     }
     Ok(args)

@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use authkit_host::pipeline::sync;
 use authkit_host::runtime::{DEFAULT_INSTANCE_SLOTS, GuestEvent, GuestUser, InvocationLimits, Runtime};
 use authkit_host::settings::DatabaseUrl;
@@ -27,13 +27,15 @@ use authkit_tests::bench::{drain, median, ms};
 use authkit_tests::guests::{js_guest, python_guest, rust_guest};
 use serde_json::json;
 
+const USAGE: &str = "bench-languages [--events 2000]";
+
 fn parse_events() -> anyhow::Result<u32> {
     let mut events = 2000;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--events" => events = it.next().context("--events needs a value")?.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => return Err(authkit_tests::bench::not_a_flag(other, USAGE)),
         }
     }
     Ok(events)

@@ -27,6 +27,8 @@ struct Args {
     seconds: u64,
 }
 
+const USAGE: &str = "bench-me [--rate 200] [--seconds 10]";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args { rate: 200, seconds: 10 };
     let mut it = std::env::args().skip(1);
@@ -35,7 +37,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--rate" => args.rate = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => return Err(authkit_tests::bench::not_a_flag(other, USAGE)),
         }
     }
     Ok(args)

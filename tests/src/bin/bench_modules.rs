@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use authkit_tests::bench::{ACTION_SECRET, Host, TOKEN, WEBHOOK_SECRET, leb128, median, ms, padded};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::workos::now_ms;
@@ -41,6 +41,8 @@ struct Args {
     seconds: u64,
 }
 
+const USAGE: &str = "bench-modules [--only upload,startup,swap] [--rounds 3] [--versions 100] [--seconds 10]";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args { only: None, rounds: 3, versions: 100, seconds: 10 };
     let mut it = std::env::args().skip(1);
@@ -51,7 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rounds" => args.rounds = value()?.parse()?,
             "--versions" => args.versions = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => return Err(authkit_tests::bench::not_a_flag(other, USAGE)),
         }
     }
     Ok(args)

@@ -60,6 +60,8 @@ struct Args {
     prepared: Option<std::path::PathBuf>,
 }
 
+const USAGE: &str = "bench-tenants [--tenants 1000] [--events 5000] [--cold 20] [--distinct]";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args { tenants: 1000, events: 5000, cold: 20, distinct: false, prepared: None };
     let mut it = std::env::args().skip(1);
@@ -71,7 +73,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--cold" => args.cold = value()?.parse()?,
             "--distinct" => args.distinct = true,
             "--prepared" => args.prepared = Some(value()?.into()),
-            other => bail!("unknown flag {other}"),
+            other => return Err(authkit_tests::bench::not_a_flag(other, USAGE)),
         }
     }
     Ok(args)
