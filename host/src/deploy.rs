@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::locks::{lock, read, write};
 use crate::runtime::limits::InvalidLimit;
-use crate::runtime::{CacheStats, InvocationLimits, LoadError, Module, ModuleLimits, Runtime, WIT_VERSION};
+use crate::runtime::{CacheStats, InvocationLimits, LoadError, Module, ModuleLimits, Runtime, WIT_VERSION, pool_parts};
 use crate::store::StoreError;
 use crate::store::documents::{DocError, Documents, Indexes};
 use crate::store::exec::{SyncDb, SyncTx};
@@ -191,7 +191,7 @@ impl Deployment {
             wit_version: WIT_VERSION,
             cache: self.runtime.cache_stats(),
             instance_slots: self.runtime.instance_slots(),
-            instance_pool_parts: self.runtime.instance_pool_parts(),
+            instance_pool_parts: pool_parts(),
         }
     }
 

@@ -336,11 +336,6 @@ impl Runtime {
         self.slots
     }
 
-    /// How many parts the instance pool is split into (see [`pool_parts`]).
-    pub fn instance_pool_parts(&self) -> u32 {
-        pool_parts()
-    }
-
     pub fn limits(&self) -> &InvocationLimits {
         &self.limits
     }
