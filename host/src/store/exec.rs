@@ -358,7 +358,7 @@ impl SqliteConns {
     }
 }
 
-fn open_sqlite(path: &Path) -> Result<rusqlite::Connection> {
+pub(super) fn open_sqlite(path: &Path) -> Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -19,6 +19,7 @@ pub mod documents;
 pub mod exec;
 pub mod inbox;
 pub mod modules;
+pub mod spill;
 pub mod sqlite_writer;
 pub mod tenants;
 
