@@ -3,7 +3,9 @@
 //! request is answered only after that commit is durable. On SQLite the fsync
 //! happens on a thread of its own, after the write gate is released, while the
 //! writer goes on with the next batch; one fsync covers every batch committed
-//! before it.
+//! before it. A batch that would wait long for SQLite's write gate (a handler
+//! running in the worker's transaction) goes to the spill file instead and is
+//! moved into the inbox at the writer's next turn (see [`crate::store::spill`]).
 //!
 //! Owns: the submission queue and the single writer task. Must not: acknowledge an
 //! event before it is durable, or drop a submission without answering it.
@@ -12,13 +14,14 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedMutexGuard, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::store::StoreError;
-use crate::store::exec::Unsynced;
+use crate::store::exec::{Unsynced, Writer};
 use crate::store::inbox::{InboxWriter, MAX_INSERT_ROWS, NewEvent};
+use crate::store::sqlite_writer::{SqliteInboxWriter, Stored};
 
 /// Submissions waiting for the writer. When full, requests wait their turn
 /// (backpressure) instead of piling up memory.
@@ -68,15 +71,64 @@ impl Ingest {
                     .spawn(move || sync_and_answer(&synced))
                     .expect("the inbox sync thread starts");
                 let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
-                while rx.blocking_recv_many(&mut batch, MAX_INSERT_ROWS) > 0 {
+                let runtime = tokio::runtime::Handle::current();
+                // While events are spilled: the writer's place in the gate's
+                // queue, kept while it spills more, so that it gets a turn to
+                // move them however busy the gate is.
+                let mut queued: Option<Turn> = None;
+                loop {
+                    let received = if conn.holds_spilled() {
+                        let place = queued.get_or_insert_with(|| Box::pin(conn.gate().lock_owned()));
+                        let next = runtime.block_on(async {
+                            tokio::select! {
+                                biased;
+                                turn = place => Err(turn),
+                                received = rx.recv_many(&mut batch, MAX_INSERT_ROWS) => Ok(received),
+                            }
+                        });
+                        match next {
+                            Ok(received) => received,
+                            Err(turn) => {
+                                queued = None;
+                                if !unspill(&mut conn, turn, &stored) {
+                                    std::thread::sleep(UNSPILL_RETRY);
+                                }
+                                continue;
+                            }
+                        }
+                    } else {
+                        rx.blocking_recv_many(&mut batch, MAX_INSERT_ROWS)
+                    };
+                    if received == 0 {
+                        break;
+                    }
                     let (rows, replies) = split(&mut batch);
                     match conn.write(&rows) {
-                        Ok((inserted, unsynced)) => {
+                        Ok((inserted, place)) => {
+                            let unsynced = match place {
+                                Stored::Committed(unsynced) => Some(unsynced),
+                                Stored::Spilled => None,
+                            };
                             to_sync.send(Written { unsynced, inserted, replies }).expect("the inbox sync thread runs")
                         }
                         Err(e) => answer(replies, Err(Arc::new(e))),
                     }
                     stored.notify_one();
+                }
+                // What is spilled goes into the inbox before the writer stops
+                // (the worker still runs, so the gate comes free), and the
+                // database holds every event for the CLI; what cannot be moved
+                // soon (a handler still holds the gate) stays durable in the
+                // spill file and is moved at the next start.
+                while conn.holds_spilled() {
+                    let place = queued.take().unwrap_or_else(|| Box::pin(conn.gate().lock_owned()));
+                    let Ok(turn) = runtime.block_on(tokio::time::timeout(LAST_UNSPILL_WAIT, place)) else {
+                        warn!("spilled webhooks stay in the spill file until the next start: the write gate is taken");
+                        break;
+                    };
+                    if !unspill(&mut conn, turn, &stored) {
+                        break;
+                    }
                 }
                 // Every batch written is answered before the writer counts as stopped.
                 drop(to_sync);
@@ -152,9 +204,42 @@ fn split(batch: &mut Vec<Submission>) -> (Vec<NewEvent>, Vec<Waiting>) {
 /// (no commit while a sync runs) 40-43k.
 const UNSYNCED_BATCHES: usize = 1;
 
-/// A batch committed on SQLite, not yet synced, with the requests waiting for it.
+/// How long the writer waits after a failed move of spilled events before it
+/// tries again (the events stay durable in the spill file meanwhile).
+const UNSPILL_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long a stopping writer waits for the write gate to move what is spilled.
+const LAST_UNSPILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A place in the write gate's queue.
+type Turn = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedMutexGuard<Writer>> + Send>>;
+
+/// Moves a batch of spilled events into the inbox in `turn` (see
+/// [`SqliteInboxWriter::unspill`]) and tells the worker. Returns whether it
+/// went well; a failure is logged, and the events stay durable in the spill
+/// file for the next try.
+fn unspill(writer: &mut SqliteInboxWriter, turn: OwnedMutexGuard<Writer>, stored: &Notify) -> bool {
+    match writer.unspill(turn) {
+        Ok(moved) => {
+            if moved > 0 {
+                debug!(moved, "spilled webhooks moved into the inbox");
+                stored.notify_one();
+            }
+            true
+        }
+        Err(e) => {
+            error!(error = %e, "could not move spilled webhooks into the inbox; trying again");
+            false
+        }
+    }
+}
+
+/// A batch stored on SQLite, with the requests waiting for it: committed to
+/// the inbox but maybe not yet synced, or spilled (synced already; see
+/// [`Stored::Spilled`] for why it is still answered in turn).
 struct Written {
-    unsynced: Unsynced,
+    /// The log to sync; `None` for a spilled batch.
+    unsynced: Option<Unsynced>,
     /// Per row of the batch: whether it was new (not already in the inbox).
     inserted: Vec<bool>,
     replies: Vec<Waiting>,
@@ -170,8 +255,10 @@ fn sync_and_answer(written: &std::sync::mpsc::Receiver<Written>) {
         // Normally one log; a writer reopened after an error has a new one.
         let mut result = Ok(());
         for (i, w) in group.iter().enumerate() {
-            if result.is_ok() && !group[..i].iter().any(|earlier| earlier.unsynced.same_log(&w.unsynced)) {
-                result = w.unsynced.sync().map_err(Arc::new);
+            let Some(unsynced) = &w.unsynced else { continue };
+            let synced = |earlier: &Written| earlier.unsynced.as_ref().is_some_and(|e| e.same_log(unsynced));
+            if result.is_ok() && !group[..i].iter().any(synced) {
+                result = unsynced.sync().map_err(Arc::new);
             }
         }
         for w in group {
