@@ -108,15 +108,7 @@ impl Spill {
                     new.push(false);
                     continue;
                 }
-                let changed = insert.execute(params![
-                    e.tenant_id,
-                    e.event_id,
-                    e.event_type,
-                    e.subject,
-                    e.occurred_at,
-                    e.received_at,
-                    e.payload
-                ])?;
+                let changed = insert.execute(super::sqlite_writer::columns(e))?;
                 new.push(changed == 1);
             }
         }

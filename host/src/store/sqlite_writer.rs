@@ -22,7 +22,7 @@ use super::exec::{Unsynced, Writer};
 use super::inbox::{MAX_INSERT_ROWS, NewEvent};
 use super::spill::{SPILL_AFTER, Spill};
 use super::{Result, WriteGate};
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::TransactionBehavior;
 use tokio::sync::OwnedMutexGuard;
 
 const INSERT_ONE: &str = "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, \
@@ -123,18 +123,16 @@ fn insert(turn: &mut OwnedMutexGuard<Writer>, events: &[NewEvent]) -> Result<Vec
     {
         let mut insert = tx.prepare_cached(INSERT_ONE)?;
         for e in events {
-            let changed = insert.execute(params![
-                e.tenant_id,
-                e.event_id,
-                e.event_type,
-                e.subject,
-                e.occurred_at,
-                e.received_at,
-                e.payload
-            ])?;
+            let changed = insert.execute(columns(e))?;
             inserted.push(changed == 1);
         }
     }
     tx.commit()?;
     Ok(inserted)
+}
+
+/// An event's values, in the order of the inbox's and the spill file's
+/// inserts: tenant, event id, type, subject, occurred, received, payload.
+pub(super) fn columns(e: &NewEvent) -> [&dyn rusqlite::ToSql; 7] {
+    [&e.tenant_id, &e.event_id, &e.event_type, &e.subject, &e.occurred_at, &e.received_at, &e.payload]
 }
