@@ -734,10 +734,12 @@ async fn a_slow_handler_does_not_hold_up_another_tenants_webhooks(db: TestDb) {
         assert_eq!(spilled, 5, "quiet's webhooks in the spill file");
         spill.close().await;
     }
+    // Counted as unfinished wherever they are (the worker is still in noisy's handler).
+    let store = db.store().await;
+    assert_eq!(store.count_unfinished_of("quiet").await.unwrap(), 5);
     // A crash now loses none of what was acknowledged.
     server.crash();
     let server = TestServer::start_with(&db, options(&db)).await;
-    let store = db.store().await;
     for (i, (id, _)) in sent.iter().enumerate() {
         eventually(&format!("quiet's event {id} applied"), Duration::from_secs(60), || async {
             store.get_user("quiet", &format!("user_quiet_{i}")).await.unwrap().map(drop)

@@ -281,23 +281,40 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// Events not yet done or dead.
+    /// Events not yet done or dead, spilled ones included (on SQLite,
+    /// acknowledged webhooks not yet moved into the inbox).
     pub async fn count_unfinished(&self) -> Result<i64> {
-        let n = on_pool!(self, pool =>
+        let spilled = self.count_spilled(None)?;
+        let n: i64 = on_pool!(self, pool =>
             sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE status IN ('pending', 'failed')").fetch_one(pool).await?
         );
-        Ok(n)
+        Ok(spilled + n)
     }
 
     /// `tenant`'s events not yet done or dead.
     pub async fn count_unfinished_of(&self, tenant: &str) -> Result<i64> {
-        let n = on_pool!(self, pool =>
+        let spilled = self.count_spilled(Some(tenant))?;
+        let n: i64 = on_pool!(self, pool =>
             sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE tenant_id = $1 AND status IN ('pending', 'failed')")
                 .bind(tenant.to_string())
                 .fetch_one(pool)
                 .await?
         );
-        Ok(n)
+        Ok(spilled + n)
+    }
+
+    /// On SQLite, the events acknowledged into the spill file and not yet
+    /// moved into the inbox (see [`super::spill`]). Counted before the inbox:
+    /// an event leaves the spill file only after the inbox holds it, so it is
+    /// counted in one place or the other, never in neither.
+    fn count_spilled(&self, tenant: Option<&str>) -> Result<i64> {
+        match self {
+            Store::Sqlite(pool, _) => match super::sqlite_file(pool) {
+                Some(db) => super::spill::count_spilled(&db, tenant),
+                None => Ok(0),
+            },
+            Store::Postgres(_) => Ok(0),
+        }
     }
 }
 

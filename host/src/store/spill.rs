@@ -61,6 +61,25 @@ pub fn spill_path(db: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// How many events the spill file beside the database file at `db` holds
+/// (of `tenant`, or of all): webhooks acknowledged but not yet in the inbox.
+/// None if there is no spill file.
+pub fn count_spilled(db: &Path, tenant: Option<&str>) -> Result<i64> {
+    let path = spill_path(db);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(match tenant {
+        Some(tenant) => conn.query_row("SELECT count(*) FROM spilled WHERE tenant_id = ?1", [tenant], |r| r.get(0))?,
+        None => conn.query_row("SELECT count(*) FROM spilled", [], |r| r.get(0))?,
+    })
+}
+
 impl Spill {
     /// Opens (creating it if need be) the spill file beside the database file
     /// at `db`, and a reading connection to `db`.
