@@ -59,8 +59,9 @@ impl SqliteInboxWriter {
     }
 
     /// Stores `events`: in the inbox, in one transaction, if the write gate is
-    /// free within [`SPILL_AFTER`] and nothing is left spilled (spilled events
-    /// go into the inbox first); else in the spill file. Returns, per event,
+    /// free within [`SPILL_AFTER`] and nothing is left spilled; else in the
+    /// spill file (while events are spilled, later ones are too, so that they
+    /// reach the inbox in order: see [`SqliteInboxWriter::unspill`]). Returns, per event,
     /// whether it was new (neither in the inbox nor spilled already), and where
     /// the batch went. The write gate is free again on return, so the next
     /// batch need not wait for the disk. Blocks on the current Tokio runtime's
@@ -80,12 +81,6 @@ impl SqliteInboxWriter {
         };
         let inserted = insert(&mut turn, events)?;
         Ok((inserted, Stored::Committed(turn.unsynced()?)))
-    }
-
-    /// Stores `events` in the spill file, as [`SqliteInboxWriter::write`] does
-    /// when the gate stays taken.
-    pub fn spill(&mut self, events: &[NewEvent]) -> Result<Vec<bool>> {
-        self.spill.put(events)
     }
 
     /// Whether the spill file may still hold events.
