@@ -284,7 +284,7 @@ impl Store {
     /// Events not yet done or dead, spilled ones included (on SQLite,
     /// acknowledged webhooks not yet moved into the inbox).
     pub async fn count_unfinished(&self) -> Result<i64> {
-        let spilled = self.count_spilled(None)?;
+        let spilled = self.count_spilled(None).await?;
         let n: i64 = on_pool!(self, pool =>
             sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE status IN ('pending', 'failed')").fetch_one(pool).await?
         );
@@ -293,7 +293,7 @@ impl Store {
 
     /// `tenant`'s events not yet done or dead.
     pub async fn count_unfinished_of(&self, tenant: &str) -> Result<i64> {
-        let spilled = self.count_spilled(Some(tenant))?;
+        let spilled = self.count_spilled(Some(tenant)).await?;
         let n: i64 = on_pool!(self, pool =>
             sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE tenant_id = $1 AND status IN ('pending', 'failed')")
                 .bind(tenant.to_string())
@@ -307,14 +307,13 @@ impl Store {
     /// moved into the inbox (see [`super::spill`]). Counted before the inbox:
     /// an event leaves the spill file only after the inbox holds it, so it is
     /// counted in one place or the other, never in neither.
-    fn count_spilled(&self, tenant: Option<&str>) -> Result<i64> {
-        match self {
-            Store::Sqlite(pool, _) => match super::sqlite_file(pool) {
-                Some(db) => super::spill::count_spilled(&db, tenant),
-                None => Ok(0),
-            },
-            Store::Postgres(_) => Ok(0),
-        }
+    async fn count_spilled(&self, tenant: Option<&str>) -> Result<i64> {
+        let Store::Sqlite(pool, _) = self else { return Ok(0) };
+        let Some(db) = super::sqlite_file(pool) else { return Ok(0) };
+        let tenant = tenant.map(str::to_string);
+        tokio::task::spawn_blocking(move || super::spill::count_spilled(&db, tenant.as_deref()))
+            .await
+            .expect("counting spilled events does not panic")
     }
 }
 

@@ -33,6 +33,9 @@ use super::inbox::NewEvent;
 /// slow handler, an index build or the like sends webhooks here.
 pub const SPILL_AFTER: Duration = Duration::from_millis(100);
 
+/// How long a statement on the spill file waits for another process's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spilled (
     tenant_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
@@ -63,7 +66,7 @@ pub fn spill_path(db: &Path) -> PathBuf {
 
 /// How many events the spill file beside the database file at `db` holds
 /// (of `tenant`, or of all): webhooks acknowledged but not yet in the inbox.
-/// None if there is no spill file.
+/// 0 if there is no spill file. Blocking: it opens the file.
 pub fn count_spilled(db: &Path, tenant: Option<&str>) -> Result<i64> {
     let path = spill_path(db);
     if !path.exists() {
@@ -73,7 +76,7 @@ pub fn count_spilled(db: &Path, tenant: Option<&str>) -> Result<i64> {
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(match tenant {
         Some(tenant) => conn.query_row("SELECT count(*) FROM spilled WHERE tenant_id = ?1", [tenant], |r| r.get(0))?,
         None => conn.query_row("SELECT count(*) FROM spilled", [], |r| r.get(0))?,
@@ -85,7 +88,7 @@ impl Spill {
     /// at `db`, and a reading connection to `db`.
     pub fn open(db: &Path) -> Result<Spill> {
         let conn = rusqlite::Connection::open(spill_path(db))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Each commit is synced before it returns: a spilled webhook is
         // acknowledged right after.
