@@ -104,6 +104,9 @@ pub struct Status {
 
 pub struct Deployment {
     tenant: String,
+    /// The tenant's `created_at`: which tenant of the slug this is. A version
+    /// change made through it is refused once the slug names another tenant.
+    tenant_created_at: i64,
     runtime: Arc<Runtime>,
     db: Arc<SyncDb>,
     live: RwLock<Option<Live>>,
@@ -121,12 +124,14 @@ impl Deployment {
     /// the active version, loaded (from the compiled-code cache when it can).
     pub fn open(
         tenant: &str,
+        tenant_created_at: i64,
         runtime: Arc<Runtime>,
         db: Arc<SyncDb>,
         max_bytes: usize,
     ) -> Result<Deployment, DeployError> {
         let deployment = Deployment {
             tenant: tenant.to_string(),
+            tenant_created_at,
             runtime,
             db,
             live: RwLock::new(None),
@@ -154,10 +159,20 @@ impl Deployment {
         &self.tenant
     }
 
+    /// The `created_at` of the tenant this deployment was opened for.
+    pub fn tenant_created_at(&self) -> i64 {
+        self.tenant_created_at
+    }
+
     /// Takes this tenant's turn at version changes inside `tx`; refuses if the
-    /// tenant was deleted since this deployment was opened.
+    /// tenant was deleted since this deployment was opened (even if its slug
+    /// names a new tenant by now).
     fn lock_tenant(&self, tx: &mut SyncTx) -> Result<(), DeployError> {
-        if modules::lock_tenant(tx, &self.tenant)? { Ok(()) } else { Err(DeployError::TenantGone(self.tenant.clone())) }
+        if modules::lock_tenant(tx, &self.tenant, self.tenant_created_at)? {
+            Ok(())
+        } else {
+            Err(DeployError::TenantGone(self.tenant.clone()))
+        }
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {

@@ -326,6 +326,7 @@ pub fn drain(
                 occurred_at: 1_735_689_600_000 + i64::from(i),
                 received_at: authkit_host::clock::now_ms(),
                 payload: payload.to_string(),
+                tenant_created_at: Some(0),
             }
         })
         .collect();

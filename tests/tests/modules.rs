@@ -579,20 +579,23 @@ async fn a_version_runs_under_its_own_limits(db: TestDb) {
 
 /// A request that opened a tenant's deployment before the tenant was deleted
 /// still holds it: its upload, activation, roll back or deletion of a version
-/// must not write the tenant's rows back. Driven through the library, since
-/// the window between routing and writing is too short to hit over HTTP.
+/// must not write the tenant's rows back, nor give them to a tenant created
+/// since under the same slug. Driven through the library, since the window
+/// between routing and writing is too short to hit over HTTP.
 async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
     use authkit_host::deploy::{DeployError, Deployment};
     use authkit_host::runtime::{InvocationLimits, ModuleLimits, Runtime};
+    use authkit_host::store::tenants::TenantRow;
     use authkit_tests::db::bare_tenant;
 
     let store = db.store().await;
     let row = bare_tenant("acme");
     assert!(store.insert_tenant(&row).await.unwrap());
     let sync = Arc::new(store.sync_db(tokio::runtime::Handle::current()).unwrap());
+    let created_at = row.created_at;
     let deployment = tokio::task::spawn_blocking(move || {
         let runtime = Arc::new(Runtime::new(InvocationLimits::default(), 4, None).unwrap());
-        Arc::new(Deployment::open("acme", runtime, sync, 64 << 20).unwrap())
+        Arc::new(Deployment::open("acme", created_at, runtime, sync, 64 << 20).unwrap())
     })
     .await
     .unwrap();
@@ -608,6 +611,8 @@ async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
     assert!(written.iter().any(|(t, n)| *t == "modules" && *n == 1), "{written:?}");
 
     assert!(store.delete_tenant("acme").await.unwrap());
+    let again = TenantRow { created_at: row.created_at + 1, ..bare_tenant("acme") };
+    assert!(store.insert_tenant(&again).await.unwrap(), "another tenant named acme");
     let gone = |r: &Result<(), DeployError>| matches!(r, Err(DeployError::TenantGone(slug)) if slug == "acme");
     let upload = change(Box::new(move |d| d.upload(&second, ModuleLimits::default(), true).map(drop))).await;
     assert!(gone(&upload), "{upload:?}");
@@ -615,5 +620,5 @@ async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
     assert!(gone(&activate), "{activate:?}");
     let left: Vec<(&str, i64)> =
         store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
-    assert!(left.is_empty(), "rows written back for a deleted tenant: {left:?}");
+    assert!(left.is_empty(), "rows written back for a deleted tenant, or given to the new acme: {left:?}");
 }

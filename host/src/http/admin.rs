@@ -237,8 +237,16 @@ async fn blocking<T: Send + 'static>(
     tenant: &Tenant,
     f: impl FnOnce(&Deployment) -> Result<T, DeployError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let (tenants, slug) = (state.tenants.clone(), tenant.slug.clone());
-    match tokio::task::spawn_blocking(move || f(&*tenants.deployment(&slug)?)).await {
+    let (tenants, slug, created_at) = (state.tenants.clone(), tenant.slug.clone(), tenant.created_at);
+    let call = move || {
+        let deployment = tenants.deployment(&slug)?;
+        // The request was made to this tenant: not to one created since under its slug.
+        if deployment.tenant_created_at() != created_at {
+            return Err(DeployError::TenantGone(slug));
+        }
+        f(&deployment)
+    };
+    match tokio::task::spawn_blocking(call).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(e) => {
             error!(error = %e, "a handler version change panicked");
@@ -356,7 +364,7 @@ async fn update_own(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let change: TenantChange = parse(&body)?;
-    Ok(Json(state.tenants.update(&tenant.slug, change, by).await?.describe()))
+    Ok(Json(state.tenants.update(&tenant.slug, Some(tenant.created_at), change, by).await?.describe()))
 }
 
 /// Every tenant, whether each has its handler versions loaded now, and the
@@ -400,7 +408,7 @@ async fn update_tenant(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let change: TenantChange = parse(&body)?;
-    Ok(Json(state.tenants.update(&slug, change, ChangedBy::Root).await?.describe()))
+    Ok(Json(state.tenants.update(&slug, None, change, ChangedBy::Root).await?.describe()))
 }
 
 async fn delete_tenant(

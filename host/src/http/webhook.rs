@@ -169,6 +169,7 @@ pub async fn receive(State(state): State<AppState>, webhook: VerifiedWebhook) ->
         subject: event.subject,
         received_at,
         payload: body,
+        tenant_created_at: Some(tenant.created_at),
     };
     let accepted = state.ingest.submit(new_event).instrument(span).await?;
     let ack = if accepted == Accepted::Duplicate { ACK_DUPLICATE } else { ACK_NEW };

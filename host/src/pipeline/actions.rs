@@ -133,7 +133,7 @@ impl Decider {
             },
         };
         let decision = Decision { latency: started.elapsed(), ..decision };
-        self.record(&tenant.slug, request, &decision);
+        self.record(tenant, request, &decision);
         decision
     }
 
@@ -158,8 +158,7 @@ impl Decider {
         // make the next call's instance after answering (see below).
         let (done, mut result) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let (outcome, spent) =
-                call_handler(&deployment, &db, &live, &task_tenant.slug, &limits, &guest, &task_claim);
+            let (outcome, spent) = call_handler(&deployment, &db, &live, &task_tenant, &limits, &guest, &task_claim);
             // The verdict goes out first; the rest is off the request's path.
             let _ = done.send(outcome);
             drop(permit);
@@ -204,9 +203,10 @@ impl Decider {
         }
     }
 
-    fn record(&self, tenant: &str, request: &ActionRequest, d: &Decision) {
+    fn record(&self, tenant: &Tenant, request: &ActionRequest, d: &Decision) {
         let record = NewDecision {
-            tenant_id: tenant.to_string(),
+            tenant_id: tenant.slug.clone(),
+            tenant_created_at: tenant.created_at,
             action_id: request.id().to_string(),
             kind: request.kind().as_str(),
             verdict: d.verdict.as_str(),
@@ -267,7 +267,7 @@ fn call_handler(
     deployment: &Deployment,
     db: &SyncDb,
     live: &Live,
-    tenant: &str,
+    tenant: &Tenant,
     limits: &InvocationLimits,
     guest: &GuestAction,
     claim: &AtomicU8,
@@ -278,7 +278,7 @@ fn call_handler(
         Ok(tx) => tx,
         Err(e) => return (Err((format!("the host could not open a transaction: {e}"), None)), None),
     };
-    let mut invoked = deployment.runtime().handle_action(&live.module, tx, tenant, limits, &maintained, guest);
+    let mut invoked = deployment.runtime().handle_action(&live.module, tx, &tenant.slug, limits, &maintained, guest);
     let spent = invoked.spent.take();
     let logs = serde_json::to_string(&invoked.logs).unwrap_or_else(|_| "[]".into());
     let verdict = match invoked.result {
@@ -298,14 +298,15 @@ fn call_handler(
 }
 
 /// Commits a handler's writes, unless its tenant was deleted while it ran:
-/// they would outlive the tenant (and come back with a new tenant of the same
-/// slug). The check holds the tenant until the commit, so a deletion under way
-/// waits for it and then removes these writes with the rest (Postgres; on
-/// SQLite this transaction holds the write gate, which deletions take too).
-fn commit_if_tenant_exists(mut tx: SyncTx, tenant: &str) -> Result<(), String> {
-    match stored_tenants::hold(&mut tx, tenant) {
-        Ok(true) => tx.commit().map_err(|e| e.to_string()),
-        Ok(false) => Err("the tenant was deleted while its handler ran".into()),
+/// they would outlive the tenant, or go to a new tenant of the same slug
+/// (told apart by its `created_at`). The check holds the tenant until the
+/// commit, so a deletion under way waits for it and then removes these writes
+/// with the rest (Postgres; on SQLite this transaction holds the write gate,
+/// which deletions take too).
+fn commit_if_tenant_exists(mut tx: SyncTx, tenant: &Tenant) -> Result<(), String> {
+    match stored_tenants::hold_incarnation(&mut tx, &tenant.slug) {
+        Ok(Some(created_at)) if created_at == tenant.created_at => tx.commit().map_err(|e| e.to_string()),
+        Ok(_) => Err("the tenant was deleted while its handler ran".into()),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -302,6 +302,7 @@ mod tests {
             occurred_at: 1,
             received_at: 1,
             payload: "{}".into(),
+            tenant_created_at: Some(1),
         };
         (Submission { event, reply }, answer)
     }

@@ -236,10 +236,10 @@ impl Worker {
             // Deleted since `turns` was read (here, or through another process
             // that this one has not heard from yet): none of its events may be
             // applied. On Postgres this also holds the tenant until the commit.
-            if !stored_tenants::hold(&mut tx, &tenant.slug)? {
+            let Some(mut incarnation) = stored_tenants::hold_incarnation(&mut tx, &tenant.slug)? else {
                 stored_tenants::purge_events(&mut tx, &tenant.slug)?;
                 continue;
-            }
+            };
             // Already having turns in as many other processes as it may: they
             // serve it, this one serves the others.
             if let Some(cap) = tenant.worker_processes
@@ -274,11 +274,23 @@ impl Worker {
                     tx.commit()?;
                     tx = self.db.begin()?;
                     since_commit = Instant::now();
-                    if !stored_tenants::hold(&mut tx, &tenant.slug)? {
-                        // Deleted while the write gate was open: the rest go with it.
-                        stored_tenants::purge_events(&mut tx, &tenant.slug)?;
-                        break;
+                    match stored_tenants::hold_incarnation(&mut tx, &tenant.slug)? {
+                        Some(now_there) => incarnation = now_there,
+                        None => {
+                            // Deleted while the write gate was open: the rest go with it.
+                            stored_tenants::purge_events(&mut tx, &tenant.slug)?;
+                            break;
+                        }
                     }
+                }
+                if event.tenant_created_at.is_some_and(|created| created != incarnation) {
+                    // Accepted for a tenant of this slug that was deleted
+                    // (while the event was in flight or spilled) before this
+                    // one was created: it is not this tenant's to apply.
+                    inbox::delete_event(&mut tx, event.seq)?;
+                    info!(tenant = %tenant.slug, event_id = %event.event_id,
+                        "deleted an event accepted for an earlier tenant of this slug, unapplied");
+                    continue;
                 }
                 tx.savepoint("event")?;
                 let (back, result) = self.process(tx, event, tenant, deployment, &maintained[i], now);

@@ -12,6 +12,9 @@ use crate::clock;
 #[derive(Debug, Clone)]
 pub struct NewDecision {
     pub tenant_id: String,
+    /// The `created_at` of the tenant that decided: a decision is not
+    /// recorded for another tenant created since under the same slug.
+    pub tenant_created_at: i64,
     pub action_id: String,
     /// `authentication` or `user_registration`.
     pub kind: &'static str,
@@ -54,7 +57,8 @@ impl Store {
     ///
     /// A decision of a tenant that no longer exists (deleted while the call
     /// ran, or through another process this one has not heard from yet) is
-    /// not recorded: a deletion leaves nothing of the tenant behind. On
+    /// not recorded: a deletion leaves nothing of the tenant behind, and a new
+    /// tenant of the same slug gets nothing of it. On
     /// Postgres the tenant's row is held until the commit, so a deletion
     /// waits for it (and then removes the decision with the rest).
     pub async fn record_decisions(&self, decisions: &[NewDecision]) -> Result<()> {
@@ -63,7 +67,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO action_decisions (tenant_id, action_id, kind, verdict, message, source, latency_us, \
              error, logs, decided_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
-             WHERE $1 = '{DEFAULT_TENANT}' OR EXISTS (SELECT 1 FROM tenants WHERE slug = $1{lock})"
+             WHERE $1 = '{DEFAULT_TENANT}' OR EXISTS (SELECT 1 FROM tenants WHERE slug = $1 AND created_at = $11{lock})"
         );
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -79,6 +83,7 @@ impl Store {
                 .bind(d.error.clone())
                 .bind(d.logs.clone())
                 .bind(d.decided_at)
+                .bind(d.tenant_created_at)
                 .execute(&mut *tx)
                 .await?;
             }

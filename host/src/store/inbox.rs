@@ -19,7 +19,7 @@ pub const DEFAULT_TENANT: &str = "default";
 
 /// Columns per row of the multi-row insert; with [`MAX_INSERT_ROWS`] this stays far
 /// below SQLite's 32,766 and Postgres's 65,535 bind parameters per statement.
-const INSERT_COLUMNS: usize = 8;
+const INSERT_COLUMNS: usize = 9;
 pub const MAX_INSERT_ROWS: usize = 512;
 const _: () = assert!(INSERT_COLUMNS * MAX_INSERT_ROWS < 32_766);
 
@@ -35,6 +35,11 @@ pub struct NewEvent {
     pub received_at: i64,
     /// The body exactly as received.
     pub payload: String,
+    /// The `created_at` of the tenant whose secret verified it: which tenant
+    /// of its slug it belongs to, should the slug be deleted and created again
+    /// before the event is applied. `None` only for events stored before the
+    /// host recorded it (they belong to the slug's tenant of now).
+    pub tenant_created_at: Option<i64>,
 }
 
 /// The lifecycle of an inbox row.
@@ -132,6 +137,8 @@ pub struct ClaimedEvent {
     pub subject: String,
     pub payload: String,
     pub attempts: i64,
+    /// See [`NewEvent::tenant_created_at`].
+    pub tenant_created_at: Option<i64>,
 }
 
 /// Which events to list.
@@ -159,7 +166,7 @@ const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occu
 macro_rules! claim_sql {
     ($blocking:literal, $tenants:literal, $suffix:literal) => {
         concat!(
-            "SELECT seq, tenant_id, event_id, subject, payload, attempts FROM inbox e ",
+            "SELECT seq, tenant_id, event_id, subject, payload, attempts, tenant_created_at FROM inbox e ",
             "WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at <= $1 ",
             "AND NOT EXISTS (SELECT 1 FROM inbox o WHERE o.tenant_id = e.tenant_id AND o.subject = e.subject AND ",
             $blocking,
@@ -221,7 +228,8 @@ impl Store {
         }
         let rows: Vec<(String, String)> = on_pool!(self, pool => {
             let mut q = QueryBuilder::new(
-                "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, next_attempt_at) ",
+                "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, \
+                 next_attempt_at, tenant_created_at) ",
             );
             q.push_values(events, |mut row, e| {
                 row.push_bind(e.tenant_id.clone())
@@ -231,7 +239,8 @@ impl Store {
                     .push_bind(e.occurred_at)
                     .push_bind(e.received_at)
                     .push_bind(e.payload.clone())
-                    .push_bind(e.received_at);
+                    .push_bind(e.received_at)
+                    .push_bind(e.tenant_created_at);
             });
             q.push(" ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING tenant_id, event_id");
             q.build_query_as().fetch_all(pool).await?
@@ -307,9 +316,8 @@ impl Store {
     /// moved into the inbox (see [`super::spill`]). Counted before the inbox:
     /// an event leaves the spill file only after the inbox holds it, so it is
     /// counted in one place or the other, never in neither.
-    async fn count_spilled(&self, tenant: Option<&str>) -> Result<i64> {
-        let Store::Sqlite(pool, _) = self else { return Ok(0) };
-        let Some(db) = super::sqlite_file(pool) else { return Ok(0) };
+    pub(super) async fn count_spilled(&self, tenant: Option<&str>) -> Result<i64> {
+        let Some(db) = self.sqlite_path() else { return Ok(0) };
         let tenant = tenant.map(str::to_string);
         tokio::task::spawn_blocking(move || super::spill::count_spilled(&db, tenant.as_deref()))
             .await
@@ -377,9 +385,20 @@ fn claimed(rows: Vec<super::exec::Row>) -> Result<Vec<ClaimedEvent>> {
                 subject: next().into_string().ok_or_else(corrupt)?,
                 payload: next().into_string().ok_or_else(corrupt)?,
                 attempts: next().as_i64().ok_or_else(corrupt)?,
+                tenant_created_at: match next() {
+                    Value::Null => None,
+                    v => Some(v.as_i64().ok_or_else(corrupt)?),
+                },
             })
         })
         .collect()
+}
+
+/// Deletes an event unapplied: it was accepted for an earlier tenant of its
+/// slug (see [`NewEvent::tenant_created_at`]).
+pub fn delete_event(tx: &mut SyncTx, seq: i64) -> Result<()> {
+    tx.execute("DELETE FROM inbox WHERE seq = $1", &[seq.into()])?;
+    Ok(())
 }
 
 /// Marks an event done with its outcome and its handler's log, counting the attempt.

@@ -139,6 +139,14 @@ impl Store {
         }
     }
 
+    /// The database file, on SQLite with a file.
+    fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Store::Sqlite(pool, _) => sqlite_file(pool),
+            Store::Postgres(_) => None,
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(..) => "sqlite",

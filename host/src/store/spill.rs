@@ -44,8 +44,13 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spilled (
     occurred_at INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     payload TEXT NOT NULL,
+    tenant_created_at INTEGER,
     PRIMARY KEY (tenant_id, event_id)
 )";
+
+/// The column a spill file written by an earlier version lacks (NULL there:
+/// see [`NewEvent::tenant_created_at`]).
+const ADD_TENANT_CREATED_AT: &str = "ALTER TABLE spilled ADD COLUMN tenant_created_at INTEGER";
 
 /// The spill file of one database file, and a connection that reads the
 /// database's inbox (to tell a redelivery from a new event).
@@ -68,19 +73,35 @@ pub fn spill_path(db: &Path) -> PathBuf {
 /// (of `tenant`, or of all): webhooks acknowledged but not yet in the inbox.
 /// 0 if there is no spill file. Blocking: it opens the file.
 pub fn count_spilled(db: &Path, tenant: Option<&str>) -> Result<i64> {
+    let Some(conn) = open_existing(db)? else { return Ok(0) };
+    Ok(match tenant {
+        Some(tenant) => conn.query_row("SELECT count(*) FROM spilled WHERE tenant_id = ?1", [tenant], |r| r.get(0))?,
+        None => conn.query_row("SELECT count(*) FROM spilled", [], |r| r.get(0))?,
+    })
+}
+
+/// Deletes every spilled event of `tenant`, when the tenant is deleted: they
+/// are its data. Returns how many. Blocking: it opens the file. Events of the
+/// tenant spilled after this (accepted just before its deletion) are deleted
+/// by the worker once moved, like any such event in the inbox.
+pub fn forget_tenant(db: &Path, tenant: &str) -> Result<usize> {
+    let Some(conn) = open_existing(db)? else { return Ok(0) };
+    Ok(conn.execute("DELETE FROM spilled WHERE tenant_id = ?1", [tenant])?)
+}
+
+/// The spill file beside `db`, if there is one (one is created only by
+/// [`Spill::open`]).
+fn open_existing(db: &Path) -> Result<Option<rusqlite::Connection>> {
     let path = spill_path(db);
     if !path.exists() {
-        return Ok(0);
+        return Ok(None);
     }
     let conn = rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    Ok(match tenant {
-        Some(tenant) => conn.query_row("SELECT count(*) FROM spilled WHERE tenant_id = ?1", [tenant], |r| r.get(0))?,
-        None => conn.query_row("SELECT count(*) FROM spilled", [], |r| r.get(0))?,
-    })
+    Ok(Some(conn))
 }
 
 impl Spill {
@@ -94,6 +115,9 @@ impl Spill {
         // acknowledged right after.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        if conn.prepare("SELECT tenant_created_at FROM spilled LIMIT 0").is_err() {
+            conn.execute_batch(ADD_TENANT_CREATED_AT)?;
+        }
         let maybe_holds = conn.query_row("SELECT EXISTS (SELECT 1 FROM spilled)", [], |r| r.get(0))?;
         let inbox = super::exec::open_sqlite(db)?;
         Ok(Spill { conn, inbox, maybe_holds })
@@ -122,8 +146,8 @@ impl Spill {
         let mut new = Vec::with_capacity(events.len());
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO spilled (tenant_id, event_id, event_type, subject, occurred_at, received_at, payload) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (tenant_id, event_id) DO NOTHING",
+                "INSERT INTO spilled (tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, \
+                 tenant_created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (tenant_id, event_id) DO NOTHING",
             )?;
             for (e, in_inbox) in events.iter().zip(stored) {
                 if in_inbox {
@@ -142,7 +166,7 @@ impl Spill {
     /// The `limit` oldest spilled events, oldest first.
     pub fn oldest(&mut self, limit: usize) -> Result<Vec<NewEvent>> {
         let mut select = self.conn.prepare_cached(
-            "SELECT tenant_id, event_id, event_type, subject, occurred_at, received_at, payload \
+            "SELECT tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, tenant_created_at \
              FROM spilled ORDER BY rowid LIMIT ?1",
         )?;
         let rows = select.query_map([limit as i64], |r| {
@@ -154,6 +178,7 @@ impl Spill {
                 occurred_at: r.get(4)?,
                 received_at: r.get(5)?,
                 payload: r.get(6)?,
+                tenant_created_at: r.get(7)?,
             })
         })?;
         let events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -192,6 +217,7 @@ mod tests {
             occurred_at: 1,
             received_at: 2,
             payload: format!(r#"{{"id":"{id}"}}"#),
+            tenant_created_at: Some(7),
         }
     }
 
@@ -222,7 +248,7 @@ mod tests {
         let oldest = spill.oldest(10).unwrap();
         assert_eq!(ids(&oldest), [("a", "e1"), ("b", "e1"), ("a", "e2")]);
         assert_eq!(oldest[2].payload, r#"{"id":"e2"}"#);
-        assert_eq!((oldest[2].occurred_at, oldest[2].received_at), (1, 2));
+        assert_eq!((oldest[2].occurred_at, oldest[2].received_at, oldest[2].tenant_created_at), (1, 2, Some(7)));
         assert_eq!(ids(&spill.oldest(2).unwrap()), [("a", "e1"), ("b", "e1")]);
 
         spill.forget(&oldest[..2]).unwrap();
@@ -234,5 +260,49 @@ mod tests {
         spill.forget(&left).unwrap();
         assert!(spill.oldest(10).unwrap().is_empty());
         assert!(!spill.maybe_holds());
+    }
+
+    /// Deleting a tenant deletes its spilled events and no other's.
+    #[test]
+    fn a_deleted_tenants_spilled_events_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("authkit.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE inbox (tenant_id TEXT, event_id TEXT)")
+            .unwrap();
+        assert_eq!(forget_tenant(&db, "a").unwrap(), 0, "no spill file yet: nothing to delete");
+        let mut spill = Spill::open(&db).unwrap();
+        spill.put(&[event("a", "e1"), event("b", "e1"), event("a", "e2")]).unwrap();
+        assert_eq!(forget_tenant(&db, "a").unwrap(), 2);
+        assert_eq!((count_spilled(&db, Some("a")).unwrap(), count_spilled(&db, None).unwrap()), (0, 1));
+        assert_eq!(ids(&spill.oldest(10).unwrap()), [("b", "e1")]);
+    }
+
+    /// A spill file written before events carried their tenant's `created_at`
+    /// gains the column, and its events read back without one.
+    #[test]
+    fn a_spill_file_of_an_earlier_version_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("authkit.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE inbox (tenant_id TEXT, event_id TEXT)")
+            .unwrap();
+        rusqlite::Connection::open(spill_path(&db))
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE spilled (tenant_id TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, \
+                 subject TEXT NOT NULL, occurred_at INTEGER NOT NULL, received_at INTEGER NOT NULL, \
+                 payload TEXT NOT NULL, PRIMARY KEY (tenant_id, event_id)); \
+                 INSERT INTO spilled VALUES ('a', 'old', 'user.created', 'user:old', 1, 2, '{}')",
+            )
+            .unwrap();
+        let mut spill = Spill::open(&db).unwrap();
+        assert!(spill.maybe_holds());
+        spill.put(&[event("a", "new")]).unwrap();
+        let events = spill.oldest(10).unwrap();
+        assert_eq!(ids(&events), [("a", "old"), ("a", "new")]);
+        assert_eq!((events[0].tenant_created_at, events[1].tenant_created_at), (None, Some(7)));
     }
 }

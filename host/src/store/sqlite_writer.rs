@@ -26,7 +26,8 @@ use rusqlite::TransactionBehavior;
 use tokio::sync::OwnedMutexGuard;
 
 const INSERT_ONE: &str = "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, \
-     payload, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6) ON CONFLICT (tenant_id, event_id) DO NOTHING";
+     payload, tenant_created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?6) \
+     ON CONFLICT (tenant_id, event_id) DO NOTHING";
 
 /// Writes batches through the writer connection. Blocking: run it on a thread
 /// of its own, inside a Tokio runtime (it waits for the gate with a timeout).
@@ -127,7 +128,17 @@ fn insert(turn: &mut OwnedMutexGuard<Writer>, events: &[NewEvent]) -> Result<Vec
 }
 
 /// An event's values, in the order of the inbox's and the spill file's
-/// inserts: tenant, event id, type, subject, occurred, received, payload.
-pub(super) fn columns(e: &NewEvent) -> [&dyn rusqlite::ToSql; 7] {
-    [&e.tenant_id, &e.event_id, &e.event_type, &e.subject, &e.occurred_at, &e.received_at, &e.payload]
+/// inserts: tenant, event id, type, subject, occurred, received, payload,
+/// the tenant's `created_at`.
+pub(super) fn columns(e: &NewEvent) -> [&dyn rusqlite::ToSql; 8] {
+    [
+        &e.tenant_id,
+        &e.event_id,
+        &e.event_type,
+        &e.subject,
+        &e.occurred_at,
+        &e.received_at,
+        &e.payload,
+        &e.tenant_created_at,
+    ]
 }

@@ -379,8 +379,14 @@ impl Tenants {
         if let Some(open) = self.open_deployment(slug) {
             return Ok(open);
         }
-        let deployment =
-            Arc::new(Deployment::open(slug, self.runtime.clone(), self.db.clone(), self.settings.modules.max_bytes)?);
+        let Some(tenant) = self.get(slug) else { return Err(DeployError::TenantGone(slug.to_string())) };
+        let deployment = Arc::new(Deployment::open(
+            slug,
+            tenant.created_at,
+            self.runtime.clone(),
+            self.db.clone(),
+            self.settings.modules.max_bytes,
+        )?);
         write(&self.deployments).insert(slug.to_string(), deployment.clone());
         self.close_past_bounds();
         Ok(deployment)
@@ -458,7 +464,12 @@ impl Tenants {
             };
             next.insert(tenant.slug.clone(), tenant);
         }
-        let gone: Vec<String> = read(&self.by_slug).keys().filter(|s| !next.contains_key(*s)).cloned().collect();
+        // Deleted, or deleted and created again (another tenant of the same slug).
+        let gone: Vec<String> = read(&self.by_slug)
+            .iter()
+            .filter(|(slug, was)| next.get(*slug).is_none_or(|now| now.created_at != was.created_at))
+            .map(|(slug, _)| slug.clone())
+            .collect();
         *write(&self.by_slug) = next;
         if !gone.is_empty() {
             let mut deployments = write(&self.deployments);
@@ -468,7 +479,7 @@ impl Tenants {
                 actions.remove(slug);
                 queries.remove(slug);
             }
-            info!(tenants = ?gone, "tenants deleted by another host process are no longer served");
+            info!(tenants = ?gone, "tenants deleted by another host process are no longer served as they were");
         }
         Ok(())
     }
@@ -501,10 +512,13 @@ impl Tenants {
     /// Applies `change`. Through a tenant token (`by` the tenant) the
     /// tenant's limits stay as the operator set them: an option that is a
     /// limit keeps its stored value when the change leaves it out, and a
-    /// change that sets it to another value is refused.
+    /// change that sets it to another value is refused. With `created_at`
+    /// (the tenant a request through the tenant's own routes was made to), a
+    /// tenant created since under the same slug is not found.
     pub async fn update(
         &self,
         slug: &str,
+        created_at: Option<i64>,
         mut change: TenantChange,
         by: ChangedBy,
     ) -> Result<Arc<Tenant>, TenantError> {
@@ -512,7 +526,9 @@ impl Tenants {
             return Err(TenantError::DefaultIsFixed);
         }
         let _changing = self.changing.lock().await;
-        let mut row = self.store.get_tenant(slug).await?.ok_or_else(|| TenantError::NotFound(slug.to_string()))?;
+        let mut row = (self.store.get_tenant(slug).await?)
+            .filter(|row| created_at.is_none_or(|c| c == row.created_at))
+            .ok_or_else(|| TenantError::NotFound(slug.to_string()))?;
         if let (ChangedBy::Tenant, Some(options)) = (by, change.options.as_mut()) {
             // Unreadable stored options count as none (see `tenant_of_row`).
             let stored = serde_json::from_str::<TenantOptions>(&row.options).unwrap_or_default();
