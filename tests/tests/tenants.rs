@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use authkit_host::store::inbox::NewEvent;
+use authkit_host::store::spill::Spill;
+use authkit_host::store::tenants::TenantRow;
 use authkit_tests::db::bare_tenant;
 use authkit_tests::documents::tenant_documents;
 use authkit_tests::guests::rust_guest;
@@ -21,6 +24,7 @@ on_both_backends!(
     deleting_a_tenant_removes_everything_it_has,
     an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothing,
     a_token_is_not_stored_for_a_tenant_that_is_gone,
+    a_slug_created_again_gets_none_of_the_deleted_tenants_events,
     a_noisy_neighbour_does_not_hold_up_another_tenant,
     a_slow_handler_does_not_hold_up_another_tenants_webhooks,
     another_process_on_the_same_database_follows_tenant_changes,
@@ -582,7 +586,8 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
 
 /// A token stored for a tenant that is gone by then (deleted meanwhile, or
 /// through another process this one has not heard from) would open a later
-/// tenant of the same slug: it is refused instead.
+/// tenant of the same slug: it is refused instead. Likewise a settings change
+/// read from the first tenant does not reach the later one.
 async fn a_token_is_not_stored_for_a_tenant_that_is_gone(db: TestDb) {
     let store = db.store().await;
     let row = bare_tenant("acme");
@@ -594,14 +599,104 @@ async fn a_token_is_not_stored_for_a_tenant_that_is_gone(db: TestDb) {
     let left: Vec<(&str, i64)> =
         store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
     assert!(left.is_empty(), "{left:?}");
-    assert!(store.insert_tenant(&row).await.unwrap());
+    let again = TenantRow { created_at: row.created_at + 1, ..bare_tenant("acme") };
+    assert!(store.insert_tenant(&again).await.unwrap());
     assert!(store.list_tokens("acme").await.unwrap().is_empty(), "a new acme starts without tokens");
+    let stale = TenantRow { webhook_secret: Some("whsec_of_the_first".into()), ..row };
+    assert!(!store.update_tenant(&stale).await.unwrap(), "the first acme's change");
+    assert_eq!(store.get_tenant("acme").await.unwrap().unwrap().webhook_secret, None);
+    assert!(store.update_tenant(&TenantRow { webhook_secret: Some("whsec_own".into()), ..again }).await.unwrap());
 }
 
-/// An Actions handler is still running when its tenant is deleted, and only
-/// then writes: its write must not outlive the tenant. The request gets the
-/// fallback verdict, and the tenant has no rows left anywhere. Globex's call,
-/// the same handler with no deletion, shows the write is real.
+/// An event accepted for a tenant that is then deleted (in flight during the
+/// deletion, or spilled then) is never applied to a tenant created later
+/// under the same slug: the worker deletes it instead. Such an event cannot be
+/// timed through HTTP, so the test stores it as the ingest would have, with
+/// the first tenant's `created_at`: in the inbox, and on SQLite in the spill
+/// file (moved into the inbox at the next start). Deleting the tenant also
+/// deletes what the spill file holds of it.
+async fn a_slug_created_again_gets_none_of_the_deleted_tenants_events(db: TestDb) {
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let store = db.store().await;
+    create(&server, "acme", "whsec_first", "sk_first", json!({})).await;
+    let first = store.get_tenant("acme").await.unwrap().unwrap().created_at;
+    let emulator = Emulator::new("whsec_first");
+    let event = |name: &str, tenant_created_at: i64| {
+        let at = "2025-01-01T00:00:01.000Z";
+        let (event_id, payload) =
+            emulator.event("user.created", user(&format!("user_{name}"), "x@example.com", name, at), at);
+        NewEvent {
+            tenant_id: "acme".into(),
+            event_id,
+            event_type: "user.created".into(),
+            subject: format!("user:user_{name}"),
+            occurred_at: 1_735_689_601_000,
+            received_at: now_ms(),
+            payload: String::from_utf8(payload).unwrap(),
+            tenant_created_at: Some(tenant_created_at),
+        }
+    };
+    let file = db.dir.path().join("authkit.db");
+    let sqlite = db.backend == Backend::Sqlite;
+    if sqlite {
+        Spill::open(&file).unwrap().put(&[event("spilled_before", first)]).unwrap();
+        assert_eq!(store.count_unfinished_of("acme").await.unwrap(), 1);
+    }
+
+    let deleted = server.admin("DELETE", "/admin/tenants/acme", Some(ROOT), None).await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    let left: Vec<(&str, i64)> =
+        store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
+    assert!(left.is_empty(), "rows left after deletion: {left:?}");
+
+    create(&server, "acme", "whsec_second", "sk_second", json!({})).await;
+    let second = store.get_tenant("acme").await.unwrap().unwrap().created_at;
+    assert_ne!(first, second);
+    let new = event("new", second);
+    store.insert_events(&[event("in_flight", first), new.clone()]).await.unwrap();
+    if sqlite {
+        Spill::open(&file).unwrap().put(&[event("spilled_after", first)]).unwrap();
+    }
+    drop(server);
+    let server = TestServer::start_with(&db, options(&db)).await;
+    let at = "2025-01-01T00:00:02.000Z";
+    let (live, status) = deliver(
+        &server,
+        "/t/acme/workos/webhook",
+        "whsec_second",
+        "user.created",
+        user("user_live", "l@example.com", "Live", at),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("acme's events settled", Duration::from_secs(60), || async {
+        let live = store.get_user("acme", "user_live").await.unwrap();
+        (live.is_some() && store.count_unfinished_of("acme").await.unwrap() == 0).then_some(())
+    })
+    .await;
+    assert!(store.get_user("acme", "user_new").await.unwrap().is_some(), "the second acme's own event");
+    for old in ["user_spilled_before", "user_in_flight", "user_spilled_after"] {
+        assert!(store.get_user("acme", old).await.unwrap().is_none(), "{old} of the first acme was applied");
+    }
+    let (ok, out, err) = cli(&db, &["events", "--tenant", "acme", "list", "--json"]);
+    assert!(ok, "{err}");
+    let mut ids: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut expected = vec![new.event_id, live];
+    expected.sort();
+    assert_eq!(ids, expected, "only the second acme's events are left");
+    drop(server);
+}
+
+/// An Actions handler is still running when its tenant is deleted and a new
+/// tenant is created under the same slug, and only then writes: its write must
+/// not outlive the tenant nor reach the new one. The request gets the fallback
+/// verdict, and the slug has no rows anywhere (its decision is not recorded
+/// either). Globex's call, the same handler with no deletion, shows the write
+/// is real.
 async fn an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothing(db: TestDb) {
     let server = TestServer::start_with(&db, options(&db)).await;
     let store = db.store().await;
@@ -631,14 +726,17 @@ async fn an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothi
     let ((status, payload), deleted) = tokio::join!(act(&server, acme.0, acme.2, "Linger", acme.2), async {
         // The handler is asleep, before its write.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        server.admin("DELETE", &format!("/admin/tenants/{}", acme.0), Some(ROOT), None).await
+        let deleted = server.admin("DELETE", &format!("/admin/tenants/{}", acme.0), Some(ROOT), None).await;
+        // A new tenant of the same slug, before the handler writes: it must get nothing of the old one's.
+        create(&server, acme.0, "whsec_second_acme", "sk_second_acme", json!({})).await;
+        deleted
     });
     assert_eq!(deleted.status, 204, "{deleted:?}");
     // Decisions are recorded in the background, a moment after the answer.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let left: Vec<(&str, i64)> =
         store.count_tenant_rows(acme.0).await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
-    assert!(left.is_empty(), "rows left by the handler of a deleted tenant: {left:?}");
+    assert!(left.is_empty(), "rows left by the handler of a deleted tenant, in the new acme: {left:?}");
     let payload = payload.unwrap();
     assert_eq!((status, &payload["verdict"]), (200, &json!("Deny")), "the fallback, not the handler: {payload}");
 }
@@ -691,12 +789,74 @@ async fn a_noisy_neighbour_does_not_hold_up_another_tenant(db: TestDb) {
 /// is applied.
 async fn a_slow_handler_does_not_hold_up_another_tenants_webhooks(db: TestDb) {
     let mut server = TestServer::start_with(&db, options(&db)).await;
-    create(&server, "noisy", "whsec_noisy", "sk_noisy", json!({ "event_deadline_ms": 10_000 })).await;
-    create(&server, "quiet", "whsec_quiet", "sk_quiet", json!({})).await;
-    deploy(&server, "noisy", stamped(1)).await;
+    let sent = quiet_behind_noisy(&server).await;
+    // A redelivery, while noisy's handler still loops, is known as one.
+    let emulator = Emulator::new("whsec_quiet");
+    let (_, event) = &sent[0];
+    let signature = emulator.signature(now_ms(), event);
+    let (status, body, took) =
+        server.post_raw("/t/quiet/workos/webhook", event.clone(), &[("WorkOS-Signature", signature)]).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
+    assert!(took < Duration::from_millis(2000), "the redelivery waited {took:?}");
+    // On SQLite they are all in the spill file still: noisy's handler has held
+    // the write lock since before they came.
+    if db.backend == Backend::Sqlite {
+        assert_eq!(spilled(&db, "quiet").await, 5, "quiet's webhooks in the spill file");
+    }
+    // Counted as unfinished wherever they are (the worker is still in noisy's handler).
+    let store = db.store().await;
+    assert_eq!(store.count_unfinished_of("quiet").await.unwrap(), 5);
+    // A crash now loses none of what was acknowledged.
+    server.crash();
+    let server = TestServer::start_with(&db, options(&db)).await;
+    quiet_applied_once(&db, &sent).await;
+    drop(server);
+}
+
+/// SQLite: a graceful stop while webhooks wait in the spill file (a handler
+/// holds the write lock past the writer's last 2 s wait for it) exits 0 and
+/// leaves them there; the next start moves them into the inbox and applies
+/// each once. (Postgres has no spill file; its graceful stop is in lifecycle.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_keeps_spilled_webhooks_for_the_next_start() {
+    let Some(db) = TestDb::create(Backend::Sqlite, "graceful_spill").await else { return };
+    let mut server = TestServer::start_with(&db, options(&db)).await;
+    let sent = quiet_behind_noisy(&server).await;
+    server.terminate();
+    let status = server.wait_exit().await;
+    assert!(status.success(), "{status}; log:\n{}", server.log());
+    assert!(server.log().contains("spilled webhooks stay in the spill file"), "{}", server.log());
+    assert_eq!(spilled(&db, "quiet").await, 5, "quiet's webhooks wait in the spill file");
+    let server = TestServer::start_with(&db, options(&db)).await;
+    quiet_applied_once(&db, &sent).await;
+    drop(server);
+}
+
+/// SQLite: how many of `tenant`'s events the spill file beside the database
+/// holds, read straight from the file.
+async fn spilled(db: &TestDb, tenant: &str) -> i64 {
+    let spill = sqlx::SqlitePool::connect(&format!("{}-spill", db.url)).await.unwrap();
+    let n = sqlx::query_scalar("SELECT count(*) FROM spilled WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&spill)
+        .await
+        .unwrap();
+    spill.close().await;
+    n
+}
+
+/// Creates `noisy`, whose handler loops until its 10 s deadline, and `quiet`;
+/// once the worker is in noisy's handler, sends quiet five user.created
+/// events, each of which must be acknowledged within 2 s. Returns their ids
+/// and bodies.
+async fn quiet_behind_noisy(server: &TestServer) -> Vec<(String, Vec<u8>)> {
+    create(server, "noisy", "whsec_noisy", "sk_noisy", json!({ "event_deadline_ms": 10_000 })).await;
+    create(server, "quiet", "whsec_quiet", "sk_quiet", json!({})).await;
+    deploy(server, "noisy", stamped(1)).await;
     for i in 0..2 {
         let (_, status) =
-            deliver(&server, "/t/noisy/workos/webhook", "whsec_noisy", "test.loop", json!({ "i": i })).await;
+            deliver(server, "/t/noisy/workos/webhook", "whsec_noisy", "test.loop", json!({ "i": i })).await;
         assert_eq!(status, 200);
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // the worker is in noisy's handler
@@ -714,43 +874,23 @@ async fn a_slow_handler_does_not_hold_up_another_tenants_webhooks(db: TestDb) {
         assert!(took < Duration::from_millis(2000), "quiet's webhook waited {took:?} for noisy's handler");
         sent.push((id, event));
     }
-    // A redelivery, while noisy's handler still loops, is known as one.
-    let (_, event) = &sent[0];
-    let signature = emulator.signature(now_ms(), event);
-    let (status, body, took) =
-        server.post_raw("/t/quiet/workos/webhook", event.clone(), &[("WorkOS-Signature", signature)]).await;
-    let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
-    assert!(took < Duration::from_millis(2000), "the redelivery waited {took:?}");
-    // On SQLite they are all in the spill file still: noisy's handler has held
-    // the write lock since before they came.
-    if db.backend == Backend::Sqlite {
-        let spill = format!("{}-spill", db.url);
-        let spill = sqlx::SqlitePool::connect(&spill).await.unwrap();
-        let spilled: i64 = sqlx::query_scalar("SELECT count(*) FROM spilled WHERE tenant_id = 'quiet'")
-            .fetch_one(&spill)
-            .await
-            .unwrap();
-        assert_eq!(spilled, 5, "quiet's webhooks in the spill file");
-        spill.close().await;
-    }
-    // Counted as unfinished wherever they are (the worker is still in noisy's handler).
+    sent
+}
+
+/// Waits until each of `sent` (from [`quiet_behind_noisy`]) is applied, and
+/// checks that quiet's inbox holds each exactly once.
+async fn quiet_applied_once(db: &TestDb, sent: &[(String, Vec<u8>)]) {
     let store = db.store().await;
-    assert_eq!(store.count_unfinished_of("quiet").await.unwrap(), 5);
-    // A crash now loses none of what was acknowledged.
-    server.crash();
-    let server = TestServer::start_with(&db, options(&db)).await;
     for (i, (id, _)) in sent.iter().enumerate() {
         eventually(&format!("quiet's event {id} applied"), Duration::from_secs(60), || async {
             store.get_user("quiet", &format!("user_quiet_{i}")).await.unwrap().map(drop)
         })
         .await;
     }
-    let (ok, out, err) = cli(&db, &["events", "--tenant", "quiet", "list", "--json"]);
+    let (ok, out, err) = cli(db, &["events", "--tenant", "quiet", "list", "--json"]);
     assert!(ok, "{err}");
     let quiet: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(quiet.len(), 5, "each of quiet's events once: {quiet:#?}");
-    drop(server);
+    assert_eq!(quiet.len(), sent.len(), "each of quiet's events once: {quiet:#?}");
 }
 
 /// Sends `quiet` eight user.created events, one at a time and in turn to each
