@@ -804,9 +804,25 @@ async fn a_slow_handler_does_not_hold_up_another_tenants_webhooks(db: TestDb) {
     if db.backend == Backend::Sqlite {
         assert_eq!(spilled(&db, "quiet").await, 5, "quiet's webhooks in the spill file");
     }
-    // Counted as unfinished wherever they are (the worker is still in noisy's handler).
+    // Counted as unfinished, and listed and shown as pending, wherever they
+    // are (the worker is still in noisy's handler).
     let store = db.store().await;
     assert_eq!(store.count_unfinished_of("quiet").await.unwrap(), 5);
+    let (ok, out, err) = cli(&db, &["events", "--tenant", "quiet", "list", "--json"]);
+    assert!(ok, "{err}");
+    let listed: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut ids: Vec<&str> = listed.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let mut expected: Vec<&str> = sent.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected, "{out}");
+    assert!(listed.iter().all(|e| e["status"] == "pending"), "{out}");
+    let (ok, out, err) = cli(&db, &["events", "--tenant", "quiet", "list", "--status", "done", "--json"]);
+    assert!(ok && out.trim().is_empty(), "{out}{err}");
+    let (ok, out, err) = cli(&db, &["events", "--tenant", "quiet", "show", &sent[4].0]);
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&shown["event_id"], &shown["status"]), (&json!(sent[4].0), &json!("pending")), "{out}");
     // A crash now loses none of what was acknowledged.
     server.crash();
     let server = TestServer::start_with(&db, options(&db)).await;

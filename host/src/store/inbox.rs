@@ -109,6 +109,27 @@ pub struct InboxEventView {
 }
 
 impl InboxEvent {
+    /// An event waiting in the spill file, as it will be once in the inbox:
+    /// pending, due since it arrived (`seq` 0: it has none yet).
+    fn spilled(e: NewEvent) -> InboxEvent {
+        InboxEvent {
+            seq: 0,
+            tenant_id: e.tenant_id,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            subject: e.subject,
+            occurred_at: e.occurred_at,
+            received_at: e.received_at,
+            status: Status::Pending.as_str().to_string(),
+            attempts: 0,
+            next_attempt_at: e.received_at,
+            last_error: None,
+            outcome: None,
+            processed_at: None,
+            logs: None,
+        }
+    }
+
     pub fn view(self) -> InboxEventView {
         let waiting = self.status == Status::Failed.as_str();
         InboxEventView {
@@ -249,8 +270,18 @@ impl Store {
         Ok(events.iter().map(|e| new.contains(&(e.tenant_id.clone(), e.event_id.clone()))).collect())
     }
 
+    /// The tenant's latest events, newest first; on SQLite those waiting in
+    /// the spill file (acknowledged, not yet moved into the inbox) come first,
+    /// as pending.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<InboxEvent>> {
-        let rows = on_pool!(self, pool => {
+        // Read before the inbox: an event leaves the spill file only after the
+        // inbox holds it, so one being moved meanwhile is seen in one or both.
+        let spilled = if filter.status.is_none_or(|s| s == Status::Pending) {
+            self.spilled_events(&filter.tenant, filter.event_type.clone(), None, filter.limit).await?
+        } else {
+            Vec::new()
+        };
+        let rows: Vec<InboxEvent> = on_pool!(self, pool => {
             let mut q = QueryBuilder::new(format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE tenant_id = "));
             q.push_bind(filter.tenant.clone());
             if let Some(status) = filter.status {
@@ -262,16 +293,42 @@ impl Store {
             q.push(" ORDER BY seq DESC LIMIT ").push_bind(filter.limit);
             q.build_query_as().fetch_all(pool).await?
         });
-        Ok(rows)
+        let in_inbox: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        let mut events: Vec<InboxEvent> =
+            spilled.into_iter().filter(|e| !in_inbox.contains(e.event_id.as_str())).map(InboxEvent::spilled).collect();
+        events.extend(rows);
+        events.truncate(usize::try_from(filter.limit).unwrap_or(0));
+        Ok(events)
     }
 
+    /// One event of the tenant, from the inbox or (on SQLite) the spill file.
     pub async fn get_event(&self, tenant_id: &str, event_id: &str) -> Result<Option<InboxEvent>> {
+        // Read before the inbox, as in `list_events`.
+        let spilled = self.spilled_events(tenant_id, None, Some(event_id.to_string()), 1).await?;
         let row = on_pool!(self, pool => {
             let mut q = QueryBuilder::new(format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE tenant_id = "));
             q.push_bind(tenant_id.to_string()).push(" AND event_id = ").push_bind(event_id.to_string());
             q.build_query_as().fetch_optional(pool).await?
         });
-        Ok(row)
+        Ok(row.or_else(|| spilled.into_iter().next().map(InboxEvent::spilled)))
+    }
+
+    /// On SQLite, `tenant`'s events in the spill file, newest first (see
+    /// [`super::spill::spilled_of`]).
+    async fn spilled_events(
+        &self,
+        tenant: &str,
+        event_type: Option<String>,
+        event_id: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<NewEvent>> {
+        let Some(db) = self.sqlite_path() else { return Ok(Vec::new()) };
+        let tenant = tenant.to_string();
+        tokio::task::spawn_blocking(move || {
+            super::spill::spilled_of(&db, &tenant, event_type.as_deref(), event_id.as_deref(), limit)
+        })
+        .await
+        .expect("reading spilled events does not panic")
     }
 
     /// Queues a dead event again with a fresh set of attempts; `false` if it is

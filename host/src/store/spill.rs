@@ -80,6 +80,42 @@ pub fn count_spilled(db: &Path, tenant: Option<&str>) -> Result<i64> {
     })
 }
 
+/// `tenant`'s spilled events, newest first, for inspection: at most `limit`,
+/// of `event_type` if given, or only the one with `event_id` if given.
+/// Blocking: it opens the file.
+pub fn spilled_of(
+    db: &Path,
+    tenant: &str,
+    event_type: Option<&str>,
+    event_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<NewEvent>> {
+    let Some(conn) = open_existing(db)? else { return Ok(Vec::new()) };
+    let mut select = conn.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM spilled WHERE tenant_id = ?1 AND (?2 IS NULL OR event_type = ?2) \
+         AND (?3 IS NULL OR event_id = ?3) ORDER BY rowid DESC LIMIT ?4"
+    ))?;
+    let events = select.query_map(params![tenant, event_type, event_id, limit], event_of_row)?;
+    Ok(events.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+const EVENT_COLUMNS: &str =
+    "tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, tenant_created_at";
+
+/// A row of [`EVENT_COLUMNS`].
+fn event_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NewEvent> {
+    Ok(NewEvent {
+        tenant_id: r.get(0)?,
+        event_id: r.get(1)?,
+        event_type: r.get(2)?,
+        subject: r.get(3)?,
+        occurred_at: r.get(4)?,
+        received_at: r.get(5)?,
+        payload: r.get(6)?,
+        tenant_created_at: r.get(7)?,
+    })
+}
+
 /// Deletes every spilled event of `tenant`, when the tenant is deleted: they
 /// are its data. Returns how many. Blocking: it opens the file. Events of the
 /// tenant spilled after this (accepted just before its deletion) are deleted
@@ -90,7 +126,7 @@ pub fn forget_tenant(db: &Path, tenant: &str) -> Result<usize> {
 }
 
 /// The spill file beside `db`, if there is one (one is created only by
-/// [`Spill::open`]).
+/// [`Spill::open`]), brought up to this version's schema.
 fn open_existing(db: &Path) -> Result<Option<rusqlite::Connection>> {
     let path = spill_path(db);
     if !path.exists() {
@@ -101,7 +137,17 @@ fn open_existing(db: &Path) -> Result<Option<rusqlite::Connection>> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(SCHEMA)?;
+    upgrade(&conn)?;
     Ok(Some(conn))
+}
+
+/// Adds what a spill file written by an earlier version lacks.
+fn upgrade(conn: &rusqlite::Connection) -> Result<()> {
+    if conn.prepare("SELECT tenant_created_at FROM spilled LIMIT 0").is_err() {
+        conn.execute_batch(ADD_TENANT_CREATED_AT)?;
+    }
+    Ok(())
 }
 
 impl Spill {
@@ -115,9 +161,7 @@ impl Spill {
         // acknowledged right after.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        if conn.prepare("SELECT tenant_created_at FROM spilled LIMIT 0").is_err() {
-            conn.execute_batch(ADD_TENANT_CREATED_AT)?;
-        }
+        upgrade(&conn)?;
         let maybe_holds = conn.query_row("SELECT EXISTS (SELECT 1 FROM spilled)", [], |r| r.get(0))?;
         let inbox = super::exec::open_sqlite(db)?;
         Ok(Spill { conn, inbox, maybe_holds })
@@ -165,23 +209,9 @@ impl Spill {
 
     /// The `limit` oldest spilled events, oldest first.
     pub fn oldest(&mut self, limit: usize) -> Result<Vec<NewEvent>> {
-        let mut select = self.conn.prepare_cached(
-            "SELECT tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, tenant_created_at \
-             FROM spilled ORDER BY rowid LIMIT ?1",
-        )?;
-        let rows = select.query_map([limit as i64], |r| {
-            Ok(NewEvent {
-                tenant_id: r.get(0)?,
-                event_id: r.get(1)?,
-                event_type: r.get(2)?,
-                subject: r.get(3)?,
-                occurred_at: r.get(4)?,
-                received_at: r.get(5)?,
-                payload: r.get(6)?,
-                tenant_created_at: r.get(7)?,
-            })
-        })?;
-        let events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut select =
+            self.conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM spilled ORDER BY rowid LIMIT ?1"))?;
+        let events = select.query_map([limit as i64], event_of_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         if events.is_empty() {
             self.maybe_holds = false;
         }
