@@ -25,7 +25,7 @@
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock;
 use crate::locks::{lock, read, write};
@@ -117,6 +117,33 @@ pub struct Deployment {
     /// back and forth (or rolling back) needs no load from the cache.
     recent: Mutex<Vec<Live>>,
     max_bytes: usize,
+}
+
+/// Deletes the cached compiled code of each of `hashes` that no stored
+/// version of any tenant has any more (after a version or a tenant was
+/// deleted). Best effort: a failure is logged, and the code is only a cache.
+/// Blocking.
+pub fn forget_unused_code(db: &SyncDb, runtime: &Runtime, hashes: &[String]) {
+    let unused = (|| {
+        let mut tx = db.begin_read_mostly()?;
+        let mut unused = Vec::new();
+        for hash in hashes {
+            if !modules::hash_in_use(&mut tx, hash)? {
+                unused.push(hash);
+            }
+        }
+        tx.commit()?;
+        Ok::<_, StoreError>(unused)
+    })();
+    match unused {
+        Ok(unused) => {
+            for hash in unused {
+                let deleted = runtime.forget_compiled(hash);
+                debug!(sha256 = %hash, files = deleted, "compiled code no stored version uses was deleted");
+            }
+        }
+        Err(e) => warn!(error = %e, "could not tell whether compiled code is still used; it stays in the cache"),
+    }
 }
 
 impl Deployment {
@@ -313,6 +340,7 @@ impl Deployment {
         if modules::active(&mut tx, &self.tenant)? == Some(version) {
             return Err(DeployError::Active(version));
         }
+        let hash = modules::get(&mut tx, &self.tenant, version)?.ok_or(DeployError::NotFound(version))?.hash;
         if !modules::delete(&mut tx, &self.tenant, version, clock::now_ms())? {
             return Err(DeployError::NotFound(version));
         }
@@ -320,6 +348,8 @@ impl Deployment {
         self.set_indexes(&mut tx, pairs, &mut maintained)?;
         tx.commit()?;
         info!(version, "handler version deleted");
+        drop(maintained);
+        forget_unused_code(&self.db, &self.runtime, &[hash]);
         Ok(())
     }
 

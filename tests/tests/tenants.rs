@@ -530,6 +530,10 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
         let (status, _) = act(&server, slug, action, "Someone", action).await;
         assert_eq!(status, 200);
     }
+    // Acme's own second version: its compiled code is acme's alone.
+    deploy(&server, "acme", stamped(2)).await;
+    let (shared, own) = (compiled_code(&db, &stamped(1)), compiled_code(&db, &stamped(2)));
+    assert!(shared.exists() && own.exists(), "both versions' compiled code is cached");
     let token = server.admin("POST", "/admin/tenants/acme/tokens", Some(ROOT), None).await.body["token"]
         .as_str()
         .unwrap()
@@ -559,6 +563,8 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
     assert!(left.is_empty(), "rows left after deletion: {left:?}");
     assert!(store.get_tenant("acme").await.unwrap().is_none());
     assert_eq!(store.count_tenant_rows("globex").await.unwrap(), before_globex, "another tenant keeps everything");
+    assert!(!own.exists(), "the compiled code only acme used went with it");
+    assert!(shared.exists(), "globex still has the same bytes: their compiled code stays");
 
     let (_, status) = deliver(&server, "/t/acme/workos/webhook", TENANTS[0].1, "user.created", json!({})).await;
     assert_eq!(status, 404);
@@ -582,6 +588,29 @@ async fn deleting_a_tenant_removes_everything_it_has(db: TestDb) {
     let listed = server.admin("GET", "/admin/tenants", Some(ROOT), None).await;
     assert_eq!(listed.body["tenants"].as_array().unwrap().len(), 3, "default, acme (new), globex");
     assert!(store.get_user("acme", "user_acme").await.unwrap().is_none());
+
+    // Deleting the last version with some bytes deletes their compiled code too.
+    deploy(&server, "globex", stamped(3)).await;
+    let removed = server.admin("DELETE", "/t/globex/admin/modules/1", Some(ROOT), None).await;
+    assert_eq!(removed.status, 204, "{removed:?}");
+    assert!(!shared.exists(), "no stored version has those bytes any more");
+    assert!(compiled_code(&db, &stamped(3)).exists(), "the live version's code stays");
+}
+
+/// The compiled-code cache's file for the component `bytes` (the servers
+/// here keep it in `authkit-cache` in their working directory).
+fn compiled_code(db: &TestDb, bytes: &[u8]) -> std::path::PathBuf {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let dir = db.dir.path().join("authkit-cache");
+    let mut found: Vec<_> =
+        std::fs::read_dir(&dir).map(|entries| entries.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    found.retain(|p: &std::path::PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{hash}-")) && n.ends_with(".cwasm"))
+    });
+    found.pop().unwrap_or_else(|| dir.join(format!("{hash}-missing.cwasm")))
 }
 
 /// A token stored for a tenant that is gone by then (deleted meanwhile, or
@@ -594,7 +623,7 @@ async fn a_token_is_not_stored_for_a_tenant_that_is_gone(db: TestDb) {
     assert!(store.insert_tenant(&row).await.unwrap());
     assert!(store.insert_token("tok_1", "acme", "hash_1", now_ms()).await.unwrap());
     assert!(store.insert_token("tok_d", "default", "hash_d", now_ms()).await.unwrap(), "default has no row");
-    assert!(store.delete_tenant("acme").await.unwrap());
+    assert!(store.delete_tenant("acme").await.unwrap().is_some());
     assert!(!store.insert_token("tok_2", "acme", "hash_2", now_ms()).await.unwrap(), "acme is gone");
     let left: Vec<(&str, i64)> =
         store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();

@@ -78,6 +78,33 @@ impl CodeCache {
         self.dir.as_ref().map(|d| d.join(format!("{hash}-{}.cwasm", self.fingerprint)))
     }
 
+    /// Deletes the compiled form of the component with this content hash, for
+    /// every engine fingerprint (no host version needs code of a component
+    /// no stored version has). Returns how many files it deleted; a file that
+    /// cannot be deleted is logged and left (it is only a cache).
+    pub fn forget(&self, hash: &str) -> usize {
+        let Some(dir) = &self.dir else { return 0 };
+        if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            warn!(hash, "not a content hash; nothing deleted from the compiled-code cache");
+            return 0;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        let prefix = format!("{hash}-");
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !(name.starts_with(&prefix) && name.ends_with(".cwasm")) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => deleted += 1,
+                Err(e) => warn!(file = name, error = %e, "cannot delete unused compiled code"),
+            }
+        }
+        deleted
+    }
+
     /// The compiled component: from the cache when a sound entry exists, else
     /// compiled with `compile` and stored.
     pub fn load(

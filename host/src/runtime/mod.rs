@@ -326,6 +326,13 @@ impl Runtime {
         })
     }
 
+    /// Deletes the cached compiled code of the component with this content
+    /// hash (see [`CodeCache::forget`]): no stored version has it any more.
+    /// Blocking: it reads the cache directory.
+    pub fn forget_compiled(&self, hash: &str) -> usize {
+        self.cache.forget(hash)
+    }
+
     /// What the compiled-code cache did since start.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()

@@ -114,6 +114,13 @@ pub fn get(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<ModuleI
     row.map(|r| info(r, active)).transpose()
 }
 
+/// Whether any tenant has a live (not deleted) version with these bytes: if
+/// not, their compiled code is no longer needed.
+pub fn hash_in_use(tx: &mut SyncTx, hash: &str) -> Result<bool> {
+    let sql = "SELECT 1 FROM modules WHERE hash = $1 AND deleted_at IS NULL LIMIT 1";
+    Ok(tx.query_one(sql, &[hash.into()])?.is_some())
+}
+
 /// The bytes and the limits of a live version: what loading it needs.
 pub fn load(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<(Vec<u8>, ModuleLimits)>> {
     let row = tx.query_one(

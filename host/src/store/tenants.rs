@@ -109,10 +109,12 @@ impl Store {
     }
 
     /// Deletes a tenant and every row it has in every table, in one
-    /// transaction; `false` if there was no such tenant (nothing changed).
-    pub async fn delete_tenant(&self, slug: &str) -> Result<bool> {
+    /// transaction; `None` if there was no such tenant (nothing changed),
+    /// else the content hashes of the handler versions it had (their compiled
+    /// code may now be unused).
+    pub async fn delete_tenant(&self, slug: &str) -> Result<Option<Vec<String>>> {
         let _turn = self.write_turn().await;
-        on_pool!(self, pool => {
+        let hashes = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let gone = sqlx::query("DELETE FROM tenants WHERE slug = $1")
                 .bind(slug.to_string())
@@ -120,8 +122,13 @@ impl Store {
                 .await?
                 .rows_affected();
             if gone == 0 {
-                return Ok(false);
+                return Ok(None);
             }
+            let hashes: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT hash FROM modules WHERE tenant_id = $1 AND deleted_at IS NULL")
+                    .bind(slug.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
             for table in TENANT_TABLES {
                 sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE tenant_id = $1")))
                     .bind(slug.to_string())
@@ -129,6 +136,7 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
+            hashes
         });
         // Its webhooks acknowledged into the spill file and not yet moved
         // (SQLite). After the commit: a crash in between leaves them to be
@@ -143,7 +151,7 @@ impl Store {
                     "the deleted tenant's spilled webhooks stay until moved; the worker deletes them then");
             }
         }
-        Ok(true)
+        Ok(Some(hashes))
     }
 
     /// Rows a tenant has in each table, and in the spill file as `spilled`

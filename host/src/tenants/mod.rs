@@ -38,7 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::clock;
-use crate::deploy::{DeployError, Deployment};
+use crate::deploy::{DeployError, Deployment, forget_unused_code};
 use crate::locks::{lock, read, write};
 use crate::runtime::limits::{self, ACTION_DEADLINE_MS, EVENT_DEADLINE_MS, ModuleLimits, QUERY_DEADLINE_MS};
 use crate::runtime::{InvocationLimits, Runtime};
@@ -568,11 +568,17 @@ impl Tenants {
         lock(&self.actions_running).remove(slug);
         lock(&self.queries_running).remove(slug);
         match self.store.delete_tenant(slug).await {
-            Ok(true) => {
+            Ok(Some(hashes)) => {
+                let (db, runtime) = (self.db.clone(), self.runtime.clone());
+                // Its compiled code too, unless another tenant has the same bytes.
+                let forgotten = tokio::task::spawn_blocking(move || forget_unused_code(&db, &runtime, &hashes));
+                if forgotten.await.is_err() {
+                    warn!(tenant = %slug, "deleting the deleted tenant's compiled code panicked");
+                }
                 info!(tenant = %slug, "tenant deleted with all its data");
                 Ok(())
             }
-            Ok(false) => Err(TenantError::NotFound(slug.to_string())),
+            Ok(None) => Err(TenantError::NotFound(slug.to_string())),
             Err(e) => {
                 // Nothing was deleted: serve it again.
                 if let Some(tenant) = removed {
