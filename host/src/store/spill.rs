@@ -292,15 +292,19 @@ mod tests {
         assert!(!spill.maybe_holds());
     }
 
+    /// A database file in `dir` whose inbox is empty (all the spill file reads of it).
+    fn database_with_empty_inbox(dir: &tempfile::TempDir) -> PathBuf {
+        let db = dir.path().join("authkit.db");
+        let main = rusqlite::Connection::open(&db).unwrap();
+        main.execute_batch("CREATE TABLE inbox (tenant_id TEXT, event_id TEXT)").unwrap();
+        db
+    }
+
     /// Deleting a tenant deletes its spilled events and no other's.
     #[test]
     fn a_deleted_tenants_spilled_events_go_with_it() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("authkit.db");
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .execute_batch("CREATE TABLE inbox (tenant_id TEXT, event_id TEXT)")
-            .unwrap();
+        let db = database_with_empty_inbox(&dir);
         assert_eq!(forget_tenant(&db, "a").unwrap(), 0, "no spill file yet: nothing to delete");
         let mut spill = Spill::open(&db).unwrap();
         spill.put(&[event("a", "e1"), event("b", "e1"), event("a", "e2")]).unwrap();
@@ -314,11 +318,7 @@ mod tests {
     #[test]
     fn a_spill_file_of_an_earlier_version_is_read() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("authkit.db");
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .execute_batch("CREATE TABLE inbox (tenant_id TEXT, event_id TEXT)")
-            .unwrap();
+        let db = database_with_empty_inbox(&dir);
         rusqlite::Connection::open(spill_path(&db))
             .unwrap()
             .execute_batch(
