@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use authkit_host::store::Store;
 use authkit_host::store::inbox::NewEvent;
 use authkit_host::store::spill::Spill;
 use authkit_host::store::tenants::TenantRow;
@@ -963,6 +964,57 @@ async fn quiet_latencies(db: &TestDb, servers: &[&TestServer]) -> (Vec<Duration>
     assert!(noisy_left > 0, "the neighbour was still busy while quiet's events were applied");
     let worst = *latencies.iter().max().unwrap();
     (latencies, worst)
+}
+
+/// Two host processes on one Postgres database. Process `b` has acme's
+/// handler (version stamp 1) loaded when, through process `a`, acme is
+/// deleted and created again with another handler (stamp 2); `b` polls for
+/// tenant changes only every ten minutes, so it still holds the first one.
+/// `b`'s worker must not run that handler on the new acme's events: they
+/// wait, and a process that knows the new acme applies them with its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_has_not_heard_of_a_new_tenant_does_not_run_the_old_ones_handler() {
+    let Some(db) = TestDb::create(Backend::Postgres, "stale_deployment").await else { return };
+    let store = db.store().await;
+    let slow_poll = db.dir.path().join("slow-poll.toml");
+    std::fs::write(&slow_poll, "[worker]\npoll_interval_ms = 50\n[modules]\npoll_interval_ms = 600000\n").unwrap();
+    let b = TestServer::start_with(
+        &db,
+        ServerOptions::default().env("AUTHKIT_ADMIN_TOKEN", ROOT).arg("--config").arg(slow_poll.to_str().unwrap()),
+    )
+    .await;
+    create(&b, "acme", "whsec_first", "sk_first", json!({})).await;
+    deploy(&b, "acme", stamped(1)).await;
+    assert_eq!(deliver(&b, "/t/acme/workos/webhook", "whsec_first", "test.version", json!({})).await.1, 200);
+    let versions = |store: Store| async move {
+        let stamps = tenant_documents(&store, "acme", "stamps").await;
+        stamps.iter().map(|(_, s)| s["version"].as_u64().unwrap()).collect::<Vec<_>>()
+    };
+    eventually("b applied the first acme's event", Duration::from_secs(30), || async {
+        (versions(store.clone()).await == [1, 1]).then_some(())
+    })
+    .await;
+
+    let a = TestServer::start_with(&db, options(&db).arg("--no-worker")).await;
+    let deleted = a.admin("DELETE", "/admin/tenants/acme", Some(ROOT), None).await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    create(&a, "acme", "whsec_second", "sk_second", json!({})).await;
+    deploy(&a, "acme", stamped(2)).await;
+    for _ in 0..3 {
+        assert_eq!(deliver(&a, "/t/acme/workos/webhook", "whsec_second", "test.version", json!({})).await.1, 200);
+    }
+    // b's worker polls every 50 ms: plenty of turns to take them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(versions(store.clone()).await, Vec::<u64>::new(), "b ran the deleted acme's handler:\n{}", b.log());
+    assert_eq!(store.count_unfinished_of("acme").await.unwrap(), 3, "they wait");
+
+    drop(b);
+    let _c = TestServer::start_with(&db, options(&db)).await;
+    eventually("the new acme's events applied by its own handler", Duration::from_secs(30), || async {
+        (versions(store.clone()).await == [2; 6]).then_some(())
+    })
+    .await;
+    drop(a);
 }
 
 /// Two host processes on one Postgres database, each with its worker. Tenant

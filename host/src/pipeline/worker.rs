@@ -236,10 +236,17 @@ impl Worker {
             // Deleted since `turns` was read (here, or through another process
             // that this one has not heard from yet): none of its events may be
             // applied. On Postgres this also holds the tenant until the commit.
-            let Some(mut incarnation) = stored_tenants::hold_incarnation(&mut tx, &tenant.slug)? else {
+            let Some(incarnation) = stored_tenants::hold_incarnation(&mut tx, &tenant.slug)? else {
                 stored_tenants::purge_events(&mut tx, &tenant.slug)?;
                 continue;
             };
+            // The slug names a tenant created since this process opened its
+            // handler versions (through another process, not heard of here
+            // yet): that handler must not run on the new tenant's events.
+            // They wait for the next reload.
+            if deployment.tenant_created_at() != incarnation {
+                continue;
+            }
             // Already having turns in as many other processes as it may: they
             // serve it, this one serves the others.
             if let Some(cap) = tenant.worker_processes
@@ -275,7 +282,9 @@ impl Worker {
                     tx = self.db.begin()?;
                     since_commit = Instant::now();
                     match stored_tenants::hold_incarnation(&mut tx, &tenant.slug)? {
-                        Some(now_there) => incarnation = now_there,
+                        Some(still) if still == incarnation => {}
+                        // Deleted and created again meanwhile: as above, the rest wait.
+                        Some(_) => break,
                         None => {
                             // Deleted while the write gate was open: the rest go with it.
                             stored_tenants::purge_events(&mut tx, &tenant.slug)?;

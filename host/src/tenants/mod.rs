@@ -372,14 +372,17 @@ impl Tenants {
     /// The tenant's handler versions, opened (its active version loaded) on
     /// first use. Blocking: call it from a blocking thread.
     pub fn deployment(&self, slug: &str) -> Result<Arc<Deployment>, DeployError> {
-        if let Some(open) = self.open_deployment(slug) {
+        let Some(tenant) = self.get(slug) else { return Err(DeployError::TenantGone(slug.to_string())) };
+        // One opened for an earlier tenant of the slug (while it was being
+        // deleted) must not serve this one: it is opened again.
+        let this_tenants = |d: &Arc<Deployment>| d.tenant_created_at() == tenant.created_at;
+        if let Some(open) = self.open_deployment(slug).filter(this_tenants) {
             return Ok(open);
         }
         let _one = lock(&self.opening);
-        if let Some(open) = self.open_deployment(slug) {
+        if let Some(open) = self.open_deployment(slug).filter(this_tenants) {
             return Ok(open);
         }
-        let Some(tenant) = self.get(slug) else { return Err(DeployError::TenantGone(slug.to_string())) };
         let deployment = Arc::new(Deployment::open(
             slug,
             tenant.created_at,
