@@ -28,6 +28,7 @@ on_both_backends!(
     another_process_on_the_same_database_adopts_an_activation,
     a_version_runs_under_its_own_limits,
     a_version_change_for_a_deleted_tenant_writes_nothing,
+    a_deployment_of_a_deleted_tenant_is_not_handed_to_its_successor,
 );
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -621,4 +622,39 @@ async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
     let left: Vec<(&str, i64)> =
         store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
     assert!(left.is_empty(), "rows written back for a deleted tenant, or given to the new acme: {left:?}");
+}
+
+/// A deployment opened for a tenant that is then deleted behind this
+/// process's back (through the store, as another process would, or as a
+/// deletion racing the opening leaves it) is not handed out for the tenant
+/// created next under the same slug: it is opened again, for that tenant.
+/// Driven through the library, since the race cannot be timed over HTTP.
+async fn a_deployment_of_a_deleted_tenant_is_not_handed_to_its_successor(db: TestDb) {
+    use authkit_host::runtime::{InvocationLimits, Runtime};
+    use authkit_host::settings::{Overrides, Settings};
+    use authkit_host::tenants::{NewTenant, Tenants};
+
+    let store = db.store().await;
+    let overrides = Overrides { database_url: Some(db.url.clone()), ..Default::default() };
+    let settings = Arc::new(Settings::load_with(&overrides, |_| None).unwrap());
+    let sync = Arc::new(store.sync_db(tokio::runtime::Handle::current()).unwrap());
+    let runtime = Arc::new(Runtime::new(InvocationLimits::default(), 4, None).unwrap());
+    let tenants = Arc::new(Tenants::load(store.clone(), sync, runtime, settings).await.unwrap());
+    let acme = || NewTenant {
+        slug: "acme".into(),
+        webhook_secret: None,
+        action_secret: None,
+        client_id: None,
+        options: Default::default(),
+    };
+    let opened_for = |tenants: Arc<Tenants>| async move {
+        tokio::task::spawn_blocking(move || tenants.deployment("acme").unwrap().tenant_created_at()).await.unwrap()
+    };
+    let first = tenants.create(acme()).await.unwrap();
+    assert_eq!(opened_for(tenants.clone()).await, first.created_at);
+    assert!(store.delete_tenant("acme").await.unwrap().is_some(), "deleted behind the process's back");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = tenants.create(acme()).await.unwrap();
+    assert_ne!(second.created_at, first.created_at);
+    assert_eq!(opened_for(tenants.clone()).await, second.created_at, "the first acme's deployment was handed out");
 }
