@@ -304,7 +304,7 @@ fn call_handler(
 /// with the rest (Postgres; on SQLite this transaction holds the write gate,
 /// which deletions take too).
 fn commit_if_tenant_exists(mut tx: SyncTx, tenant: &Tenant) -> Result<(), String> {
-    match stored_tenants::hold_incarnation(&mut tx, &tenant.slug) {
+    match stored_tenants::hold(&mut tx, &tenant.slug) {
         Ok(Some(created_at)) if created_at == tenant.created_at => tx.commit().map_err(|e| e.to_string()),
         Ok(_) => Err("the tenant was deleted while its handler ran".into()),
         Err(e) => Err(e.to_string()),

@@ -236,7 +236,7 @@ impl Worker {
             // Deleted since `turns` was read (here, or through another process
             // that this one has not heard from yet): none of its events may be
             // applied. On Postgres this also holds the tenant until the commit.
-            let Some(incarnation) = stored_tenants::hold_incarnation(&mut tx, &tenant.slug)? else {
+            let Some(incarnation) = stored_tenants::hold(&mut tx, &tenant.slug)? else {
                 stored_tenants::purge_events(&mut tx, &tenant.slug)?;
                 continue;
             };
@@ -281,7 +281,7 @@ impl Worker {
                     tx.commit()?;
                     tx = self.db.begin()?;
                     since_commit = Instant::now();
-                    match stored_tenants::hold_incarnation(&mut tx, &tenant.slug)? {
+                    match stored_tenants::hold(&mut tx, &tenant.slug)? {
                         Some(still) if still == incarnation => {}
                         // Deleted and created again meanwhile: as above, the rest wait.
                         Some(_) => break,
@@ -328,7 +328,7 @@ impl Worker {
     fn purge_deleted(&mut self, slugs: &[&String]) -> Result<(), StoreError> {
         let mut tx = self.db.begin()?;
         for slug in slugs {
-            if !stored_tenants::hold(&mut tx, slug)? {
+            if stored_tenants::hold(&mut tx, slug)?.is_none() {
                 let purged = stored_tenants::purge_events(&mut tx, slug)?;
                 info!(tenant = %slug, events = purged, "deleted the events of a tenant that no longer exists");
             }

@@ -46,14 +46,14 @@ const INFO: &str = "SELECT version, hash, size, exports, wit_version, created_at
 /// Serializes version changes of one tenant across host processes (Postgres;
 /// on SQLite the write gate already does), and says whether the tenant still
 /// exists as the tenant created at `created_at`, holding it until the commit
-/// (see [`super::tenants::hold_incarnation`]): a change that began before the
+/// (see [`super::tenants::hold`]): a change that began before the
 /// tenant's deletion must not write its rows back, nor give them to a new
 /// tenant of the same slug.
 pub fn lock_tenant(tx: &mut SyncTx, tenant: &str, created_at: i64) -> Result<bool> {
     if tx.is_postgres() {
         tx.execute("SELECT pg_advisory_xact_lock(hashtext('authkit-modules:' || $1))", &[tenant.into()])?;
     }
-    Ok(super::tenants::hold_incarnation(tx, tenant)? == Some(created_at))
+    Ok(super::tenants::hold(tx, tenant)? == Some(created_at))
 }
 
 /// The live (not deleted) version with these exact bytes and limits, if any.

@@ -226,17 +226,12 @@ impl Store {
 }
 
 /// Inside a writing transaction (the worker's turn, an Actions call's commit):
-/// whether `slug` still exists, holding it so a concurrent deletion waits for
-/// this transaction (Postgres; on SQLite the write gate already serializes the
-/// two). `default` always exists.
-pub fn hold(tx: &mut SyncTx, slug: &str) -> Result<bool> {
-    Ok(hold_incarnation(tx, slug)?.is_some())
-}
-
-/// [`hold`], returning which tenant of the slug exists: its `created_at` (0
-/// for `default`), or `None` if none does. An event accepted for another one
-/// (see [`super::inbox::NewEvent::tenant_created_at`]) is not this tenant's.
-pub fn hold_incarnation(tx: &mut SyncTx, slug: &str) -> Result<Option<i64>> {
+/// which tenant of `slug` exists, by its `created_at` (0 for `default`, which
+/// always exists), or `None` if none does; held so a concurrent deletion waits
+/// for this transaction (Postgres; on SQLite the write gate already serializes
+/// the two). An event accepted for another tenant of the slug (see
+/// [`super::inbox::NewEvent::tenant_created_at`]) is not this one's.
+pub fn hold(tx: &mut SyncTx, slug: &str) -> Result<Option<i64>> {
     if slug == DEFAULT_TENANT {
         return Ok(Some(0));
     }
