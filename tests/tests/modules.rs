@@ -586,12 +586,11 @@ async fn a_version_runs_under_its_own_limits(db: TestDb) {
 async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
     use authkit_host::deploy::{DeployError, Deployment};
     use authkit_host::runtime::{InvocationLimits, ModuleLimits, Runtime};
-    use authkit_host::store::tenants::TenantRow;
     use authkit_tests::db::bare_tenant;
 
     let store = db.store().await;
-    let row = bare_tenant("acme");
-    assert!(store.insert_tenant(&row).await.unwrap());
+    let mut row = bare_tenant("acme");
+    assert!(store.insert_tenant(&mut row).await.unwrap());
     let sync = Arc::new(store.sync_db(tokio::runtime::Handle::current()).unwrap());
     let created_at = row.created_at;
     let deployment = tokio::task::spawn_blocking(move || {
@@ -612,8 +611,7 @@ async fn a_version_change_for_a_deleted_tenant_writes_nothing(db: TestDb) {
     assert!(written.iter().any(|(t, n)| *t == "modules" && *n == 1), "{written:?}");
 
     assert!(store.delete_tenant("acme").await.unwrap().is_some());
-    let again = TenantRow { created_at: row.created_at + 1, ..bare_tenant("acme") };
-    assert!(store.insert_tenant(&again).await.unwrap(), "another tenant named acme");
+    assert!(store.insert_tenant(&mut bare_tenant("acme")).await.unwrap(), "another tenant named acme");
     let gone = |r: &Result<(), DeployError>| matches!(r, Err(DeployError::TenantGone(slug)) if slug == "acme");
     let upload = change(Box::new(move |d| d.upload(&second, ModuleLimits::default(), true).map(drop))).await;
     assert!(gone(&upload), "{upload:?}");

@@ -620,8 +620,8 @@ fn compiled_code(db: &TestDb, bytes: &[u8]) -> std::path::PathBuf {
 /// read from the first tenant does not reach the later one.
 async fn a_token_is_not_stored_for_a_tenant_that_is_gone(db: TestDb) {
     let store = db.store().await;
-    let row = bare_tenant("acme");
-    assert!(store.insert_tenant(&row).await.unwrap());
+    let mut row = bare_tenant("acme");
+    assert!(store.insert_tenant(&mut row).await.unwrap());
     assert!(store.insert_token("tok_1", "acme", "hash_1", now_ms()).await.unwrap());
     assert!(store.insert_token("tok_d", "default", "hash_d", now_ms()).await.unwrap(), "default has no row");
     assert!(store.delete_tenant("acme").await.unwrap().is_some());
@@ -629,8 +629,14 @@ async fn a_token_is_not_stored_for_a_tenant_that_is_gone(db: TestDb) {
     let left: Vec<(&str, i64)> =
         store.count_tenant_rows("acme").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
     assert!(left.is_empty(), "{left:?}");
-    let again = TenantRow { created_at: row.created_at + 1, ..bare_tenant("acme") };
-    assert!(store.insert_tenant(&again).await.unwrap());
+    // In the same millisecond as the first (or with a clock set back), the
+    // new acme still gets a `created_at` of its own: that is all that tells
+    // the two apart.
+    let mut again = TenantRow { created_at: row.created_at, ..bare_tenant("acme") };
+    assert!(store.insert_tenant(&mut again).await.unwrap());
+    assert!(again.created_at > row.created_at, "{} after {}", again.created_at, row.created_at);
+    assert_eq!(store.get_tenant("acme").await.unwrap().unwrap().created_at, again.created_at);
+    assert!(!store.insert_tenant(&mut bare_tenant("acme")).await.unwrap(), "the slug is taken");
     assert!(store.list_tokens("acme").await.unwrap().is_empty(), "a new acme starts without tokens");
     let stale = TenantRow { webhook_secret: Some("whsec_of_the_first".into()), ..row };
     assert!(!store.update_tenant(&stale).await.unwrap(), "the first acme's change");
@@ -1297,7 +1303,7 @@ async fn the_instance_pool_is_sized_for_the_tenants_stored_at_start(db: TestDb) 
     assert_eq!(status(TestServer::start_with(&db, options(&db)).await).await, (1000, cpus));
     let store = db.store().await;
     for i in 0..700 {
-        assert!(store.insert_tenant(&bare_tenant(&format!("tenant{i:03}"))).await.unwrap());
+        assert!(store.insert_tenant(&mut bare_tenant(&format!("tenant{i:03}"))).await.unwrap());
     }
     let expected = (1400 * cpus).clamp(1000, 10_000);
     assert_eq!(status(TestServer::start_with(&db, options(&db)).await).await, (expected, cpus));

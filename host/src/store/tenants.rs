@@ -66,24 +66,45 @@ impl Store {
         )
     }
 
-    /// Stores a new tenant; `false` if the slug is taken.
-    pub async fn insert_tenant(&self, t: &TenantRow) -> Result<bool> {
+    /// Stores a new tenant; `false` if the slug is taken. Its `created_at`
+    /// (and `updated_at`) become `t.created_at`, or one past the last given to
+    /// any tenant if that is not later (`tenant_clock`): no tenant ever gets
+    /// the `created_at` of an earlier one, which is what tells a slug deleted
+    /// and created again apart from its first tenant. `t` is updated to what
+    /// was stored.
+    pub async fn insert_tenant(&self, t: &mut TenantRow) -> Result<bool> {
         let _turn = self.write_turn().await;
-        let n = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO tenants (slug, webhook_secret, action_secret, client_id, options, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) DO NOTHING",
-        )
-        .bind(t.slug.clone())
-        .bind(t.webhook_secret.clone())
-        .bind(t.action_secret.clone())
-        .bind(t.client_id.clone())
-        .bind(t.options.clone())
-        .bind(t.created_at)
-        .bind(t.updated_at)
-        .execute(pool)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        let created_at = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let created_at: i64 = sqlx::query_scalar(
+                "UPDATE tenant_clock SET last_created_at = CASE WHEN last_created_at < $1 THEN $1 \
+                 ELSE last_created_at + 1 END WHERE id = 1 RETURNING last_created_at",
+            )
+            .bind(t.created_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            let n = sqlx::query(
+                "INSERT INTO tenants (slug, webhook_secret, action_secret, client_id, options, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (slug) DO NOTHING",
+            )
+            .bind(t.slug.clone())
+            .bind(t.webhook_secret.clone())
+            .bind(t.action_secret.clone())
+            .bind(t.client_id.clone())
+            .bind(t.options.clone())
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                return Ok(false);
+            }
+            tx.commit().await?;
+            created_at
+        });
+        t.created_at = created_at;
+        t.updated_at = created_at;
+        Ok(true)
     }
 
     /// Replaces a tenant's settings; `false` if there is no such tenant: none

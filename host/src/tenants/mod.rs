@@ -333,6 +333,11 @@ impl Tenants {
         &self.db
     }
 
+    /// The WebAssembly runtime every tenant's versions run in.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     pub fn get(&self, slug: &str) -> Option<Arc<Tenant>> {
         read(&self.by_slug).get(slug).cloned()
     }
@@ -494,7 +499,7 @@ impl Tenants {
         }
         let _changing = self.changing.lock().await;
         let now = clock::now_ms();
-        let row = TenantRow {
+        let mut row = TenantRow {
             slug: new.slug.clone(),
             webhook_secret: non_empty("webhook_secret", new.webhook_secret)?,
             action_secret: non_empty("action_secret", new.action_secret)?,
@@ -503,7 +508,7 @@ impl Tenants {
             created_at: now,
             updated_at: now,
         };
-        if !self.store.insert_tenant(&row).await? {
+        if !self.store.insert_tenant(&mut row).await? {
             return Err(TenantError::Exists(new.slug));
         }
         let tenant = Arc::new(self.tenant_of_row(row));
