@@ -611,16 +611,19 @@ impl Settings {
 
         let database = DatabaseUrl::parse(&database_url)?;
         let cache_dir = env(env::CACHE_DIR).map(PathBuf::from).or(file.modules.cache_dir).unwrap_or_else(|| {
-            // Beside the SQLite file; in the working directory for Postgres.
-            let db_dir = match &database {
+            // Beside the SQLite file and named after it (`authkit.db`:
+            // `authkit-cache`), so that databases in one directory do not
+            // share a cache (each deletes the code its versions do not use);
+            // `authkit-cache` in the working directory for Postgres.
+            match &database {
                 DatabaseUrl::Sqlite(url) => {
                     let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
-                    let path = path.split('?').next().unwrap_or_default();
-                    Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default()
+                    let path = Path::new(path.split('?').next().unwrap_or_default());
+                    let stem = path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()).unwrap_or("authkit");
+                    path.parent().map(Path::to_path_buf).unwrap_or_default().join(format!("{stem}-cache"))
                 }
-                DatabaseUrl::Postgres(_) => PathBuf::new(),
-            };
-            db_dir.join("authkit-cache")
+                DatabaseUrl::Postgres(_) => PathBuf::from("authkit-cache"),
+            }
         });
         let modules = ModuleSettings {
             max_bytes: file.modules.max_bytes.unwrap_or(DEFAULT_MAX_MODULE_BYTES),
@@ -805,6 +808,19 @@ mod tests {
         assert_eq!(s.webhook.max_body_bytes, 1024 * 1024);
         assert!(s.worker.enabled);
         assert_eq!((s.modules.max_loaded_tenants, s.modules.max_loaded_code), (2000, 1 << 30));
+        assert_eq!(s.modules.cache_dir, Some(PathBuf::from("authkit-cache")));
+    }
+
+    #[test]
+    fn each_sqlite_file_gets_a_compiled_code_cache_of_its_own() {
+        let cache = |url: &str| {
+            let o = Overrides { database_url: Some(url.into()), ..Default::default() };
+            load(o, &[]).unwrap().modules.cache_dir.unwrap()
+        };
+        assert_eq!(cache("sqlite:///var/lib/authkit/authkit.db"), PathBuf::from("/var/lib/authkit/authkit-cache"));
+        assert_eq!(cache("sqlite://data/staging.db?mode=rwc"), PathBuf::from("data/staging-cache"));
+        assert_eq!(cache("sqlite:prod.sqlite3"), PathBuf::from("prod-cache"));
+        assert_eq!(cache("postgres://localhost/app"), PathBuf::from("authkit-cache"));
     }
 
     #[test]
