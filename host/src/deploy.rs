@@ -146,6 +146,29 @@ pub fn forget_unused_code(db: &SyncDb, runtime: &Runtime, hashes: &[String]) {
     }
 }
 
+/// Deletes every file of the compiled-code cache that no stored version of
+/// any tenant can use (see [`Runtime::sweep_compiled`]): what a crash kept
+/// [`forget_unused_code`] from deleting, and code of other engine
+/// fingerprints. Run once at start, off the serving path. Best effort, as
+/// above. Blocking.
+pub fn sweep_unused_code(db: &SyncDb, runtime: &Runtime) {
+    let in_use = (|| {
+        let mut tx = db.begin_read_mostly()?;
+        let in_use = modules::hashes_in_use(&mut tx)?;
+        tx.commit()?;
+        Ok::<_, StoreError>(in_use)
+    })();
+    match in_use {
+        Ok(in_use) => {
+            let deleted = runtime.sweep_compiled(&in_use);
+            if deleted > 0 {
+                info!(files = deleted, "deleted compiled code that no stored version uses");
+            }
+        }
+        Err(e) => warn!(error = %e, "could not read which compiled code is still used; the cache is left as it is"),
+    }
+}
+
 impl Deployment {
     /// Brings the stored state back: the indexes of every stored version, and
     /// the active version, loaded (from the compiled-code cache when it can).

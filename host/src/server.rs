@@ -62,6 +62,9 @@ pub async fn run_with(
     let settings = Arc::new(settings);
     let tenants = open_tenants(&settings, &store).await?;
     let deployment = open_default(&tenants).await?;
+    // Compiled code no stored version uses: off the way to serving.
+    let sweep = tenants.clone();
+    tokio::task::spawn_blocking(move || crate::deploy::sweep_unused_code(sweep.db(), sweep.runtime()));
     if let Some(path) = &settings.handler.path {
         deploy_at_start(&deployment, path).await?;
     }

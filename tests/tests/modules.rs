@@ -22,6 +22,7 @@ on_both_backends!(
     the_admin_api_needs_its_token,
     versions_are_validated_activated_rolled_back_and_deleted,
     a_restart_keeps_the_active_version_without_compiling_and_survives_a_corrupt_cache,
+    a_start_deletes_compiled_code_that_no_version_uses,
     versions_swap_under_load_without_a_failed_request,
     the_cli_deploys_lists_activates_and_rolls_back,
     dev_watch_deploys_each_good_build_and_refuses_bad_ones,
@@ -264,6 +265,60 @@ async fn a_restart_keeps_the_active_version_without_compiling_and_survives_a_cor
     let s = status(&server).await;
     assert_eq!((s["cache"]["discarded"].clone(), s["cache"]["compiled"].clone()), (json!(1), json!(1)), "{s}");
     assert_eq!(act(&server, "act_3", "Version").await.unwrap()["error_message"], "version 7");
+}
+
+/// Compiled code that a deletion did not get to (a crash between its commit
+/// and the files), code of another engine fingerprint (an earlier host
+/// version) and unfinished writes are deleted at the next start, once old
+/// enough; the active version's code stays and is used, and files the cache
+/// did not name, or wrote moments ago, are left alone.
+async fn a_start_deletes_compiled_code_that_no_version_uses(db: TestDb) {
+    use sha2::Digest;
+    let cache = db.dir.path().join("code-cache");
+    let config = format!("[modules]\ncache_dir = {:?}\n", cache.to_str().unwrap());
+    {
+        let server = TestServer::start_with(&db, options(&db, &config)).await;
+        assert_eq!(upload(&server, stamped(7), true).await.status, 201);
+    }
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let live = entries[0].clone();
+    let name = live.file_name().unwrap().to_str().unwrap().to_string();
+    let (used, rest) = name.split_once('-').unwrap();
+    let fingerprint = rest.strip_suffix(".cwasm").unwrap();
+    let hash = |bytes: &[u8]| -> String { sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect() };
+    let other_fingerprint = if fingerprint == "0".repeat(16) { "1".repeat(16) } else { "0".repeat(16) };
+    let plant = |name: String, age: Duration| {
+        let path = cache.join(name);
+        std::fs::copy(&live, &path).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age).unwrap();
+        path
+    };
+    let old = Duration::from_secs(3600);
+    let swept = [
+        // A version deleted just before a crash: no stored version has these bytes.
+        plant(format!("{}-{fingerprint}.cwasm", hash(&stamped(8))), old),
+        plant(format!("{used}-{other_fingerprint}.cwasm"), old),
+        plant(format!("{used}-{fingerprint}.tmp4242"), old),
+    ];
+    let left = [
+        // Maybe an upload that has not committed yet.
+        plant(format!("{}-{fingerprint}.cwasm", hash(&stamped(9))), Duration::from_secs(1)),
+        plant("not-ours.cwasm".to_string(), old),
+    ];
+
+    let server = TestServer::start_with(&db, options(&db, &config)).await;
+    let s = status(&server).await;
+    assert_eq!((s["cache"]["hits"].clone(), s["cache"]["compiled"].clone()), (json!(1), json!(0)), "{s}");
+    eventually("the unused code deleted", Duration::from_secs(20), || async {
+        swept.iter().all(|p| !p.exists()).then_some(())
+    })
+    .await;
+    for path in left.iter().chain([&live]) {
+        assert!(path.exists(), "{} was deleted", path.display());
+    }
+    assert_eq!(act(&server, "act_1", "Version").await.unwrap()["error_message"], "version 7");
 }
 
 /// Webhooks and Actions flow while another version is activated every 100 ms,

@@ -11,10 +11,12 @@
 //! serialized component). Wasmtime checks that a payload suits this engine, but
 //! not that its bytes are intact; the digest does, before the bytes are trusted.
 
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -105,6 +107,45 @@ impl CodeCache {
         deleted
     }
 
+    /// Deletes what the cache directory holds that no one will read: every
+    /// entry of a component that no stored version has (`in_use` holds the
+    /// content hashes of those that do), entries of other engine fingerprints
+    /// (left by earlier host versions or engine settings; a process of another
+    /// version sharing the directory compiles again), and temporary files of
+    /// writes that never finished. This collects what [`CodeCache::forget`]
+    /// missed: a crash between a deletion's commit and its files, or bytes
+    /// deleted while the cache belonged to another fingerprint. Only files
+    /// named as this cache names them are touched, and only once they are
+    /// [`SWEEP_AFTER`] old: a file written just now may be for a version whose
+    /// upload has not committed yet. Returns how many files it deleted.
+    /// Blocking: it reads the directory.
+    pub fn sweep(&self, in_use: &HashSet<String>) -> usize {
+        let Some(dir) = &self.dir else { return 0 };
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(file) = CacheFile::parse(name) else { continue };
+            let keep = match file.kind {
+                FileKind::Entry => file.fingerprint == self.fingerprint && in_use.contains(file.hash),
+                FileKind::Unfinished => false,
+            };
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_or(true, |at| at.elapsed().map_or(true, |age| age < SWEEP_AFTER));
+            if keep || young {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => deleted += 1,
+                Err(e) => warn!(file = name, error = %e, "cannot delete unused compiled code"),
+            }
+        }
+        deleted
+    }
+
     /// The compiled component: from the cache when a sound entry exists, else
     /// compiled with `compile` and stored.
     pub fn load(
@@ -136,6 +177,43 @@ impl CodeCache {
             warn!(path = %path.display(), error = %e, "cannot write to the compiled-code cache");
         }
         Ok(component)
+    }
+}
+
+/// How old a file must be before [`CodeCache::sweep`] may delete it: longer
+/// than an upload takes from writing its compiled code to committing its
+/// version (compiling a component takes seconds, not minutes).
+pub const SWEEP_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// A file named as this cache names them: `<content hash>-<fingerprint>.cwasm`,
+/// or `.tmp<pid>` instead of `.cwasm` while being written.
+struct CacheFile<'a> {
+    hash: &'a str,
+    fingerprint: &'a str,
+    kind: FileKind,
+}
+
+enum FileKind {
+    Entry,
+    Unfinished,
+}
+
+impl<'a> CacheFile<'a> {
+    fn parse(name: &'a str) -> Option<CacheFile<'a>> {
+        let (stem, extension) = name.split_once('.')?;
+        let kind = if extension == "cwasm" {
+            FileKind::Entry
+        } else if extension
+            .strip_prefix("tmp")
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        {
+            FileKind::Unfinished
+        } else {
+            return None;
+        };
+        let (hash, fingerprint) = stem.split_once('-')?;
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (hex(hash, 64) && hex(fingerprint, 16)).then_some(CacheFile { hash, fingerprint, kind })
     }
 }
 
@@ -176,4 +254,64 @@ fn write_entry(path: &Path, payload: &[u8]) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
     }
     written.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    /// A file in `dir`, last modified `age` ago.
+    fn file(dir: &Path, name: &str, age: Duration) -> PathBuf {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_sweep_deletes_only_old_files_of_this_cache_that_nothing_can_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CodeCache::new(&Engine::default(), Some(dir.path().to_path_buf()));
+        let (used, unused, just_uploaded) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let ours = cache.fingerprint.clone();
+        let other = if ours == "0".repeat(16) { "1".repeat(16) } else { "0".repeat(16) };
+        let old = SWEEP_AFTER + Duration::from_secs(60);
+        let young = Duration::from_secs(5);
+        let at = |name: String, age| file(dir.path(), &name, age);
+        let kept = [
+            at(format!("{used}-{ours}.cwasm"), old),
+            // Maybe for an upload about to commit, or a write under way.
+            at(format!("{just_uploaded}-{ours}.cwasm"), young),
+            at(format!("{just_uploaded}-{ours}.tmp42"), young),
+            // Not named as this cache names its files.
+            at("notes.txt".into(), old),
+            at(format!("{unused}-{ours}.cwasm.bak"), old),
+            at(format!("{unused}.cwasm"), old),
+            at(format!("{}-{ours}.cwasm", "g".repeat(64)), old),
+            at(format!("{unused}-{ours}.tmp"), old),
+        ];
+        let deleted = [
+            at(format!("{unused}-{ours}.cwasm"), old),
+            at(format!("{used}-{other}.cwasm"), old),
+            at(format!("{used}-{ours}.tmp1234"), old),
+        ];
+
+        let in_use: HashSet<String> = [used.clone()].into();
+        assert_eq!(cache.sweep(&in_use), deleted.len());
+        for path in &deleted {
+            assert!(!path.exists(), "{} should be deleted", path.display());
+        }
+        for path in &kept {
+            assert!(path.exists(), "{} should be kept", path.display());
+        }
+        assert_eq!(cache.sweep(&in_use), 0, "nothing left to delete");
+    }
+
+    #[test]
+    fn without_a_directory_a_sweep_does_nothing() {
+        let cache = CodeCache::new(&Engine::default(), None);
+        assert_eq!(cache.sweep(&HashSet::new()), 0);
+    }
 }

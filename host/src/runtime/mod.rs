@@ -333,6 +333,12 @@ impl Runtime {
         self.cache.forget(hash)
     }
 
+    /// Deletes cached compiled code no one will read (see [`CodeCache::sweep`]);
+    /// `in_use`: the content hashes of every stored version. Blocking.
+    pub fn sweep_compiled(&self, in_use: &std::collections::HashSet<String>) -> usize {
+        self.cache.sweep(in_use)
+    }
+
     /// What the compiled-code cache did since start.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()

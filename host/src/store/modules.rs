@@ -121,6 +121,12 @@ pub fn hash_in_use(tx: &mut SyncTx, hash: &str) -> Result<bool> {
     Ok(tx.query_one(sql, &[hash.into()])?.is_some())
 }
 
+/// The content hashes of every stored version, of every tenant.
+pub fn hashes_in_use(tx: &mut SyncTx) -> Result<std::collections::HashSet<String>> {
+    let rows = tx.query("SELECT DISTINCT hash FROM modules WHERE deleted_at IS NULL", &[])?;
+    Ok(rows.into_iter().filter_map(|row| row.into_iter().next().and_then(Value::into_string)).collect())
+}
+
 /// The bytes and the limits of a live version: what loading it needs.
 pub fn load(tx: &mut SyncTx, tenant: &str, version: i64) -> Result<Option<(Vec<u8>, ModuleLimits)>> {
     let row = tx.query_one(
