@@ -13,8 +13,9 @@
 //!    round trip of an Actions request to a cold tenant beside a warm one.
 //! 3. throughput, from first send to last applied: `--events` events spread
 //!    evenly across every tenant, most tenants' versions not yet loaded; then
-//!    three turns each of the same number for one tenant and spread again (all
-//!    loaded), alternating, and the median of each; resident memory with every
+//!    `--rounds` (3) turns each of the same number for one tenant and spread
+//!    again (all loaded), alternating, and the median of each, and the median
+//!    of each round's ratio (spread over the one-tenant turn just before it); resident memory with every
 //!    tenant loaded. The host sizes its instance pool itself (two slots per
 //!    tenant) unless `AUTHKIT_INSTANCE_SLOTS` is set, which is passed through,
 //!    as are `AUTHKIT_MAX_LOADED_TENANTS` and `AUTHKIT_MAX_LOADED_CODE_MIB`
@@ -32,7 +33,7 @@
 //! cut into turns (`perf report --time <start>,<end>`).
 //!
 //! Usage: `cargo run --release -p authkit-tests --bin bench-tenants -- [--tenants 1000]
-//! [--events 5000] [--cold 20] [--distinct]`. The guests must be built (tests/run.sh
+//! [--events 5000] [--cold 20] [--rounds 3] [--distinct]`. The guests must be built (tests/run.sh
 //! or the README's bench command does it).
 
 #[global_allocator]
@@ -56,14 +57,16 @@ struct Args {
     events: usize,
     cold: usize,
     distinct: bool,
+    /// Turns of one tenant and of every tenant in phase 3 (each).
+    rounds: usize,
     /// Set in the child process that runs phases 2 and 3 on the setup's files.
     prepared: Option<std::path::PathBuf>,
 }
 
-const USAGE: &str = "bench-tenants [--tenants 1000] [--events 5000] [--cold 20] [--distinct]";
+const USAGE: &str = "bench-tenants [--tenants 1000] [--events 5000] [--cold 20] [--rounds 3] [--distinct]";
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { tenants: 1000, events: 5000, cold: 20, distinct: false, prepared: None };
+    let mut args = Args { tenants: 1000, events: 5000, cold: 20, distinct: false, rounds: 3, prepared: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -72,6 +75,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--events" => args.events = value()?.parse()?,
             "--cold" => args.cold = value()?.parse()?,
             "--distinct" => args.distinct = true,
+            "--rounds" => args.rounds = value()?.parse::<usize>()?.max(1),
             "--prepared" => args.prepared = Some(value()?.into()),
             other => return Err(authkit_tests::bench::not_a_flag(other, USAGE)),
         }
@@ -332,9 +336,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Turns of one tenant and of every tenant in phase 3.
-const ROUNDS: usize = 3;
-
 /// Phases 2 and 3, on the database and cache the setup left in `dir`.
 async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let (db, cache) = (dir.join("tenants.db"), dir.join("cache"));
@@ -367,19 +368,28 @@ async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     // one tenant and every tenant take turns, so noise hits both alike.
     let tenants = args.tenants;
     let spread_cold = throughput(&host, &store, args.events, "spread_loading", |i| slug(i % tenants)).await?;
-    let (mut single, mut spread) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        single.push(throughput(&host, &store, args.events, &format!("single{round}"), |_| slug(0)).await?);
-        spread.push(throughput(&host, &store, args.events, &format!("spread{round}"), |i| slug(i % tenants)).await?);
+    let (mut single, mut spread, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let one = throughput(&host, &store, args.events, &format!("single{round}"), |_| slug(0)).await?;
+        let every = throughput(&host, &store, args.events, &format!("spread{round}"), |i| slug(i % tenants)).await?;
+        ratios.push(every / one);
+        single.push(one);
+        spread.push(every);
     }
-    let (single, spread) = (median(single), median(spread));
+    let each: Vec<String> = ratios.iter().map(|r| format!("{:.0}%", 100.0 * r)).collect();
+    let (single, spread, paired) = (median(single), median(spread), median(ratios));
     let (rss, peak) = resident_mib();
-    println!("throughput (median of {ROUNDS} turns each):");
+    println!("throughput (median of {} turns each):", args.rounds);
     println!("            {} events for one tenant: {single:.0} events/s", args.events);
     println!(
         "            spread over {} tenants, all loaded: {spread:.0} events/s ({:.0}% of one tenant; target >= 70%)",
         args.tenants,
         100.0 * spread / single
+    );
+    println!(
+        "            each round's spread turn over the one-tenant turn just before it: {}; median {:.0}%",
+        each.join(", "),
+        100.0 * paired
     );
     println!(
         "            the first spread run, most loading on first use: {spread_cold:.0} events/s ({:.0}%)",
