@@ -102,10 +102,11 @@ pub async fn run_with(
     let addr = listener.local_addr().context("failed to read the listening address")?;
     info!(%addr, "authkit-host listening on http://{addr}");
 
-    // The host stops when asked to, or once another host has migrated the
-    // database past this build (see `watch_schema`).
+    // The host stops when asked to, once another host has migrated the
+    // database past this build, or once its log could not be synced (see
+    // `watch_database`).
     let stop = shutdown.child_token();
-    let schema_watch = tokio::spawn(watch_schema(store.clone(), stop.clone()));
+    let database_watch = tokio::spawn(watch_database(store.clone(), stop.clone(), SCHEMA_CHECK_EVERY));
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let serve_result = tokio::select! {
         result = server => result.context("the HTTP server failed"),
@@ -140,8 +141,8 @@ pub async fn run_with(
     }
     store.close().await;
     info!("shutdown complete");
-    if let Ok(Some(outdated)) = schema_watch.await {
-        return Err(outdated).context("this host stopped: its database is ahead of it");
+    if let Ok(Some(stopped)) = database_watch.await {
+        return Err(stopped.into());
     }
     serve_result
 }
@@ -149,24 +150,49 @@ pub async fn run_with(
 /// How often a running host checks that no newer host has migrated its database.
 const SCHEMA_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Stops the host (cancels `stop`) once the database's schema is newer than
-/// this build's, which happens when a newer version starts on the same
-/// database while this one runs: this build's statements no longer fit it, and
-/// its worker would fail every event it touched. Returns that error, or `None`
-/// once `stop` is cancelled for another reason. A database that cannot be
-/// reached is not a reason to stop; the next check tries again.
-async fn watch_schema(store: Store, stop: CancellationToken) -> Option<crate::store::StoreError> {
+/// Why the database made the host stop.
+#[derive(Debug, thiserror::Error)]
+enum Stopped {
+    #[error("this host stopped: its database is ahead of it")]
+    Outdated(#[source] crate::store::StoreError),
+    #[error(
+        "this host stopped: syncing the SQLite database's log failed (see the error logged before), so nothing \
+         committed since may be on disk; nothing after it was acknowledged. Check the disk, then start the host \
+         again: SQLite reads its log back and copies it into the database file"
+    )]
+    LogFailed,
+}
+
+/// Stops the host (cancels `stop`), checking every `every`:
+/// - once the database's schema is newer than this build's, which happens when
+///   a newer version starts on the same database while this one runs: this
+///   build's statements no longer fit it, and its worker would fail every
+///   event it touched;
+/// - on SQLite, once a sync of the log has failed ([`crate::store::exec::LogHealth`]):
+///   from then on nothing is acknowledged, and only a restart makes the log
+///   durable again.
+///
+/// Returns why, or `None` once `stop` is cancelled for another reason. A
+/// database that cannot be reached is not a reason to stop; the next check
+/// tries again.
+async fn watch_database(store: Store, stop: CancellationToken, every: std::time::Duration) -> Option<Stopped> {
+    let health = store.log_health();
     loop {
         tokio::select! {
             () = stop.cancelled() => return None,
-            () = tokio::time::sleep(SCHEMA_CHECK_EVERY) => {}
+            () = tokio::time::sleep(every) => {}
+        }
+        if health.as_ref().is_some_and(|h| h.failed()) {
+            error!("stopping: a sync of the database's log failed, and nothing more can be acknowledged");
+            stop.cancel();
+            return Some(Stopped::LogFailed);
         }
         match store.check_schema().await {
             Ok(()) => {}
             Err(e @ crate::store::StoreError::NewerSchema { .. }) => {
                 error!(error = %e, "stopping: another host process has migrated the database past this version");
                 stop.cancel();
-                return Some(e);
+                return Some(Stopped::Outdated(e));
             }
             Err(e) => warn!(error = %e, "could not check the database's schema version"),
         }
@@ -270,5 +296,36 @@ async fn refresh_periodically(tenants: Arc<Tenants>, every: std::time::Duration)
         if let Err(e) = checked.await {
             warn!(error = %e, "the handler version check panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::DatabaseUrl;
+
+    /// A failed sync of the log stops the server, with that reason; asked to
+    /// stop for another, the watch ends with none.
+    #[tokio::test]
+    async fn a_failed_sync_of_the_log_stops_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("authkit.db").display());
+        let store = Store::connect(&DatabaseUrl::parse(&url).unwrap()).await.unwrap();
+        let every = std::time::Duration::from_millis(10);
+
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(watch_database(store.clone(), stop.clone(), every));
+        tokio::time::sleep(every * 5).await;
+        assert!(!watch.is_finished(), "nothing to stop for");
+        stop.cancel();
+        assert!(watch.await.unwrap().is_none());
+
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(watch_database(store.clone(), stop.clone(), every));
+        store.log_health().unwrap().fail();
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), watch).await.unwrap().unwrap();
+        assert!(matches!(stopped, Some(Stopped::LogFailed)), "{stopped:?}");
+        assert!(stop.is_cancelled());
+        store.close().await;
     }
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
 use crate::store::StoreError;
-use crate::store::exec::{Unsynced, Writer};
+use crate::store::exec::{LogHealth, Unsynced, Writer};
 use crate::store::inbox::{InboxWriter, MAX_INSERT_ROWS, NewEvent};
 use crate::store::sqlite_writer::{SqliteInboxWriter, Stored};
 
@@ -66,9 +66,10 @@ impl Ingest {
         let task = match writer {
             InboxWriter::Sqlite(mut conn) => tokio::task::spawn_blocking(move || {
                 let (to_sync, synced) = std::sync::mpsc::sync_channel::<Written>(UNSYNCED_BATCHES);
+                let health = conn.health();
                 let syncer = std::thread::Builder::new()
                     .name("inbox-sync".into())
-                    .spawn(move || sync_and_answer(&synced))
+                    .spawn(move || sync_and_answer(&synced, &health))
                     .expect("the inbox sync thread starts");
                 let mut batch = Vec::with_capacity(MAX_INSERT_ROWS);
                 let runtime = tokio::runtime::Handle::current();
@@ -248,12 +249,15 @@ struct Written {
 /// The SQLite writer's second half: syncs the log for every batch committed
 /// since the last sync (one sync for all of them: each was committed before it
 /// began) and only then answers their requests. Runs until the writer hangs up.
-fn sync_and_answer(written: &std::sync::mpsc::Receiver<Written>) {
+fn sync_and_answer(written: &std::sync::mpsc::Receiver<Written>, health: &LogHealth) {
     while let Ok(first) = written.recv() {
         let mut group = vec![first];
         group.extend(written.try_iter());
+        // Once a sync has failed nothing is acknowledged, spilled batches
+        // included: a redelivery among them may have been told apart by an
+        // inbox commit that never reached the disk.
+        let mut result = if health.failed() { Err(Arc::new(StoreError::LogFailed)) } else { Ok(()) };
         // Normally one log; a writer reopened after an error has a new one.
-        let mut result = Ok(());
         for (i, w) in group.iter().enumerate() {
             let Some(unsynced) = &w.unsynced else { continue };
             let synced = |earlier: &Written| earlier.unsynced.as_ref().is_some_and(|e| e.same_log(unsynced));
@@ -323,5 +327,33 @@ mod tests {
         answer(waiting, Ok(vec![true, false, true]));
         let got: Vec<_> = answers.iter_mut().map(|a| a.try_recv().unwrap().unwrap()).collect();
         assert_eq!(got, [Accepted::New, Accepted::Duplicate, Accepted::Duplicate, Accepted::New]);
+    }
+
+    /// Once a sync of the log has failed, no batch is acknowledged any more,
+    /// not even one stored (and synced) in the spill file.
+    #[test]
+    fn after_a_failed_sync_nothing_is_acknowledged() {
+        let health = LogHealth::default();
+        let spilled = |id: &str| {
+            let (s, answer) = submission("a", id);
+            let mut batch = vec![s];
+            let (_, replies) = split(&mut batch);
+            (Written { unsynced: None, inserted: vec![true], replies }, answer)
+        };
+        let run = |written: Written| {
+            let (to_sync, synced) = std::sync::mpsc::sync_channel(1);
+            to_sync.send(written).unwrap();
+            drop(to_sync);
+            sync_and_answer(&synced, &health);
+        };
+        let (written, mut answer) = spilled("e1");
+        run(written);
+        assert_eq!(answer.try_recv().unwrap().unwrap(), Accepted::New);
+
+        health.fail();
+        let (written, mut answer) = spilled("e2");
+        run(written);
+        let refused = answer.try_recv().unwrap();
+        assert!(matches!(&refused, Err(IngestError::Store(e)) if matches!(**e, StoreError::LogFailed)), "{refused:?}");
     }
 }

@@ -5,7 +5,8 @@
 //! Owns: [`SyncTx`], one open transaction on either backend, with `execute` and
 //! `query` over the same `$N` SQL text as the rest of the store, and savepoints;
 //! and on SQLite the process's one writing connection, [`Writer`], which the
-//! holder of the write gate uses. On SQLite a transaction runs on a rusqlite
+//! holder of the write gate uses, and whether syncing its log still works
+//! ([`LogHealth`]). On SQLite a transaction runs on a rusqlite
 //! connection (~1 µs a statement against ~60 µs through sqlx's worker thread):
 //! a write transaction on the writer, a read-mostly one on a connection of its
 //! own, kept for reuse, which takes the write gate before it writes. On Postgres
@@ -184,13 +185,22 @@ pub struct Writer {
     /// `conn` is open SQLite does not delete the log (an open connection keeps
     /// it), so this is the file the commits went to; reopened with `conn`.
     log: Option<Arc<Log>>,
+    /// Kept when `conn` and `log` are reopened: a failed sync is not undone
+    /// by opening the file again.
+    health: LogHealth,
 }
 
 impl Writer {
     /// The writer of the database file at `path` (an empty path or
     /// `:memory:`: a database with no file, which nothing writes through here).
     pub fn new(path: PathBuf) -> Writer {
-        Writer { path, conn: None, log: None, map: Map::default() }
+        Writer { path, conn: None, log: None, map: Map::default(), health: LogHealth::default() }
+    }
+
+    /// Whether syncs of this writer's log still work; shared, so that the
+    /// server can watch it without taking the gate.
+    pub fn health(&self) -> LogHealth {
+        self.health.clone()
     }
 
     /// The connection, opened if need be, outside any transaction: one that a
@@ -224,7 +234,10 @@ impl Writer {
         let path = log_path(&self.path);
         // Write access: some systems refuse to sync a file opened read-only.
         match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(file) => Ok(Unsynced(self.log.insert(Arc::new(Log { file, path })).clone())),
+            Ok(file) => {
+                let log = Log { file, path, health: self.health.clone() };
+                Ok(Unsynced(self.log.insert(Arc::new(log)).clone()))
+            }
             Err(source) => Err(StoreError::Sync { path: path.display().to_string(), source }),
         }
     }
@@ -304,6 +317,34 @@ pub(super) fn log_path(db: &Path) -> PathBuf {
 struct Log {
     file: std::fs::File,
     path: PathBuf,
+    health: LogHealth,
+}
+
+/// Whether this process may still make commits on its SQLite writer durable.
+///
+/// Once a sync of the log fails, every later one is refused without trying,
+/// for the rest of the process's life. A failed sync (an I/O error writing
+/// the file back) leaves the pages it could not write in memory marked as
+/// written, so a later sync can succeed without them on disk; after a power
+/// cut SQLite replays the log only up to the first frame that is missing, and
+/// everything committed after it would be lost, acknowledged or not. So
+/// nothing committed after the failure may be acknowledged: webhooks are
+/// answered with an error (WorkOS sends them again), and the server stops
+/// (see `server::watch_database`). After a restart SQLite reads the log back
+/// and the checkpointer copies it into the database file with fresh writes.
+/// This is how Postgres treats a failed fsync too.
+#[derive(Debug, Clone, Default)]
+pub struct LogHealth(Arc<std::sync::atomic::AtomicBool>);
+
+impl LogHealth {
+    /// Whether a sync of the log has failed in this process.
+    pub fn failed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn fail(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Commits on the writer that are in the log but maybe not yet on disk.
@@ -312,9 +353,19 @@ pub struct Unsynced(Arc<Log>);
 impl Unsynced {
     /// Syncs the log: every commit made before this call (by anyone) is then
     /// durable.
+    /// Refused once any sync of this writer's log has failed (see [`LogHealth`]).
     pub fn sync(&self) -> Result<()> {
         let log = &self.0;
-        log.file.sync_data().map_err(|source| StoreError::Sync { path: log.path.display().to_string(), source })
+        let path = || log.path.display().to_string();
+        if log.health.failed() {
+            return Err(StoreError::LogFailed);
+        }
+        log.file.sync_data().map_err(|source| {
+            log.health.fail();
+            tracing::error!(file = %path(), error = %source,
+                "syncing the database's log failed: nothing committed from now on is acknowledged; the host stops");
+            StoreError::Sync { path: path(), source }
+        })
     }
 
     /// Whether syncing `other` would sync the same file as this.
@@ -678,6 +729,40 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+
+    /// A sync that fails (here: of a pipe, which cannot be synced) makes every
+    /// later sync of the writer refuse without trying, whatever file it is
+    /// for: a file that failed to sync is not sound again by being reopened.
+    #[test]
+    fn after_one_failed_sync_every_sync_of_the_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut writer = Writer::new(path.clone());
+        let health = writer.health();
+        writer.conn().unwrap().execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+        let sound = writer.unsynced().unwrap();
+        sound.sync().unwrap();
+        assert!(!health.failed());
+
+        let (_reader, pipe) = std::io::pipe().unwrap();
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
+        let failing = Unsynced(Arc::new(Log { file, path: "a pipe".into(), health: writer.health() }));
+        assert!(matches!(failing.sync(), Err(StoreError::Sync { .. })), "a pipe cannot be synced");
+        assert!(health.failed());
+        assert!(
+            matches!(sound.sync(), Err(StoreError::LogFailed)),
+            "the log that still could be synced is refused too"
+        );
+        // Reopened (as after an error on the connection): still refused.
+        writer.conn = None;
+        writer.log = None;
+        writer.conn().unwrap().execute_batch("INSERT INTO t VALUES (2);").unwrap();
+        assert!(matches!(writer.unsynced().unwrap().sync(), Err(StoreError::LogFailed)));
+        // Another process (another writer) starts sound.
+        let mut next = Writer::new(path);
+        next.conn().unwrap().execute_batch("INSERT INTO t VALUES (3);").unwrap();
+        next.unsynced().unwrap().sync().unwrap();
+    }
 
     /// The writer leaves syncing to its committers (`synchronous=NORMAL`),
     /// every other connection syncs at commit (`FULL`), and what a committer

@@ -228,10 +228,10 @@ pub enum InboxWriter {
 
 impl InboxWriter {
     pub fn new(store: &Store) -> Result<InboxWriter> {
-        if let Store::Sqlite(pool, gate) = store
+        if let Store::Sqlite(pool, gate, health) = store
             && let Some(path) = super::sqlite_file(pool)
         {
-            return Ok(InboxWriter::Sqlite(SqliteInboxWriter::open(&path, gate.clone())?));
+            return Ok(InboxWriter::Sqlite(SqliteInboxWriter::open(&path, gate.clone(), health.clone())?));
         }
         Ok(InboxWriter::Pool(store.clone()))
     }

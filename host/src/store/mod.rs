@@ -56,6 +56,10 @@ pub enum StoreError {
     #[error("could not make a commit durable: syncing {path} failed: {source}")]
     Sync { path: String, source: std::io::Error },
     #[error(
+        "a sync of the database's log failed earlier in this process: nothing more is made durable until it restarts"
+    )]
+    LogFailed,
+    #[error(
         "the database was migrated by a newer authkit-host (schema version {found}; this one knows up to {known}): \
          run that version or a later one; every host process on one database must run the same version"
     )]
@@ -67,7 +71,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A connection pool on one of the two backends.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Sqlite(SqlitePool, WriteGate),
+    /// The pool, the write gate, and whether the log has failed to sync.
+    Sqlite(SqlitePool, WriteGate, exec::LogHealth),
     Postgres(PgPool),
 }
 
@@ -83,7 +88,7 @@ pub type WriteGate = Arc<tokio::sync::Mutex<exec::Writer>>;
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Sqlite($pool, _) => $body,
+            $crate::store::Store::Sqlite($pool, ..) => $body,
             $crate::store::Store::Postgres($pool) => $body,
         }
     };
@@ -113,7 +118,8 @@ impl Store {
                     .connect_with(options)
                     .await?;
                 let writer = exec::Writer::new(pool.connect_options().get_filename().to_path_buf());
-                Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(writer)))
+                let health = writer.health();
+                Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(writer)), health)
             }
             DatabaseUrl::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url)?;
@@ -134,7 +140,7 @@ impl Store {
     /// commit); on Postgres, nothing to wait for.
     pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<exec::Writer>> {
         match self {
-            Store::Sqlite(_, gate) => Some(gate.clone().lock_owned().await),
+            Store::Sqlite(_, gate, _) => Some(gate.clone().lock_owned().await),
             Store::Postgres(_) => None,
         }
     }
@@ -142,7 +148,16 @@ impl Store {
     /// The database file, on SQLite with a file.
     fn sqlite_path(&self) -> Option<std::path::PathBuf> {
         match self {
-            Store::Sqlite(pool, _) => sqlite_file(pool),
+            Store::Sqlite(pool, ..) => sqlite_file(pool),
+            Store::Postgres(_) => None,
+        }
+    }
+
+    /// On SQLite, whether this process's syncs of the log still work (see
+    /// [`exec::LogHealth`]); Postgres makes its own commits durable.
+    pub fn log_health(&self) -> Option<exec::LogHealth> {
+        match self {
+            Store::Sqlite(_, _, health) => Some(health.clone()),
             Store::Postgres(_) => None,
         }
     }
@@ -158,7 +173,7 @@ impl Store {
     /// blocking thread (see [`exec`]). `handle` drives Postgres I/O.
     pub fn sync_db(&self, handle: tokio::runtime::Handle) -> Result<exec::SyncDb> {
         match self {
-            Store::Sqlite(pool, gate) => {
+            Store::Sqlite(pool, gate, _) => {
                 let path = sqlite_file(pool).ok_or_else(|| {
                     StoreError::NoSqliteFile(pool.connect_options().get_filename().display().to_string())
                 })?;
@@ -173,7 +188,7 @@ impl Store {
     /// serves. Postgres: nothing to do.
     pub fn start_checkpointer(&self) -> Result<Option<checkpoint::Checkpointer>> {
         match self {
-            Store::Sqlite(pool, gate) => match sqlite_file(pool) {
+            Store::Sqlite(pool, gate, _) => match sqlite_file(pool) {
                 Some(path) => checkpoint::Checkpointer::start(&path, gate.clone()).map(Some),
                 None => Ok(None),
             },
@@ -204,7 +219,7 @@ impl Store {
     /// The newest migration applied to the database; `None` before the first.
     async fn schema_version(&self) -> Result<Option<i64>> {
         let exists = match self {
-            Store::Sqlite(pool, _) => {
+            Store::Sqlite(pool, ..) => {
                 sqlx::query_scalar::<_, i64>(
                     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
                 )

@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use super::exec::{Unsynced, Writer};
+use super::exec::{LogHealth, Unsynced, Writer};
 use super::inbox::{MAX_INSERT_ROWS, NewEvent};
 use super::spill::{SPILL_AFTER, Spill};
 use super::{Result, WriteGate};
@@ -33,6 +33,8 @@ const INSERT_ONE: &str = "INSERT INTO inbox (tenant_id, event_id, event_type, su
 /// of its own, inside a Tokio runtime (it waits for the gate with a timeout).
 pub struct SqliteInboxWriter {
     gate: WriteGate,
+    /// The writer's (see [`LogHealth`]).
+    health: LogHealth,
     /// Boxed: two connections, and the writer moves into the ingest task by value.
     spill: Box<Spill>,
 }
@@ -51,12 +53,12 @@ impl SqliteInboxWriter {
     /// A writer for the (already migrated) database file at `path`. It opens
     /// the writer connection now if the gate is free, so that a file that
     /// cannot be opened fails at start-up, and the spill file. Does not block.
-    pub fn open(path: &Path, gate: WriteGate) -> Result<SqliteInboxWriter> {
+    pub fn open(path: &Path, gate: WriteGate, health: LogHealth) -> Result<SqliteInboxWriter> {
         debug_assert!(!path.as_os_str().is_empty(), "an inbox writer needs a database file");
         if let Ok(mut writer) = gate.try_lock() {
             writer.conn()?;
         }
-        Ok(SqliteInboxWriter { gate, spill: Box::new(Spill::open(path)?) })
+        Ok(SqliteInboxWriter { gate, health, spill: Box::new(Spill::open(path)?) })
     }
 
     /// Stores `events`: in the inbox, in one transaction, if the write gate is
@@ -82,6 +84,11 @@ impl SqliteInboxWriter {
         };
         let inserted = insert(&mut turn, events)?;
         Ok((inserted, Stored::Committed(turn.unsynced()?)))
+    }
+
+    /// Whether syncs of the writer's log still work.
+    pub fn health(&self) -> LogHealth {
+        self.health.clone()
     }
 
     /// Whether the spill file may still hold events.
