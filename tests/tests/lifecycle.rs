@@ -250,3 +250,67 @@ async fn a_host_stops_once_a_newer_version_has_migrated_its_database(db: TestDb)
     assert!(!ok, "{err}");
     assert!(err.contains("migrated by a newer authkit-host") && err.contains("same version"), "{err}");
 }
+
+/// SQLite: once syncing the database's log fails (a disk error, made here by
+/// a shim loaded with `LD_PRELOAD`, see `tests/fault/`), nothing more is
+/// acknowledged, not even after the disk works again (the pages a failed
+/// sync could not write are marked written, so a later sync can succeed
+/// without them), and the host stops with an error saying why. Started again
+/// on a sound disk, it has everything it acknowledged, and the events it
+/// refused are stored once when WorkOS sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_of_the_log_stops_the_host_and_nothing_after_it_is_acknowledged() {
+    let Some(db) = TestDb::create(Backend::Sqlite, "failed_sync").await else { return };
+    let shim = db.dir.path().join("libfail_log_sync.so");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fault/fail_log_sync.c");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .unwrap_or_else(|e| panic!("{cc} (needed to build SQLite too) could not run: {e}"));
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let marker = db.dir.path().join("the-disk-fails");
+    let options = ServerOptions::default()
+        .env("LD_PRELOAD", shim.to_str().unwrap())
+        .env("AUTHKIT_TEST_FAIL_SYNC_WHEN", marker.to_str().unwrap());
+    let mut server = TestServer::start_with(&db, options).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let (id, body) = user_event(&server, i);
+        assert_eq!(server.deliver(&body).await.status, 200, "{}", server.log());
+        acknowledged.push(id);
+    }
+
+    std::fs::write(&marker, b"").unwrap();
+    let (_, failed) = user_event(&server, 5);
+    let reply = server.deliver(&failed).await;
+    assert_eq!((reply.status, reply.code()), (503, "storage_unavailable"), "{reply:?}");
+    // The disk works again; the host still acknowledges nothing.
+    std::fs::remove_file(&marker).unwrap();
+    let (_, after) = user_event(&server, 6);
+    match server.try_deliver(&after).await {
+        Ok(reply) => assert_eq!(reply.status, 503, "acknowledged after a failed sync: {reply:?}"),
+        Err(e) => assert!(e.is_connect() || e.is_request(), "{e}"),
+    }
+    let status = server.wait_exit().await;
+    assert!(!status.success(), "a host whose log failed must not exit as if asked to stop: {status}");
+    let log = server.log();
+    assert!(log.contains("syncing the SQLite database's log failed"), "{log}");
+    assert!(log.contains("Input/output error"), "the disk's error is logged: {log}");
+
+    // On a sound disk: what was acknowledged is there; WorkOS sends the rest again.
+    let server = TestServer::start(&db).await;
+    for body in [&failed, &after] {
+        assert_eq!(server.deliver(body).await.status, 200, "{}", server.log());
+    }
+    let store = db.store().await;
+    settle(&store).await;
+    for id in &acknowledged {
+        assert!(store.get_event("default", id).await.unwrap().is_some(), "{id} was acknowledged and is gone");
+    }
+    let users = store.list_users("default", None, 100).await.unwrap();
+    assert_eq!(users.len(), 7, "{users:?}");
+}
