@@ -1,9 +1,13 @@
 /*
- * A disk that fails to sync the database's log, for the lifecycle tests:
- * loaded into authkit-host with LD_PRELOAD, it makes fsync and fdatasync of a
- * file named `authkit.db-wal` fail with EIO while the file named by
- * AUTHKIT_TEST_FAIL_SYNC_WHEN exists. Every other call goes to libc.
- * Built by the test with the C compiler the build already needs (SQLite).
+ * A failing disk under the database's log, for the lifecycle tests: loaded
+ * into authkit-host with LD_PRELOAD, it makes calls on a file named
+ * `authkit.db-wal` fail:
+ * - fsync and fdatasync with EIO while the file named by
+ *   AUTHKIT_TEST_FAIL_SYNC_WHEN exists;
+ * - pwrite, pwrite64 and write with ENOSPC (a full disk) while the file named
+ *   by AUTHKIT_TEST_DISK_FULL_WHEN exists.
+ * Every other call goes to libc. Built by the test with the C compiler the
+ * build already needs (SQLite).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -11,10 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <unistd.h>
 
-static int failing(int fd) {
-    const char *marker = getenv("AUTHKIT_TEST_FAIL_SYNC_WHEN");
+static int failing(int fd, const char *variable) {
+    const char *marker = getenv(variable);
     if (marker == NULL || access(marker, F_OK) != 0) {
         return 0;
     }
@@ -35,7 +40,7 @@ int fdatasync(int fd) {
     if (real == NULL) {
         real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
     }
-    if (failing(fd)) {
+    if (failing(fd, "AUTHKIT_TEST_FAIL_SYNC_WHEN")) {
         errno = EIO;
         return -1;
     }
@@ -47,9 +52,45 @@ int fsync(int fd) {
     if (real == NULL) {
         real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
     }
-    if (failing(fd)) {
+    if (failing(fd, "AUTHKIT_TEST_FAIL_SYNC_WHEN")) {
         errno = EIO;
         return -1;
     }
     return real(fd);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    static ssize_t (*real)(int, const void *, size_t, off_t);
+    if (real == NULL) {
+        real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
+    }
+    if (failing(fd, "AUTHKIT_TEST_DISK_FULL_WHEN")) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real(fd, buf, count, offset);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
+    static ssize_t (*real)(int, const void *, size_t, off_t);
+    if (real == NULL) {
+        real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
+    }
+    if (failing(fd, "AUTHKIT_TEST_DISK_FULL_WHEN")) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real(fd, buf, count, offset);
+}
+
+ssize_t write(int fd, const void *buf, size_t count) {
+    static ssize_t (*real)(int, const void *, size_t);
+    if (real == NULL) {
+        real = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    }
+    if (failing(fd, "AUTHKIT_TEST_DISK_FULL_WHEN")) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real(fd, buf, count);
 }

@@ -251,16 +251,16 @@ async fn a_host_stops_once_a_newer_version_has_migrated_its_database(db: TestDb)
     assert!(err.contains("migrated by a newer authkit-host") && err.contains("same version"), "{err}");
 }
 
-/// SQLite: once syncing the database's log fails (a disk error, made here by
-/// a shim loaded with `LD_PRELOAD`, see `tests/fault/`), nothing more is
-/// acknowledged, not even after the disk works again (the pages a failed
-/// sync could not write are marked written, so a later sync can succeed
-/// without them), and the host stops with an error saying why. Started again
-/// on a sound disk, it has everything it acknowledged, and the events it
-/// refused are stored once when WorkOS sends them again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_sync_of_the_log_stops_the_host_and_nothing_after_it_is_acknowledged() {
-    let Some(db) = TestDb::create(Backend::Sqlite, "failed_sync").await else { return };
+/// Marker files in the test database's directory that make the disk under
+/// its log fail, while they exist, for a server started with
+/// [`failing_disk`]: every sync of the log fails (EIO); every write to it
+/// fails (ENOSPC).
+const FAILED_SYNC: &str = "the-disk-fails-to-sync";
+const DISK_FULL: &str = "the-disk-is-full";
+
+/// Options that start the server over a disk that fails on demand: the shim
+/// in `tests/fault/`, built here and loaded with `LD_PRELOAD`.
+fn failing_disk(db: &TestDb) -> ServerOptions {
     let shim = db.dir.path().join("libfail_log_sync.so");
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fault/fail_log_sync.c");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -272,10 +272,24 @@ async fn a_failed_sync_of_the_log_stops_the_host_and_nothing_after_it_is_acknowl
         .output()
         .unwrap_or_else(|e| panic!("{cc} (needed to build SQLite too) could not run: {e}"));
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    let marker = db.dir.path().join("the-disk-fails");
-    let options = ServerOptions::default()
+    let marker = |name: &str| db.dir.path().join(name).to_str().unwrap().to_string();
+    ServerOptions::default()
         .env("LD_PRELOAD", shim.to_str().unwrap())
-        .env("AUTHKIT_TEST_FAIL_SYNC_WHEN", marker.to_str().unwrap());
+        .env("AUTHKIT_TEST_FAIL_SYNC_WHEN", &marker(FAILED_SYNC))
+        .env("AUTHKIT_TEST_DISK_FULL_WHEN", &marker(DISK_FULL))
+}
+
+/// SQLite: once syncing the database's log fails (a disk error, made here by
+/// a shim loaded with `LD_PRELOAD`, see `tests/fault/`), nothing more is
+/// acknowledged, not even after the disk works again (the pages a failed
+/// sync could not write are marked written, so a later sync can succeed
+/// without them), and the host stops with an error saying why. Started again
+/// on a sound disk, it has everything it acknowledged, and the events it
+/// refused are stored once when WorkOS sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_of_the_log_stops_the_host_and_nothing_after_it_is_acknowledged() {
+    let Some(db) = TestDb::create(Backend::Sqlite, "failed_sync").await else { return };
+    let (options, marker) = (failing_disk(&db), db.dir.path().join(FAILED_SYNC));
     let mut server = TestServer::start_with(&db, options).await;
     let mut acknowledged = Vec::new();
     for i in 0..5 {
@@ -313,4 +327,57 @@ async fn a_failed_sync_of_the_log_stops_the_host_and_nothing_after_it_is_acknowl
     }
     let users = store.list_users("default", None, 100).await.unwrap();
     assert_eq!(users.len(), 7, "{users:?}");
+}
+
+/// SQLite: while the disk is full (writes to the log fail with ENOSPC, made by
+/// the shim in `tests/fault/`), webhooks get 503 and nothing is acknowledged;
+/// the host keeps serving, and once there is room again it acknowledges and
+/// applies events as before, the refused ones included when sent again.
+/// (Unlike a failed sync, a failed write leaves nothing behind that a later
+/// sync could pass over: SQLite rolls the transaction back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_webhooks_until_there_is_room_and_loses_nothing() {
+    let Some(db) = TestDb::create(Backend::Sqlite, "disk_full").await else { return };
+    let full = db.dir.path().join(DISK_FULL);
+    let server = TestServer::start_with(&db, failing_disk(&db)).await;
+    let deliver = |i: usize| {
+        let (id, body) = user_event(&server, i);
+        let server = &server;
+        async move { (id, body.clone(), server.deliver(&body).await) }
+    };
+    let mut acknowledged = Vec::new();
+    for i in 0..3 {
+        let (id, _, reply) = deliver(i).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        acknowledged.push(id);
+    }
+    std::fs::write(&full, b"").unwrap();
+    let mut refused = Vec::new();
+    for i in 3..6 {
+        let (id, body, reply) = deliver(i).await;
+        assert_eq!((reply.status, reply.code()), (503, "storage_unavailable"), "{reply:?}");
+        refused.push((id, body));
+    }
+    std::fs::remove_file(&full).unwrap();
+    for i in 6..9 {
+        let (id, _, reply) = deliver(i).await;
+        assert_eq!(reply.status, 200, "once there is room again: {reply:?}\n{}", server.log());
+        acknowledged.push(id);
+    }
+    // WorkOS sends the refused ones again.
+    for (id, body) in &refused {
+        assert_eq!(server.deliver(body).await.status, 200);
+        acknowledged.push(id.clone());
+    }
+    let store = db.store().await;
+    settle(&store).await;
+    for id in &acknowledged {
+        assert!(store.get_event("default", id).await.unwrap().is_some(), "{id} was acknowledged and is gone");
+    }
+    assert_eq!(store.list_users("default", None, 100).await.unwrap().len(), 9);
+    assert!(
+        server.log().contains("No space left on device") || server.log().contains("database or disk is full"),
+        "the cause is logged: {}",
+        server.log()
+    );
 }
