@@ -35,62 +35,27 @@ static int failing(int fd, const char *variable) {
     return (size_t)n >= len && strcmp(path + n - len, log) == 0;
 }
 
-int fdatasync(int fd) {
-    static int (*real)(int);
-    if (real == NULL) {
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-    }
-    if (failing(fd, "AUTHKIT_TEST_FAIL_SYNC_WHEN")) {
-        errno = EIO;
-        return -1;
-    }
-    return real(fd);
-}
+#define SYNC "AUTHKIT_TEST_FAIL_SYNC_WHEN"
+#define FULL "AUTHKIT_TEST_DISK_FULL_WHEN"
 
-int fsync(int fd) {
-    static int (*real)(int);
-    if (real == NULL) {
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+/* Defines `name` to fail with `error` on the log while `variable`'s marker
+ * exists, and to call libc's `name` otherwise. */
+#define INTERPOSE(ret, name, params, args, variable, error)          \
+    ret name params {                                                \
+        static ret(*real) params;                                    \
+        if (real == NULL) {                                          \
+            real = (ret(*) params)dlsym(RTLD_NEXT, #name);           \
+        }                                                            \
+        if (failing(fd, variable)) {                                 \
+            errno = error;                                           \
+            return -1;                                               \
+        }                                                            \
+        return real args;                                            \
     }
-    if (failing(fd, "AUTHKIT_TEST_FAIL_SYNC_WHEN")) {
-        errno = EIO;
-        return -1;
-    }
-    return real(fd);
-}
 
-ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
-    static ssize_t (*real)(int, const void *, size_t, off_t);
-    if (real == NULL) {
-        real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
-    }
-    if (failing(fd, "AUTHKIT_TEST_DISK_FULL_WHEN")) {
-        errno = ENOSPC;
-        return -1;
-    }
-    return real(fd, buf, count, offset);
-}
-
-ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
-    static ssize_t (*real)(int, const void *, size_t, off_t);
-    if (real == NULL) {
-        real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
-    }
-    if (failing(fd, "AUTHKIT_TEST_DISK_FULL_WHEN")) {
-        errno = ENOSPC;
-        return -1;
-    }
-    return real(fd, buf, count, offset);
-}
-
-ssize_t write(int fd, const void *buf, size_t count) {
-    static ssize_t (*real)(int, const void *, size_t);
-    if (real == NULL) {
-        real = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
-    }
-    if (failing(fd, "AUTHKIT_TEST_DISK_FULL_WHEN")) {
-        errno = ENOSPC;
-        return -1;
-    }
-    return real(fd, buf, count);
-}
+INTERPOSE(int, fsync, (int fd), (fd), SYNC, EIO)
+INTERPOSE(int, fdatasync, (int fd), (fd), SYNC, EIO)
+INTERPOSE(ssize_t, write, (int fd, const void *buf, size_t count), (fd, buf, count), FULL, ENOSPC)
+INTERPOSE(ssize_t, pwrite, (int fd, const void *buf, size_t count, off_t offset), (fd, buf, count, offset), FULL, ENOSPC)
+INTERPOSE(ssize_t, pwrite64, (int fd, const void *buf, size_t count, off_t offset), (fd, buf, count, offset), FULL,
+          ENOSPC)
