@@ -85,26 +85,11 @@ impl CodeCache {
     /// no stored version has). Returns how many files it deleted; a file that
     /// cannot be deleted is logged and left (it is only a cache).
     pub fn forget(&self, hash: &str) -> usize {
-        let Some(dir) = &self.dir else { return 0 };
         if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             warn!(hash, "not a content hash; nothing deleted from the compiled-code cache");
             return 0;
         }
-        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-        let prefix = format!("{hash}-");
-        let mut deleted = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !(name.starts_with(&prefix) && name.ends_with(".cwasm")) {
-                continue;
-            }
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => deleted += 1,
-                Err(e) => warn!(file = name, error = %e, "cannot delete unused compiled code"),
-            }
-        }
-        deleted
+        self.delete_where(|file, _| file.hash == hash && matches!(file.kind, FileKind::Entry))
     }
 
     /// Deletes what the cache directory holds that no one will read: every
@@ -120,13 +105,7 @@ impl CodeCache {
     /// upload has not committed yet. Returns how many files it deleted.
     /// Blocking: it reads the directory.
     pub fn sweep(&self, in_use: &HashSet<String>) -> usize {
-        let Some(dir) = &self.dir else { return 0 };
-        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-        let mut deleted = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(file) = CacheFile::parse(name) else { continue };
+        self.delete_where(|file, entry| {
             let keep = match file.kind {
                 FileKind::Entry => file.fingerprint == self.fingerprint && in_use.contains(file.hash),
                 FileKind::Unfinished => false,
@@ -135,7 +114,22 @@ impl CodeCache {
                 .metadata()
                 .and_then(|m| m.modified())
                 .map_or(true, |at| at.elapsed().map_or(true, |age| age < SWEEP_AFTER));
-            if keep || young {
+            !keep && !young
+        })
+    }
+
+    /// Deletes each file of the cache directory named as this cache names
+    /// them (see [`CacheFile`]) for which `doomed` says so; others are never
+    /// touched. Returns how many it deleted; a file that cannot be deleted is
+    /// logged and left (it is only a cache). Blocking.
+    fn delete_where(&self, doomed: impl Fn(&CacheFile, &std::fs::DirEntry) -> bool) -> usize {
+        let Some(dir) = &self.dir else { return 0 };
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !CacheFile::parse(name).is_some_and(|file| doomed(&file, &entry)) {
                 continue;
             }
             match std::fs::remove_file(entry.path()) {
