@@ -8,6 +8,7 @@ pub mod authkit;
 pub mod bench;
 pub mod db;
 pub mod documents;
+pub mod fault;
 pub mod guests;
 pub mod server;
 pub mod workos;
