@@ -28,6 +28,12 @@ pub fn build_shim(name: &str, dir: &Path) -> PathBuf {
     shim
 }
 
+/// How many times a power-cut test cuts: `AUTHKIT_TEST_POWER_CUTS`, 3 by
+/// default (more for a soak).
+pub fn cuts() -> usize {
+    std::env::var("AUTHKIT_TEST_POWER_CUTS").map_or(3, |n| n.parse().expect("AUTHKIT_TEST_POWER_CUTS: a number"))
+}
+
 /// What a power cut undid: per database file, the writes since its last sync.
 #[derive(Debug, Default)]
 pub struct Cut {

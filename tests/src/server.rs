@@ -179,15 +179,26 @@ impl TestServer {
     /// POSTs raw bytes to `path` with the given headers; returns the status, the
     /// exact body bytes and how long the round trip took.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Vec<u8>, Duration) {
+        let started = std::time::Instant::now();
+        let (status, bytes) = self.try_post(path, body, headers).await.expect("request");
+        (status, bytes, started.elapsed())
+    }
+
+    /// Like [`TestServer::post_raw`], but a failed connection is returned, not
+    /// a panic, and nothing is timed.
+    pub async fn try_post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Result<(u16, Vec<u8>), reqwest::Error> {
         let mut req = self.client.post(self.url(path)).header("content-type", "application/json").body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let started = std::time::Instant::now();
-        let resp = req.send().await.expect("request");
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_default().to_vec();
-        (status, bytes, started.elapsed())
+        Ok((status, resp.bytes().await?.to_vec()))
     }
 
     /// POSTs `body` signed now by the emulator, as WorkOS would.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use authkit_host::store::Store;
 use authkit_host::store::inbox::EventFilter;
 use authkit_host::workos::event::RecordKind;
-use authkit_tests::fault::{PowerCut, build_shim};
+use authkit_tests::fault::{self, PowerCut, build_shim};
 use authkit_tests::server::{cli, host_binary};
 use authkit_tests::workos::user;
 use authkit_tests::{Backend, ServerOptions, TestDb, TestServer, eventually, on_both_backends};
@@ -377,9 +377,11 @@ async fn a_full_disk_refuses_webhooks_until_there_is_room_and_loses_nothing() {
 /// disk that keeps only what was synced (the shim `tests/fault/power_cut.c`
 /// journals every write to the database's files; after the process is
 /// killed, every write since its file's last sync is undone), while 16
-/// senders deliver webhooks and the worker applies them. Three times: cut,
-/// start again over the same disk. Then, on a sound disk: every acknowledged
-/// event is in the inbox and applied, and the database is intact.
+/// senders deliver webhooks and the worker applies them, at different times
+/// after the start, so that the cut may fall in the checkpointer's copy of the
+/// log into the database file. Three times (`AUTHKIT_TEST_POWER_CUTS`): cut,
+/// start again over the same disk. Then, on a sound disk: every acknowledged event
+/// is in the inbox and applied, and the database is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_loses_no_acknowledged_webhook() {
     let Some(db) = TestDb::create(Backend::Sqlite, "power_cut").await else { return };
@@ -387,7 +389,7 @@ async fn a_power_cut_loses_no_acknowledged_webhook() {
     let sent = Arc::new(AtomicUsize::new(0));
     let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut undone = Vec::new();
-    for _ in 0..3 {
+    for cut in 0..fault::cuts() {
         let server = Arc::new(TestServer::start_with(&db, disk.under(ServerOptions::default())).await);
         let before = acknowledged.lock().unwrap().len();
         let senders: Vec<_> = (0..16)
@@ -409,10 +411,15 @@ async fn a_power_cut_loses_no_acknowledged_webhook() {
             (acknowledged.lock().unwrap().len() >= before + 100).then_some(())
         })
         .await;
+        // Then 0, 450 or 900 ms more, so that cuts fall before, during and
+        // after the checkpointer's first copy of the log (1 s after start).
+        tokio::time::sleep(Duration::from_millis(450 * (cut as u64 % 3))).await;
         server.signal("KILL");
         for sender in senders {
             sender.await.unwrap();
         }
+        // Cut only once the process is gone: it writes nothing more.
+        Arc::into_inner(server).unwrap().wait_exit().await;
         undone.push(disk.cut());
     }
     eprintln!("undone at each cut: {undone:?}");

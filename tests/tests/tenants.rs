@@ -3,6 +3,7 @@
 //! has, and a noisy neighbour that does not hold up another tenant's events.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use authkit_host::store::Store;
@@ -11,7 +12,7 @@ use authkit_host::store::spill::Spill;
 use authkit_host::store::tenants::TenantRow;
 use authkit_tests::db::bare_tenant;
 use authkit_tests::documents::tenant_documents;
-use authkit_tests::fault::PowerCut;
+use authkit_tests::fault::{self, PowerCut};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::{TEST_SECRET, cli};
 use authkit_tests::workos::{Emulator, authentication_action, now_ms, user, verify_action_response};
@@ -907,6 +908,94 @@ async fn a_power_cut_loses_no_spilled_webhook() {
     let server = TestServer::start_with(&db, options(&db)).await;
     quiet_applied_once(&db, &sent).await;
     drop(server);
+}
+
+/// SQLite: power cuts while webhooks go into the spill file and are moved
+/// out of it lose nothing acknowledged. `noisy`'s handler loops until its
+/// 300 ms deadline on a new event every 200 ms, so the worker holds the write
+/// lock most of the time, and `default`'s webhooks, sent by 8 senders all
+/// along, are spilled and moved into the inbox again and again. The power is
+/// cut (as in lifecycle.rs's `a_power_cut_loses_no_acknowledged_webhook`)
+/// after every 40 acknowledgements, `AUTHKIT_TEST_POWER_CUTS` times (3 by
+/// default; more for a soak). Then, on a sound disk, every acknowledged event
+/// is applied and the spill file is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cuts_while_webhooks_are_spilled_and_moved_lose_nothing() {
+    let Some(db) = TestDb::create(Backend::Sqlite, "power_cuts_spill").await else { return };
+    let disk = PowerCut::new(&db);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut undone = Vec::new();
+    for cut in 0..fault::cuts() {
+        let server = Arc::new(TestServer::start_with(&db, disk.under(options(&db))).await);
+        if cut == 0 {
+            create(&server, "noisy", "whsec_noisy", "sk_noisy", json!({ "event_deadline_ms": 300 })).await;
+            deploy(&server, "noisy", stamped(1)).await;
+        }
+        let before = acknowledged.lock().unwrap().len();
+        let noisy = server.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            let emulator = Emulator::new("whsec_noisy");
+            loop {
+                let (_, event) = emulator.event("test.loop", json!({}), "2025-01-01T00:00:01.000Z");
+                let signature = emulator.signature(now_ms(), &event);
+                let headers = [("WorkOS-Signature", signature)];
+                if noisy.try_post("/t/noisy/workos/webhook", event, &headers).await.is_err() {
+                    return; // the power is off
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })];
+        for _ in 0..8 {
+            let (server, sent, acknowledged) = (server.clone(), sent.clone(), acknowledged.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = sent.fetch_add(1, Ordering::SeqCst);
+                    let at = "2025-01-01T00:00:01.000Z";
+                    let (id, body) =
+                        server.emulator.event("user.created", user(&format!("user_{i}"), "u@example.com", "U", at), at);
+                    match server.try_deliver(&body).await {
+                        Ok(reply) if reply.status == 200 => acknowledged.lock().unwrap().push(id),
+                        Ok(reply) => panic!("{reply:?}"),
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        // Cut once this run has moved spilled webhooks at least twice (so
+        // that the cut falls anywhere in the cycle of spilling and moving).
+        eventually("40 more acknowledgements and two moves", Duration::from_secs(60), || async {
+            let moves = server.log().matches("spilled webhooks moved into the inbox").count();
+            (acknowledged.lock().unwrap().len() >= before + 40 && moves >= 2).then_some(())
+        })
+        .await;
+        server.signal("KILL");
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Cut only once the process is gone: it writes nothing more.
+        Arc::into_inner(server).unwrap().wait_exit().await;
+        undone.push(disk.cut().writes());
+    }
+    eprintln!("writes undone at each cut: {undone:?}");
+
+    let _server = TestServer::start_with(&db, options(&db)).await;
+    let store = db.store().await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eventually("every acknowledged event applied", Duration::from_secs(120), || async {
+        for id in &acknowledged {
+            let event = store.get_event("default", id).await.unwrap();
+            assert!(event.is_some(), "{id} was acknowledged and is gone");
+            if event.unwrap().status != "done" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert_eq!(spilled(&db, "default").await, 0);
+    let users = store.list_users("default", None, 100_000).await.unwrap().len();
+    assert!((acknowledged.len()..=sent.load(Ordering::SeqCst)).contains(&users), "{users} users");
 }
 
 /// SQLite: how many of `tenant`'s events the spill file beside the database
