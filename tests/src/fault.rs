@@ -9,8 +9,13 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::{ServerOptions, TestDb};
+use tokio::task::JoinHandle;
+
+use crate::workos::user;
+use crate::{ServerOptions, TestDb, TestServer};
 
 /// Builds `tests/fault/<name>.c` into a shared library in `dir`; returns its path.
 pub fn build_shim(name: &str, dir: &Path) -> PathBuf {
@@ -109,6 +114,69 @@ impl PowerCut {
         std::fs::remove_dir_all(&self.journals).unwrap();
         std::fs::create_dir(&self.journals).unwrap();
         cut
+    }
+}
+
+impl PowerCut {
+    /// Kills `server` (SIGKILL), waits for `tasks` (which end once their
+    /// connections fail) and for the process to be gone, so that it writes
+    /// nothing more, then cuts.
+    pub async fn kill_and_cut(&self, server: Arc<TestServer>, tasks: Vec<JoinHandle<()>>) -> Cut {
+        server.signal("KILL");
+        for task in tasks {
+            task.await.unwrap();
+        }
+        Arc::into_inner(server).expect("no task holds the server").wait_exit().await;
+        self.cut()
+    }
+}
+
+/// Webhooks sent to the `default` tenant until the power goes off: each a
+/// user.created of a user of its own (`user_<n>`), and which were acknowledged.
+#[derive(Clone, Default)]
+pub struct Deliveries {
+    sent: Arc<AtomicUsize>,
+    acknowledged: Arc<Mutex<Vec<String>>>,
+}
+
+impl Deliveries {
+    /// Starts `senders` tasks delivering to `server` one webhook after
+    /// another; each ends when its connection fails (the power is off) and
+    /// panics at any answer but 200.
+    pub fn start(&self, server: &Arc<TestServer>, senders: usize) -> Vec<JoinHandle<()>> {
+        (0..senders)
+            .map(|_| {
+                let (server, this) = (server.clone(), self.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let n = this.sent.fetch_add(1, Ordering::SeqCst);
+                        let at = "2025-01-01T00:00:00.000Z";
+                        let data = user(&format!("user_{n}"), &format!("u{n}@example.com"), "U", at);
+                        let (id, body) = server.emulator.event("user.created", data, at);
+                        match server.try_deliver(&body).await {
+                            Ok(reply) if reply.status == 200 => this.acknowledged.lock().unwrap().push(id),
+                            Ok(reply) => panic!("{reply:?}"),
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The ids of the events acknowledged so far.
+    pub fn acknowledged(&self) -> Vec<String> {
+        self.acknowledged.lock().unwrap().clone()
+    }
+
+    /// How many were acknowledged so far.
+    pub fn acknowledged_count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// How many were sent (acknowledged, refused or cut off).
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
     }
 }
 

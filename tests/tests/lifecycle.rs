@@ -10,7 +10,7 @@ use std::time::Duration;
 use authkit_host::store::Store;
 use authkit_host::store::inbox::EventFilter;
 use authkit_host::workos::event::RecordKind;
-use authkit_tests::fault::{self, PowerCut, build_shim};
+use authkit_tests::fault::{self, Deliveries, PowerCut, build_shim};
 use authkit_tests::server::{cli, host_binary};
 use authkit_tests::workos::user;
 use authkit_tests::{Backend, ServerOptions, TestDb, TestServer, eventually, on_both_backends};
@@ -386,41 +386,20 @@ async fn a_full_disk_refuses_webhooks_until_there_is_room_and_loses_nothing() {
 async fn a_power_cut_loses_no_acknowledged_webhook() {
     let Some(db) = TestDb::create(Backend::Sqlite, "power_cut").await else { return };
     let disk = PowerCut::new(&db);
-    let sent = Arc::new(AtomicUsize::new(0));
-    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deliveries = Deliveries::default();
     let mut undone = Vec::new();
     for cut in 0..fault::cuts() {
         let server = Arc::new(TestServer::start_with(&db, disk.under(ServerOptions::default())).await);
-        let before = acknowledged.lock().unwrap().len();
-        let senders: Vec<_> = (0..16)
-            .map(|_| {
-                let (server, sent, acknowledged) = (server.clone(), sent.clone(), acknowledged.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let (id, body) = user_event(&server, sent.fetch_add(1, Ordering::SeqCst));
-                        match server.try_deliver(&body).await {
-                            Ok(reply) if reply.status == 200 => acknowledged.lock().unwrap().push(id),
-                            Ok(reply) => panic!("{reply:?}"),
-                            Err(_) => return, // the power is off
-                        }
-                    }
-                })
-            })
-            .collect();
+        let before = deliveries.acknowledged_count();
+        let senders = deliveries.start(&server, 16);
         eventually("100 more acknowledgements", Duration::from_secs(60), || async {
-            (acknowledged.lock().unwrap().len() >= before + 100).then_some(())
+            (deliveries.acknowledged_count() >= before + 100).then_some(())
         })
         .await;
         // Then 0, 450 or 900 ms more, so that cuts fall before, during and
         // after the checkpointer's first copy of the log (1 s after start).
         tokio::time::sleep(Duration::from_millis(450 * (cut as u64 % 3))).await;
-        server.signal("KILL");
-        for sender in senders {
-            sender.await.unwrap();
-        }
-        // Cut only once the process is gone: it writes nothing more.
-        Arc::into_inner(server).unwrap().wait_exit().await;
-        undone.push(disk.cut());
+        undone.push(disk.kill_and_cut(server, senders).await);
     }
     eprintln!("undone at each cut: {undone:?}");
     assert!(undone.iter().any(|cut| cut.writes() > 0), "no cut found unsynced writes to undo: {undone:?}");
@@ -428,7 +407,7 @@ async fn a_power_cut_loses_no_acknowledged_webhook() {
     let _server = TestServer::start(&db).await;
     let store = db.store().await;
     settle(&store).await;
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let acknowledged = deliveries.acknowledged();
     let mut lost = Vec::new();
     for id in &acknowledged {
         let event = store.get_event("default", id).await.unwrap();
@@ -444,10 +423,10 @@ async fn a_power_cut_loses_no_acknowledged_webhook() {
     );
     let users = store.count_records(RecordKind::User, "default").await.unwrap() as usize;
     assert!(
-        (acknowledged.len()..=sent.load(Ordering::SeqCst)).contains(&users),
+        (acknowledged.len()..=deliveries.sent()).contains(&users),
         "{users} users from {} acknowledged of {} sent",
         acknowledged.len(),
-        sent.load(Ordering::SeqCst)
+        deliveries.sent()
     );
     let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut conn).await.unwrap();

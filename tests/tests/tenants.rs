@@ -3,7 +3,6 @@
 //! has, and a noisy neighbour that does not hold up another tenant's events.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use authkit_host::store::Store;
@@ -12,7 +11,7 @@ use authkit_host::store::spill::Spill;
 use authkit_host::store::tenants::TenantRow;
 use authkit_tests::db::bare_tenant;
 use authkit_tests::documents::tenant_documents;
-use authkit_tests::fault::{self, PowerCut};
+use authkit_tests::fault::{self, Deliveries, PowerCut};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::{TEST_SECRET, cli};
 use authkit_tests::workos::{Emulator, authentication_action, now_ms, user, verify_action_response};
@@ -900,9 +899,7 @@ async fn a_power_cut_loses_no_spilled_webhook() {
     let server = TestServer::start_with(&db, disk.under(options(&db))).await;
     let sent = quiet_behind_noisy(&server).await;
     assert_eq!(spilled(&db, "quiet").await, 5, "quiet's webhooks in the spill file");
-    server.signal("KILL");
-    drop(server);
-    let cut = disk.cut();
+    let cut = disk.kill_and_cut(Arc::new(server), Vec::new()).await;
     eprintln!("undone: {cut:?}");
     assert_eq!(spilled(&db, "quiet").await, 5, "quiet's acknowledged webhooks after the cut");
     let server = TestServer::start_with(&db, options(&db)).await;
@@ -923,8 +920,7 @@ async fn a_power_cut_loses_no_spilled_webhook() {
 async fn power_cuts_while_webhooks_are_spilled_and_moved_lose_nothing() {
     let Some(db) = TestDb::create(Backend::Sqlite, "power_cuts_spill").await else { return };
     let disk = PowerCut::new(&db);
-    let sent = Arc::new(AtomicUsize::new(0));
-    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deliveries = Deliveries::default();
     let mut undone = Vec::new();
     for cut in 0..fault::cuts() {
         let server = Arc::new(TestServer::start_with(&db, disk.under(options(&db))).await);
@@ -932,7 +928,7 @@ async fn power_cuts_while_webhooks_are_spilled_and_moved_lose_nothing() {
             create(&server, "noisy", "whsec_noisy", "sk_noisy", json!({ "event_deadline_ms": 300 })).await;
             deploy(&server, "noisy", stamped(1)).await;
         }
-        let before = acknowledged.lock().unwrap().len();
+        let before = deliveries.acknowledged_count();
         let noisy = server.clone();
         let mut tasks = vec![tokio::spawn(async move {
             let emulator = Emulator::new("whsec_noisy");
@@ -946,42 +942,21 @@ async fn power_cuts_while_webhooks_are_spilled_and_moved_lose_nothing() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })];
-        for _ in 0..8 {
-            let (server, sent, acknowledged) = (server.clone(), sent.clone(), acknowledged.clone());
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = sent.fetch_add(1, Ordering::SeqCst);
-                    let at = "2025-01-01T00:00:01.000Z";
-                    let (id, body) =
-                        server.emulator.event("user.created", user(&format!("user_{i}"), "u@example.com", "U", at), at);
-                    match server.try_deliver(&body).await {
-                        Ok(reply) if reply.status == 200 => acknowledged.lock().unwrap().push(id),
-                        Ok(reply) => panic!("{reply:?}"),
-                        Err(_) => return,
-                    }
-                }
-            }));
-        }
+        tasks.extend(deliveries.start(&server, 8));
         // Cut once this run has moved spilled webhooks at least twice (so
         // that the cut falls anywhere in the cycle of spilling and moving).
         eventually("40 more acknowledgements and two moves", Duration::from_secs(60), || async {
             let moves = server.log().matches("spilled webhooks moved into the inbox").count();
-            (acknowledged.lock().unwrap().len() >= before + 40 && moves >= 2).then_some(())
+            (deliveries.acknowledged_count() >= before + 40 && moves >= 2).then_some(())
         })
         .await;
-        server.signal("KILL");
-        for task in tasks {
-            task.await.unwrap();
-        }
-        // Cut only once the process is gone: it writes nothing more.
-        Arc::into_inner(server).unwrap().wait_exit().await;
-        undone.push(disk.cut().writes());
+        undone.push(disk.kill_and_cut(server, tasks).await.writes());
     }
     eprintln!("writes undone at each cut: {undone:?}");
 
     let _server = TestServer::start_with(&db, options(&db)).await;
     let store = db.store().await;
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let acknowledged = deliveries.acknowledged();
     eventually("every acknowledged event applied", Duration::from_secs(120), || async {
         for id in &acknowledged {
             let event = store.get_event("default", id).await.unwrap();
@@ -995,7 +970,7 @@ async fn power_cuts_while_webhooks_are_spilled_and_moved_lose_nothing() {
     .await;
     assert_eq!(spilled(&db, "default").await, 0);
     let users = store.list_users("default", None, 100_000).await.unwrap().len();
-    assert!((acknowledged.len()..=sent.load(Ordering::SeqCst)).contains(&users), "{users} users");
+    assert!((acknowledged.len()..=deliveries.sent()).contains(&users), "{users} users");
 }
 
 /// SQLite: how many of `tenant`'s events the spill file beside the database
