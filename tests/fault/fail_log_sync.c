@@ -18,21 +18,15 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "fd_path.h"
+
 static int failing(int fd, const char *variable) {
     const char *marker = getenv(variable);
     if (marker == NULL || access(marker, F_OK) != 0) {
         return 0;
     }
-    char link[64], path[4096];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, path, sizeof path - 1);
-    if (n < 0) {
-        return 0;
-    }
-    path[n] = '\0';
-    const char *log = "/authkit.db-wal";
-    size_t len = strlen(log);
-    return (size_t)n >= len && strcmp(path + n - len, log) == 0;
+    char path[4096];
+    return path_of(fd, path, sizeof path) >= 0 && ends_with(path, "/authkit.db-wal");
 }
 
 #define SYNC "AUTHKIT_TEST_FAIL_SYNC_WHEN"

@@ -33,6 +33,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "fd_path.h"
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 static ssize_t (*real_pwrite_of(void))(int, const void *, size_t, off_t) {
@@ -43,11 +45,6 @@ static ssize_t (*real_pwrite_of(void))(int, const void *, size_t, off_t) {
     return real;
 }
 
-static int ends_with(const char *s, const char *end) {
-    size_t n = strlen(s), m = strlen(end);
-    return n >= m && strcmp(s + n - m, end) == 0;
-}
-
 /* Writes the journal's path (without suffix) of the file open as `fd` into
  * `name`; 0 if it is not one of the database's files. */
 static int journal_of(int fd, char *name, size_t size) {
@@ -56,13 +53,10 @@ static int journal_of(int fd, char *name, size_t size) {
     if (dir == NULL || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         return 0;
     }
-    char link[64], path[4096];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, path, sizeof path - 1);
-    if (n < 0) {
+    char path[4096];
+    if (path_of(fd, path, sizeof path) < 0) {
         return 0;
     }
-    path[n] = '\0';
     const char *base = strrchr(path, '/');
     base = base == NULL ? path : base + 1;
     if (strncmp(path, dir, strlen(dir)) == 0 || strncmp(base, "authkit.db", 10) != 0 || ends_with(base, "-shm") ||
