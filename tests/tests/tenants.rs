@@ -914,8 +914,9 @@ async fn a_power_cut_loses_no_spilled_webhook() {
 /// along, are spilled and moved into the inbox again and again. The power is
 /// cut (as in lifecycle.rs's `a_power_cut_loses_no_acknowledged_webhook`)
 /// after every 40 acknowledgements, `AUTHKIT_TEST_POWER_CUTS` times (3 by
-/// default; more for a soak). Then, on a sound disk, every acknowledged event
-/// is applied and the spill file is empty.
+/// default; more for a soak). Then, on a sound disk: noisy and its version
+/// (created through the admin API before the first cut) are there, every
+/// acknowledged event is applied, and the spill file is empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_while_webhooks_are_spilled_and_moved_lose_nothing() {
     let Some(db) = TestDb::create(Backend::Sqlite, "power_cuts_spill").await else { return };
@@ -954,7 +955,10 @@ async fn power_cuts_while_webhooks_are_spilled_and_moved_lose_nothing() {
     }
     eprintln!("writes undone at each cut: {undone:?}");
 
-    let _server = TestServer::start_with(&db, options(&db)).await;
+    let server = TestServer::start_with(&db, options(&db)).await;
+    // What the admin API answered before the first cut is there too.
+    let versions = server.admin("GET", "/t/noisy/admin/modules", Some(ROOT), None).await;
+    assert_eq!((versions.status, versions.body["versions"].as_array().map(Vec::len)), (200, Some(1)), "{versions:?}");
     let store = db.store().await;
     let acknowledged = deliveries.acknowledged();
     eventually("every acknowledged event applied", Duration::from_secs(120), || async {
