@@ -1,11 +1,12 @@
 /*
- * A failing disk under the database's log, for the lifecycle tests: loaded
- * into authkit-host with LD_PRELOAD, it makes calls on a file named
- * `authkit.db-wal` fail:
- * - fsync and fdatasync with EIO while the file named by
- *   AUTHKIT_TEST_FAIL_SYNC_WHEN exists;
- * - pwrite, pwrite64 and write with ENOSPC (a full disk) while the file named
- *   by AUTHKIT_TEST_DISK_FULL_WHEN exists.
+ * A failing disk under the database, for the lifecycle and tenants tests:
+ * loaded into authkit-host with LD_PRELOAD, it makes
+ * - fsync and fdatasync of the log, `authkit.db-wal`, fail with EIO while the
+ *   file named by AUTHKIT_TEST_FAIL_SYNC_WHEN exists;
+ * - pwrite, pwrite64 and write to any of the database's files (`authkit.db`,
+ *   its log, the spill file `authkit.db-spill` and its log; not the `-shm`
+ *   index, which SQLite maps into memory) fail with ENOSPC, as on a full disk,
+ *   while the file named by AUTHKIT_TEST_DISK_FULL_WHEN exists.
  * Every other call goes to libc. Built by the test with the C compiler the
  * build already needs (SQLite).
  */
@@ -20,20 +21,30 @@
 
 #include "fd_path.h"
 
+#define SYNC "AUTHKIT_TEST_FAIL_SYNC_WHEN"
+#define FULL "AUTHKIT_TEST_DISK_FULL_WHEN"
+
+/* Whether a call on `fd` fails now: `variable`'s marker exists, and `fd` is
+ * the log (a sync) or any of the database's files (a write). */
 static int failing(int fd, const char *variable) {
     const char *marker = getenv(variable);
     if (marker == NULL || access(marker, F_OK) != 0) {
         return 0;
     }
     char path[4096];
-    return path_of(fd, path, sizeof path) >= 0 && ends_with(path, "/authkit.db-wal");
+    if (path_of(fd, path, sizeof path) < 0) {
+        return 0;
+    }
+    if (strcmp(variable, SYNC) == 0) {
+        return ends_with(path, "/authkit.db-wal");
+    }
+    const char *base = strrchr(path, '/');
+    return base != NULL && strncmp(base, "/authkit.db", 11) == 0 && !ends_with(path, "-shm") &&
+           !ends_with(path, " (deleted)");
 }
 
-#define SYNC "AUTHKIT_TEST_FAIL_SYNC_WHEN"
-#define FULL "AUTHKIT_TEST_DISK_FULL_WHEN"
-
-/* Defines `name` to fail with `error` on the log while `variable`'s marker
- * exists, and to call libc's `name` otherwise. */
+/* Defines `name` to fail with `error` while [`failing`], and to call libc's
+ * `name` otherwise. */
 #define INTERPOSE(ret, name, params, args, variable, error)          \
     ret name params {                                                \
         static ret(*real) params;                                    \

@@ -33,6 +33,25 @@ pub fn build_shim(name: &str, dir: &Path) -> PathBuf {
     shim
 }
 
+/// Marker files in the test database's directory that make its disk fail,
+/// while they exist, for a server started with [`failing_disk`]: every sync
+/// of the log fails (EIO); every write to any of the database's files fails
+/// (ENOSPC, a full disk).
+pub const FAILED_SYNC: &str = "the-disk-fails-to-sync";
+pub const DISK_FULL: &str = "the-disk-is-full";
+
+/// `options`, over a disk that fails on demand: the shim
+/// `tests/fault/fail_log_sync.c`, with the markers [`FAILED_SYNC`] and
+/// [`DISK_FULL`] in `db`'s directory.
+pub fn failing_disk(db: &TestDb, options: ServerOptions) -> ServerOptions {
+    let shim = build_shim("fail_log_sync", db.dir.path());
+    let marker = |name: &str| db.dir.path().join(name).to_str().unwrap().to_string();
+    options
+        .env("LD_PRELOAD", shim.to_str().unwrap())
+        .env("AUTHKIT_TEST_FAIL_SYNC_WHEN", &marker(FAILED_SYNC))
+        .env("AUTHKIT_TEST_DISK_FULL_WHEN", &marker(DISK_FULL))
+}
+
 /// How many times a power-cut test cuts: `AUTHKIT_TEST_POWER_CUTS`, 3 by
 /// default (more for a soak).
 pub fn cuts() -> usize {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use authkit_host::store::Store;
 use authkit_host::store::inbox::EventFilter;
 use authkit_host::workos::event::RecordKind;
-use authkit_tests::fault::{self, Deliveries, PowerCut, build_shim};
+use authkit_tests::fault::{self, DISK_FULL, Deliveries, FAILED_SYNC, PowerCut, failing_disk};
 use authkit_tests::server::{cli, host_binary};
 use authkit_tests::workos::user;
 use authkit_tests::{Backend, ServerOptions, TestDb, TestServer, eventually, on_both_backends};
@@ -252,24 +252,6 @@ async fn a_host_stops_once_a_newer_version_has_migrated_its_database(db: TestDb)
     assert!(err.contains("migrated by a newer authkit-host") && err.contains("same version"), "{err}");
 }
 
-/// Marker files in the test database's directory that make the disk under
-/// its log fail, while they exist, for a server started with
-/// [`failing_disk`]: every sync of the log fails (EIO); every write to it
-/// fails (ENOSPC).
-const FAILED_SYNC: &str = "the-disk-fails-to-sync";
-const DISK_FULL: &str = "the-disk-is-full";
-
-/// Options that start the server over a disk that fails on demand: the shim
-/// in `tests/fault/`, built here and loaded with `LD_PRELOAD`.
-fn failing_disk(db: &TestDb) -> ServerOptions {
-    let shim = build_shim("fail_log_sync", db.dir.path());
-    let marker = |name: &str| db.dir.path().join(name).to_str().unwrap().to_string();
-    ServerOptions::default()
-        .env("LD_PRELOAD", shim.to_str().unwrap())
-        .env("AUTHKIT_TEST_FAIL_SYNC_WHEN", &marker(FAILED_SYNC))
-        .env("AUTHKIT_TEST_DISK_FULL_WHEN", &marker(DISK_FULL))
-}
-
 /// SQLite: once syncing the database's log fails (a disk error, made here by
 /// a shim loaded with `LD_PRELOAD`, see `tests/fault/`), nothing more is
 /// acknowledged, not even after the disk works again (the pages a failed
@@ -280,7 +262,7 @@ fn failing_disk(db: &TestDb) -> ServerOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_of_the_log_stops_the_host_and_nothing_after_it_is_acknowledged() {
     let Some(db) = TestDb::create(Backend::Sqlite, "failed_sync").await else { return };
-    let (options, marker) = (failing_disk(&db), db.dir.path().join(FAILED_SYNC));
+    let (options, marker) = (failing_disk(&db, ServerOptions::default()), db.dir.path().join(FAILED_SYNC));
     let mut server = TestServer::start_with(&db, options).await;
     let mut acknowledged = Vec::new();
     for i in 0..5 {
@@ -330,7 +312,7 @@ async fn a_failed_sync_of_the_log_stops_the_host_and_nothing_after_it_is_acknowl
 async fn a_full_disk_refuses_webhooks_until_there_is_room_and_loses_nothing() {
     let Some(db) = TestDb::create(Backend::Sqlite, "disk_full").await else { return };
     let full = db.dir.path().join(DISK_FULL);
-    let server = TestServer::start_with(&db, failing_disk(&db)).await;
+    let server = TestServer::start_with(&db, failing_disk(&db, ServerOptions::default())).await;
     let deliver = |i: usize| {
         let (id, body) = user_event(&server, i);
         let server = &server;

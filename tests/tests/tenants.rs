@@ -11,7 +11,7 @@ use authkit_host::store::spill::Spill;
 use authkit_host::store::tenants::TenantRow;
 use authkit_tests::db::bare_tenant;
 use authkit_tests::documents::tenant_documents;
-use authkit_tests::fault::{self, Deliveries, PowerCut};
+use authkit_tests::fault::{self, DISK_FULL, Deliveries, PowerCut, failing_disk};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::{TEST_SECRET, cli};
 use authkit_tests::workos::{Emulator, authentication_action, now_ms, user, verify_action_response};
@@ -905,6 +905,47 @@ async fn a_power_cut_loses_no_spilled_webhook() {
     let server = TestServer::start_with(&db, options(&db)).await;
     quiet_applied_once(&db, &sent).await;
     drop(server);
+}
+
+/// SQLite: while the disk is full (every write to the database's files fails
+/// with ENOSPC: the shim `tests/fault/fail_log_sync.c`), a webhook that goes
+/// to the spill file (noisy's handler holds the write lock) gets 503 and
+/// nothing is acknowledged; once there is room, webhooks are spilled and
+/// acknowledged again, and every acknowledged one, the refused one sent again
+/// included, is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_webhooks_it_would_spill_until_there_is_room() {
+    let Some(db) = TestDb::create(Backend::Sqlite, "disk_full_spill").await else { return };
+    let full = db.dir.path().join(DISK_FULL);
+    let server = TestServer::start_with(&db, failing_disk(&db, options(&db))).await;
+    let mut sent = quiet_behind_noisy(&server).await;
+    let emulator = Emulator::new("whsec_quiet");
+    let post = |event: &Vec<u8>| {
+        let (server, event) = (&server, event.clone());
+        let signature = emulator.signature(now_ms(), &event);
+        async move { server.post_raw("/t/quiet/workos/webhook", event, &[("WorkOS-Signature", signature)]).await }
+    };
+    let at = "2025-01-01T00:00:01.000Z";
+    let (refused, after) = (
+        emulator.event("user.created", user("user_quiet_5", "q@example.com", "Quiet", at), at),
+        emulator.event("user.created", user("user_quiet_6", "q@example.com", "Quiet", at), at),
+    );
+    std::fs::write(&full, b"").unwrap();
+    let (status, body, _) = post(&refused.1).await;
+    assert_eq!((status, String::from_utf8_lossy(&body).contains("storage_unavailable")), (503, true));
+    std::fs::remove_file(&full).unwrap();
+    for event in [&after.1, &refused.1] {
+        let (status, body, took) = post(event).await;
+        assert_eq!(status, 200, "once there is room: {}", String::from_utf8_lossy(&body));
+        assert!(took < Duration::from_millis(2000), "spilled, not waiting for noisy: {took:?}");
+    }
+    assert_eq!(spilled(&db, "quiet").await, 7, "all of quiet's webhooks in the spill file");
+    sent.extend([refused, after]);
+    quiet_applied_once(&db, &sent).await;
+    assert!(
+        server.log().contains("No space left on device") || server.log().contains("disk is full"),
+        "the cause is logged"
+    );
 }
 
 /// SQLite: power cuts while webhooks go into the spill file and are moved
