@@ -778,8 +778,8 @@ async fn an_actions_handler_that_writes_after_its_tenant_is_deleted_leaves_nothi
     assert_eq!((status, &payload["verdict"]), (200, &json!("Deny")), "the fallback, not the handler: {payload}");
 }
 
-/// Tenant `noisy` has a backlog of quick events and a handler that loops on
-/// some of them until its deadline; tenant `quiet`'s events are still applied
+/// Tenant `noisy` has a backlog of 10,000 events and a handler that loops on
+/// one in 11 of them until its deadline; tenant `quiet`'s events are still applied
 /// within the stated bound: one turn of every other tenant with due events
 /// (the worker's 500 ms turn budget plus one event, here at most noisy's
 /// 200 ms deadline) plus quiet's own turn. The test allows 4 s for it on a
@@ -794,12 +794,13 @@ async fn a_noisy_neighbour_does_not_hold_up_another_tenant(db: TestDb) {
         create(&server, "quiet", "whsec_quiet", "sk_quiet", json!({})).await;
         deploy(&server, "noisy", stamped(1)).await;
         deploy(&server, "quiet", stamped(2)).await;
-        // 1,000 quick events and 100 that loop until their deadline (each tried 3 times).
+        // A backlog of 10,000 events: one in 11 loops until its deadline
+        // (each tried 3 times), the others are quick.
         let mut senders = Vec::new();
-        for s in 0..8 {
+        for s in 0..16 {
             let server = server.clone();
             senders.push(tokio::spawn(async move {
-                for i in 0..(1100 / 8 + 1) {
+                for i in 0..10_000 / 16 {
                     let kind = if i % 11 == 0 { "test.loop" } else { "test.other" };
                     let data = json!({ "s": s, "i": i });
                     let (_, status) = deliver(&server, "/t/noisy/workos/webhook", "whsec_noisy", kind, data).await;
