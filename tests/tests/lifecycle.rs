@@ -362,8 +362,8 @@ async fn a_full_disk_refuses_webhooks_until_there_is_room_and_loses_nothing() {
 /// senders deliver webhooks and the worker applies them, at different times
 /// after the start, so that the cut may fall in the checkpointer's copy of the
 /// log into the database file. Three times (`AUTHKIT_TEST_POWER_CUTS`): cut,
-/// start again over the same disk. Then, on a sound disk: every acknowledged event
-/// is in the inbox and applied, and the database is intact.
+/// start again over the same disk. Then, on a sound disk: every acknowledged
+/// event is in the inbox and applied, and the database is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_loses_no_acknowledged_webhook() {
     let Some(db) = TestDb::create(Backend::Sqlite, "power_cut").await else { return };

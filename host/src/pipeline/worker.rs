@@ -364,7 +364,10 @@ impl Worker {
 
     /// Postgres: remembers whether `slug`'s turn ran [`COMMIT_AFTER`] or longer.
     fn note_turn(&mut self, slug: &str, took: Duration, sqlite: bool) {
-        if !sqlite && took >= COMMIT_AFTER {
+        if sqlite {
+            return; // SQLite commits by time alone, before each event
+        }
+        if took >= COMMIT_AFTER {
             self.slow_turns.insert(slug.to_string());
         } else {
             self.slow_turns.remove(slug);
