@@ -28,6 +28,7 @@ on_both_backends!(
     a_token_is_not_stored_for_a_tenant_that_is_gone,
     a_slug_created_again_gets_none_of_the_deleted_tenants_events,
     a_noisy_neighbour_does_not_hold_up_another_tenant,
+    a_timing_out_neighbour_does_not_hold_back_another_tenants_finished_events,
     a_slow_handler_does_not_hold_up_another_tenants_webhooks,
     another_process_on_the_same_database_follows_tenant_changes,
     one_tenant_cannot_take_every_actions_call,
@@ -815,6 +816,53 @@ async fn a_noisy_neighbour_does_not_hold_up_another_tenant(db: TestDb) {
     let server = TestServer::start_with(&db, options(&db)).await;
     let (latencies, worst) = quiet_latencies(&db, &[&server]).await;
     assert!(worst < Duration::from_secs(4), "quiet waited {worst:?} behind noisy: {latencies:?}");
+}
+
+/// Tenant `slow`'s handler always runs to its 2 s deadline. `quiet`'s event
+/// comes while one of slow's turns runs, and another event of slow's comes
+/// right after it, so the next round gives quiet its turn, then slow. Quiet's
+/// finished event must be visible before slow's next turn ends: it must not
+/// wait in the worker's transaction for that turn's commit. The check is of
+/// order, not time: when quiet's user is first seen, slow's second event must
+/// not have been tried yet (without the commit before slow's turn, the two
+/// become visible in one commit).
+async fn a_timing_out_neighbour_does_not_hold_back_another_tenants_finished_events(db: TestDb) {
+    let config = db.dir.path().join("one-attempt.toml");
+    std::fs::write(&config, "[worker]\npoll_interval_ms = 50\nmax_attempts = 1\n").unwrap();
+    let options =
+        ServerOptions::default().env("AUTHKIT_ADMIN_TOKEN", ROOT).arg("--config").arg(config.to_str().unwrap());
+    let server = TestServer::start_with(&db, options).await;
+    create(&server, "slow", "whsec_slow", "sk_slow", json!({ "event_deadline_ms": 2000 })).await;
+    create(&server, "quiet", "whsec_quiet", "sk_quiet", json!({})).await;
+    deploy(&server, "slow", stamped(1)).await;
+    let store = db.store().await;
+    let (first, status) = deliver(&server, "/t/slow/workos/webhook", "whsec_slow", "test.loop", json!({})).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the worker is in slow's handler
+    let id = "user_quiet_0";
+    let data = user(id, "q@example.com", "Quiet", "2025-01-01T00:00:01.000Z");
+    let (_, status) = deliver(&server, "/t/quiet/workos/webhook", "whsec_quiet", "user.created", data).await;
+    assert_eq!(status, 200);
+    let (next, status) = deliver(&server, "/t/slow/workos/webhook", "whsec_slow", "test.loop", json!({})).await;
+    assert_eq!(status, 200);
+    eventually("quiet's event applied", Duration::from_secs(30), || async {
+        store.get_user("quiet", id).await.unwrap().map(drop)
+    })
+    .await;
+    // Read after quiet's user: had both come in one commit, this sees it.
+    let next = store.get_event("slow", &next).await.unwrap().expect("slow's second event");
+    assert_eq!(
+        (next.status.as_str(), next.attempts),
+        ("pending", 0),
+        "quiet's event became visible only with slow's next turn: {next:?}"
+    );
+    // Both of slow's events run to their deadline and are dead-lettered.
+    for event in [first, next.event_id] {
+        eventually("slow's event tried", Duration::from_secs(30), || async {
+            store.get_event("slow", &event).await.unwrap().filter(|e| e.status == "dead").map(drop)
+        })
+        .await;
+    }
 }
 
 /// Tenant `noisy`'s handler loops on its events until its 10 s deadline. On
