@@ -181,6 +181,38 @@ impl Default for EventFilter {
 const INBOX_COLUMNS: &str = "seq, tenant_id, event_id, event_type, subject, occurred_at, received_at, status, \
      attempts, next_attempt_at, last_error, outcome, processed_at, logs";
 
+/// The SQL of [`Store::list_events`]: the newest events of tenant `$1`,
+/// newest first, of one status or all, with `with_type` of event type `$2`,
+/// at most the last parameter's number (`$2`, or `$3` with a type). Done
+/// events stay in the inbox, so a tenant's history only grows: each status is
+/// read newest first from an index in `(tenant_id, seq)` order (`inbox_done`,
+/// `inbox_dead`), or from the tenant's unfinished events (as many as are
+/// queued), so a listing reads about as many rows as it lists however long
+/// the history (a type filter also reads past the events of other types). The
+/// status is written into the SQL, so each partial index's condition is seen.
+pub fn list_events_sql(status: Option<Status>, with_type: bool) -> String {
+    let (of_type, limit) = if with_type { (" AND event_type = $2", "$3") } else { ("", "$2") };
+    let select = |statuses: &str| {
+        format!(
+            "SELECT {INBOX_COLUMNS} FROM inbox WHERE tenant_id = $1 AND {statuses}{of_type} ORDER BY seq DESC LIMIT {limit}"
+        )
+    };
+    match status {
+        Some(Status::Pending) => select("status IN ('pending', 'failed') AND status = 'pending'"),
+        Some(Status::Failed) => select("status IN ('pending', 'failed') AND status = 'failed'"),
+        Some(status @ (Status::Done | Status::Dead)) => select(&format!("status = '{}'", status.as_str())),
+        None => {
+            let of = |statuses: &str| format!("SELECT * FROM ({}) AS s", select(statuses));
+            format!(
+                "{} UNION ALL {} UNION ALL {} ORDER BY seq DESC LIMIT {limit}",
+                of("status = 'done'"),
+                of("status = 'dead'"),
+                of("status IN ('pending', 'failed')")
+            )
+        }
+    }
+}
+
 /// Due, unfinished events in ordering-key order, skipping any event whose subject
 /// has an older event that blocks it (`$blocking` says which): events about one
 /// subject are applied one at a time, oldest first. `$suffix` is appended.
@@ -297,17 +329,13 @@ impl Store {
         } else {
             Vec::new()
         };
+        let sql = list_events_sql(filter.status, filter.event_type.is_some());
         let rows: Vec<InboxEvent> = on_pool!(self, pool => {
-            let mut q = QueryBuilder::new(format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE tenant_id = "));
-            q.push_bind(filter.tenant.clone());
-            if let Some(status) = filter.status {
-                q.push(" AND status = ").push_bind(status.as_str());
-            }
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(filter.tenant.clone());
             if let Some(event_type) = &filter.event_type {
-                q.push(" AND event_type = ").push_bind(event_type.clone());
+                q = q.bind(event_type.clone());
             }
-            q.push(" ORDER BY seq DESC LIMIT ").push_bind(filter.limit);
-            q.build_query_as().fetch_all(pool).await?
+            q.bind(filter.limit).fetch_all(pool).await?
         });
         let in_inbox: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
         let mut events: Vec<InboxEvent> =
