@@ -2,7 +2,9 @@
  * A failing disk under the database, for the lifecycle and tenants tests:
  * loaded into authkit-host with LD_PRELOAD, it makes
  * - fsync and fdatasync of the log, `authkit.db-wal`, fail with EIO while the
- *   file named by AUTHKIT_TEST_FAIL_SYNC_WHEN exists;
+ *   file named by AUTHKIT_TEST_FAIL_SYNC_WHEN exists, and those of the spill
+ *   file, `authkit.db-spill`, and its log while the file named by
+ *   AUTHKIT_TEST_FAIL_SPILL_SYNC_WHEN exists;
  * - pwrite, pwrite64 and write to any of the database's files (`authkit.db`,
  *   its log, the spill file `authkit.db-spill` and its log; not the `-shm`
  *   index, which SQLite maps into memory) fail with ENOSPC, as on a full disk,
@@ -22,21 +24,32 @@
 #include "fd_path.h"
 
 #define SYNC "AUTHKIT_TEST_FAIL_SYNC_WHEN"
+#define SPILL_SYNC "AUTHKIT_TEST_FAIL_SPILL_SYNC_WHEN"
 #define FULL "AUTHKIT_TEST_DISK_FULL_WHEN"
 
-/* Whether a call on `fd` fails now: `variable`'s marker exists, and `fd` is
- * the log (a sync) or any of the database's files (a write). */
-static int failing(int fd, const char *variable) {
+/* Whether the file named by `variable` exists. */
+static int marked(const char *variable) {
     const char *marker = getenv(variable);
-    if (marker == NULL || access(marker, F_OK) != 0) {
+    return marker != NULL && access(marker, F_OK) == 0;
+}
+
+/* Whether a call on `fd` fails now: for a sync (`variable` SYNC), `fd` is the
+ * log while SYNC's marker exists, or the spill file or its log while
+ * SPILL_SYNC's does; for a write, `variable`'s marker exists and `fd` is any
+ * of the database's files. */
+static int failing(int fd, const char *variable) {
+    int sync = strcmp(variable, SYNC) == 0;
+    int log = sync && marked(SYNC), spill = sync && marked(SPILL_SYNC);
+    if (sync ? !log && !spill : !marked(variable)) {
         return 0;
     }
     char path[4096];
     if (path_of(fd, path, sizeof path) < 0) {
         return 0;
     }
-    if (strcmp(variable, SYNC) == 0) {
-        return ends_with(path, "/authkit.db-wal");
+    if (sync) {
+        return (log && ends_with(path, "/authkit.db-wal")) ||
+               (spill && (ends_with(path, "/authkit.db-spill") || ends_with(path, "/authkit.db-spill-wal")));
     }
     const char *base = strrchr(path, '/');
     return base != NULL && strncmp(base, "/authkit.db", 11) == 0 && !ends_with(path, "-shm") &&

@@ -39,16 +39,18 @@ pub fn build_shim(name: &str, dir: &Path) -> PathBuf {
 /// (ENOSPC, a full disk).
 pub const FAILED_SYNC: &str = "the-disk-fails-to-sync";
 pub const DISK_FULL: &str = "the-disk-is-full";
+pub const SPILL_SYNC_FAILS: &str = "the-spill-file-fails-to-sync";
 
 /// `options`, over a disk that fails on demand: the shim
-/// `tests/fault/fail_log_sync.c`, with the markers [`FAILED_SYNC`] and
-/// [`DISK_FULL`] in `db`'s directory.
+/// `tests/fault/fail_log_sync.c`, with the markers [`FAILED_SYNC`],
+/// [`SPILL_SYNC_FAILS`] and [`DISK_FULL`] in `db`'s directory.
 pub fn failing_disk(db: &TestDb, options: ServerOptions) -> ServerOptions {
     let shim = build_shim("fail_log_sync", db.dir.path());
     let marker = |name: &str| db.dir.path().join(name).to_str().unwrap().to_string();
     options
         .env("LD_PRELOAD", shim.to_str().unwrap())
         .env("AUTHKIT_TEST_FAIL_SYNC_WHEN", &marker(FAILED_SYNC))
+        .env("AUTHKIT_TEST_FAIL_SPILL_SYNC_WHEN", &marker(SPILL_SYNC_FAILS))
         .env("AUTHKIT_TEST_DISK_FULL_WHEN", &marker(DISK_FULL))
 }
 

@@ -11,7 +11,7 @@ use authkit_host::store::spill::Spill;
 use authkit_host::store::tenants::TenantRow;
 use authkit_tests::db::bare_tenant;
 use authkit_tests::documents::tenant_documents;
-use authkit_tests::fault::{self, DISK_FULL, Deliveries, PowerCut, failing_disk};
+use authkit_tests::fault::{self, DISK_FULL, Deliveries, PowerCut, SPILL_SYNC_FAILS, failing_disk};
 use authkit_tests::guests::rust_guest;
 use authkit_tests::server::{TEST_SECRET, cli};
 use authkit_tests::workos::{Emulator, authentication_action, now_ms, user, verify_action_response};
@@ -964,8 +964,24 @@ async fn a_power_cut_loses_no_spilled_webhook() {
 /// included, is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_webhooks_it_would_spill_until_there_is_room() {
-    let Some(db) = TestDb::create(Backend::Sqlite, "disk_full_spill").await else { return };
-    let full = db.dir.path().join(DISK_FULL);
+    refuses_what_it_would_spill_while(DISK_FULL, &["No space left on device", "disk is full"]).await;
+}
+
+/// SQLite: the same while syncing the spill file fails with EIO (the webhook's
+/// commit to the spill file fails; nothing of it is acknowledged), and the
+/// host goes on serving: unlike the inbox's log, whose commits are visible
+/// before they are synced, a spill commit counts only once it is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_of_the_spill_file_refuses_webhooks_it_would_spill_until_the_disk_recovers() {
+    refuses_what_it_would_spill_while(SPILL_SYNC_FAILS, &["disk I/O error", "Input/output error"]).await;
+}
+
+/// The two tests above: while `marker` exists, the webhook that would be
+/// spilled gets 503; then two more, that one again among them, are spilled
+/// and acknowledged; all of quiet's are applied once; `cause` (one of) is logged.
+async fn refuses_what_it_would_spill_while(marker: &str, cause: &[&str]) {
+    let Some(db) = TestDb::create(Backend::Sqlite, "failing_spill").await else { return };
+    let marker = db.dir.path().join(marker);
     let server = TestServer::start_with(&db, failing_disk(&db, options(&db))).await;
     let mut sent = quiet_behind_noisy(&server).await;
     let emulator = Emulator::new("whsec_quiet");
@@ -979,22 +995,20 @@ async fn a_full_disk_refuses_webhooks_it_would_spill_until_there_is_room() {
         emulator.event("user.created", user("user_quiet_5", "q@example.com", "Quiet", at), at),
         emulator.event("user.created", user("user_quiet_6", "q@example.com", "Quiet", at), at),
     );
-    std::fs::write(&full, b"").unwrap();
+    std::fs::write(&marker, b"").unwrap();
     let (status, body, _) = post(&refused.1).await;
     assert_eq!((status, String::from_utf8_lossy(&body).contains("storage_unavailable")), (503, true));
-    std::fs::remove_file(&full).unwrap();
+    std::fs::remove_file(&marker).unwrap();
     for event in [&after.1, &refused.1] {
         let (status, body, took) = post(event).await;
-        assert_eq!(status, 200, "once there is room: {}", String::from_utf8_lossy(&body));
+        assert_eq!(status, 200, "once the disk works: {}", String::from_utf8_lossy(&body));
         assert!(took < Duration::from_millis(2000), "spilled, not waiting for noisy: {took:?}");
     }
     assert_eq!(spilled(&db, "quiet").await, 7, "all of quiet's webhooks in the spill file");
     sent.extend([refused, after]);
     quiet_applied_once(&db, &sent).await;
-    assert!(
-        server.log().contains("No space left on device") || server.log().contains("disk is full"),
-        "the cause is logged"
-    );
+    let log = server.log();
+    assert!(cause.iter().any(|c| log.contains(c)), "the cause is logged: {log}");
 }
 
 /// SQLite: power cuts while webhooks go into the spill file and are moved
