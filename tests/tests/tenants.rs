@@ -1361,17 +1361,20 @@ async fn one_tenant_cannot_take_every_query_slot(db: TestDb) {
     };
 
     // Slow's one query loops until its deadline, holding the tenant's one
-    // permit (sent again while it finds the permit taken by an echo below).
+    // permit (sent again while it finds the permit taken by an echo below;
+    // with a pause, so that its tries do not all fall within one slow echo).
     let looping = tokio::spawn({
         let query = query.clone();
         async move {
-            for _ in 0..20 {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            loop {
                 let reply = query("slow", "loop").await;
                 if reply.0 != 503 {
                     return reply;
                 }
+                assert!(Instant::now() < give_up, "the looping query never found slow's permit free");
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            panic!("the looping query never found slow's permit free");
         }
     });
     let (status, busy, _) = eventually("slow's second query to find it busy", Duration::from_secs(5), || async {
