@@ -178,18 +178,20 @@ async fn a_query_cannot_write_and_its_failures_are_contained(db: TestDb) {
     assert!(started.elapsed() < Duration::from_secs(5), "stopped at the 1 s deadline: {:?}", started.elapsed());
 
     // One query at a time for this tenant (max_concurrent = 1): the second waits for nothing.
-    // A looping query holds the tenant's one permit for its 1 s (tried again
-    // while it finds the permit taken by one of the echoes below).
+    // A looping query holds the tenant's one permit for its 1 s (tried again,
+    // after a pause, while it finds the permit taken by one of the echoes
+    // below: its tries must not all fall within one slow echo).
     let looping = {
         let url = server.url("/query/loop");
         tokio::spawn(async move {
-            for _ in 0..20 {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            loop {
                 let status = reqwest::Client::new().post(&url).send().await.unwrap().status().as_u16();
-                if status != 503 {
+                if status != 503 || Instant::now() > give_up {
                     return status;
                 }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            503
         })
     };
     let busy = eventually("a second query to find the tenant busy", Duration::from_secs(5), || async {
