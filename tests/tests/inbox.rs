@@ -160,15 +160,24 @@ async fn listing_a_tenants_newest_events_reads_as_many_as_it_lists(db: TestDb) {
         };
         assert!(work < bound, "listing {status:?} {event_type:?} took {work} (bound {bound})");
     }
-    // What the store lists is the same rows, newest first, from both tenants' points of view.
-    let filter =
-        |tenant: &str, status| inbox::EventFilter { tenant: tenant.into(), status, event_type: None, limit: 50 };
-    let newest = store.list_events(&filter("big", None)).await.unwrap();
-    let seqs: Vec<i64> = newest.iter().map(|e| e.occurred_at).collect();
-    assert_eq!(seqs, (99_951..=100_000).rev().collect::<Vec<i64>>());
-    let dead = store.list_events(&filter("big", Some(Status::Dead))).await.unwrap();
-    assert_eq!(dead.iter().map(|e| e.occurred_at).take(2).collect::<Vec<_>>(), [99_000, 98_000]);
-    let small = store.list_events(&filter("small", None)).await.unwrap();
-    assert_eq!(small.len(), 20);
+    // What the store lists: each tenant's own, newest first, the statuses
+    // merged in order (the newest 1,500 cross pending, done and one dead).
+    let filter = |tenant: &str, status, event_type: Option<&str>, limit| inbox::EventFilter {
+        tenant: tenant.into(),
+        status,
+        event_type: event_type.map(String::from),
+        limit,
+    };
+    let occurred = |events: &[inbox::InboxEvent]| events.iter().map(|e| e.occurred_at).collect::<Vec<i64>>();
+    let newest = store.list_events(&filter("big", None, None, 1_500)).await.unwrap();
+    assert_eq!(occurred(&newest), (98_501..=100_000).rev().collect::<Vec<i64>>());
+    let status_of = |at: i64| newest.iter().find(|e| e.occurred_at == at).unwrap().status.as_str();
+    assert_eq!([status_of(100_000), status_of(99_001), status_of(99_000)], ["pending", "done", "dead"]);
+    let dead = store.list_events(&filter("big", Some(Status::Dead), None, 2)).await.unwrap();
+    assert_eq!(occurred(&dead), [99_000, 98_000]);
+    let sessions = store.list_events(&filter("big", None, Some("session.created"), 5)).await.unwrap();
+    assert_eq!(occurred(&sessions), [100_000, 99_900, 99_800, 99_700, 99_600]);
+    let small = store.list_events(&filter("small", None, None, 50)).await.unwrap();
+    assert_eq!(occurred(&small), (1..=20).rev().collect::<Vec<i64>>());
     assert!(small.iter().all(|e| e.tenant_id == "small"));
 }
