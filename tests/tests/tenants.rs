@@ -52,12 +52,13 @@ const TENANTS: [(&str, &str, &str); 3] = [
 ];
 
 fn options(db: &TestDb) -> ServerOptions {
+    options_with(db, "poll_interval_ms = 50\nretry_base_ms = 50\nretry_max_ms = 200\nmax_attempts = 3\n")
+}
+
+/// The root token, and a config file whose `[worker]` section is `worker`.
+fn options_with(db: &TestDb, worker: &str) -> ServerOptions {
     let path = db.dir.path().join("authkit.toml");
-    std::fs::write(
-        &path,
-        "[worker]\npoll_interval_ms = 50\nretry_base_ms = 50\nretry_max_ms = 200\nmax_attempts = 3\n",
-    )
-    .unwrap();
+    std::fs::write(&path, format!("[worker]\n{worker}")).unwrap();
     ServerOptions::default().env("AUTHKIT_ADMIN_TOKEN", ROOT).arg("--config").arg(path.to_str().unwrap())
 }
 
@@ -827,11 +828,8 @@ async fn a_noisy_neighbour_does_not_hold_up_another_tenant(db: TestDb) {
 /// not have been tried yet (without the commit before slow's turn, the two
 /// become visible in one commit).
 async fn a_timing_out_neighbour_does_not_hold_back_another_tenants_finished_events(db: TestDb) {
-    let config = db.dir.path().join("one-attempt.toml");
-    std::fs::write(&config, "[worker]\npoll_interval_ms = 50\nmax_attempts = 1\n").unwrap();
-    let options =
-        ServerOptions::default().env("AUTHKIT_ADMIN_TOKEN", ROOT).arg("--config").arg(config.to_str().unwrap());
-    let server = TestServer::start_with(&db, options).await;
+    // One attempt each: a retry of slow's first event must not take its second's turn.
+    let server = TestServer::start_with(&db, options_with(&db, "poll_interval_ms = 50\nmax_attempts = 1\n")).await;
     create(&server, "slow", "whsec_slow", "sk_slow", json!({ "event_deadline_ms": 2000 })).await;
     create(&server, "quiet", "whsec_quiet", "sk_quiet", json!({})).await;
     deploy(&server, "slow", stamped(1)).await;
