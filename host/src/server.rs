@@ -8,7 +8,8 @@
 //! since its statements no longer fit the schema): stop accepting connections; let
 //! in-flight requests finish (each waits for its event's commit); let the ingest
 //! writer and the action decision recorder drain; let the worker finish its
-//! batch; stop the SQLite checkpointer after a last checkpoint; close the pool.
+//! batch and the inbox pruner its step; stop the SQLite checkpointer after a
+//! last checkpoint; close the pool.
 //! Anything acknowledged is durable before its 2xx, so nothing acknowledged is
 //! lost even when the grace period runs out or the process is killed.
 
@@ -25,6 +26,7 @@ use crate::deploy::Deployment;
 use crate::http::{self, AppState, Shared};
 use crate::pipeline::actions::Decider;
 use crate::pipeline::ingest::Ingest;
+use crate::pipeline::retention::prune_periodically;
 use crate::pipeline::worker::Worker;
 use crate::runtime::{InvocationLimits, ModuleLimits, Runtime, instance_slots_for, pool_parts};
 use crate::settings::{Settings, env};
@@ -86,6 +88,11 @@ pub async fn run_with(
         info!("worker disabled: events are stored and acknowledged but not applied by this process");
         None
     };
+    let pruner =
+        settings.inbox.keep_done.map(|keep| tokio::spawn(prune_periodically(store.clone(), keep, worker_stop.clone())));
+    if pruner.is_none() {
+        info!("inbox.keep_done_days is 0: done events are kept for good");
+    }
 
     if settings.workos.action_secret.is_none() {
         info!("{} is not set: POST /workos/action answers 503 until it is", env::ACTION_SECRET);
@@ -133,6 +140,9 @@ pub async fn run_with(
     worker_stop.cancel();
     if let Some(task) = worker_task {
         task.await.context("the worker panicked")?;
+    }
+    if let Some(task) = pruner {
+        task.await.context("the inbox pruner panicked")?;
     }
     refresher.abort();
     // A last checkpoint, after every writer here has stopped.

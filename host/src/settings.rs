@@ -36,6 +36,7 @@ pub mod env {
     pub const WEBHOOK_TOLERANCE_SECS: &str = "AUTHKIT_WEBHOOK_TOLERANCE_SECS";
     pub const WORKER_ENABLED: &str = "AUTHKIT_WORKER_ENABLED";
     pub const WORKER_MAX_ATTEMPTS: &str = "AUTHKIT_WORKER_MAX_ATTEMPTS";
+    pub const INBOX_KEEP_DONE_DAYS: &str = "AUTHKIT_INBOX_KEEP_DONE_DAYS";
     pub const HANDLER: &str = "AUTHKIT_HANDLER";
     pub const ADMIN_TOKEN: &str = "AUTHKIT_ADMIN_TOKEN";
     pub const CACHE_DIR: &str = "AUTHKIT_CACHE_DIR";
@@ -58,6 +59,7 @@ pub struct Settings {
     pub workos: WorkosSettings,
     pub webhook: WebhookSettings,
     pub worker: WorkerSettings,
+    pub inbox: InboxSettings,
     pub handler: HandlerSettings,
     pub actions: ActionSettings,
     pub queries: QuerySettings,
@@ -186,6 +188,33 @@ impl Default for WorkerSettings {
             max_processes_per_tenant: None,
         }
     }
+}
+
+/// How long the inbox keeps its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSettings {
+    /// Done events are deleted once they were processed this long ago;
+    /// `None` (`keep_done_days = 0`): kept for good. Unfinished and dead
+    /// events are always kept.
+    pub keep_done: Option<Duration>,
+}
+
+/// 30 days: WorkOS keeps its events as long, and retries a webhook for about
+/// 3 days, so a redelivery still finds the event it repeats.
+pub const DEFAULT_KEEP_DONE_DAYS: u32 = 30;
+
+/// Fewer days than this could let a WorkOS retry of a deleted event through
+/// as new (WorkOS retries for up to about 3 days).
+pub const MIN_KEEP_DONE_DAYS: u32 = 4;
+
+impl Default for InboxSettings {
+    fn default() -> Self {
+        InboxSettings { keep_done: Some(days(DEFAULT_KEEP_DONE_DAYS)) }
+    }
+}
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 24 * 60 * 60)
 }
 
 /// The handler component and the limits every invocation runs under.
@@ -367,6 +396,8 @@ struct FileSettings {
     #[serde(default)]
     worker: FileWorker,
     #[serde(default)]
+    inbox: FileInbox,
+    #[serde(default)]
     handler: FileHandler,
     #[serde(default)]
     actions: FileActions,
@@ -472,6 +503,12 @@ struct FileWorker {
     max_processes_per_tenant: Option<usize>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInbox {
+    keep_done_days: Option<u32>,
+}
+
 impl Settings {
     /// Loads from the process environment (and the file it names) plus `overrides`.
     pub fn load(overrides: &Overrides) -> Result<Settings, SettingsError> {
@@ -551,6 +588,22 @@ impl Settings {
             poll_interval: ms(file.worker.poll_interval_ms, defaults.poll_interval),
             max_processes_per_tenant: file.worker.max_processes_per_tenant.or(defaults.max_processes_per_tenant),
         };
+
+        let keep_done_days = env(env::INBOX_KEEP_DONE_DAYS)
+            .map(|v| parse_number::<u32>("inbox.keep_done_days", &v))
+            .transpose()?
+            .or(file.inbox.keep_done_days)
+            .unwrap_or(DEFAULT_KEEP_DONE_DAYS);
+        if (1..MIN_KEEP_DONE_DAYS).contains(&keep_done_days) {
+            return Err(SettingsError::Invalid {
+                key: "inbox.keep_done_days",
+                reason: format!(
+                    "must be 0 (keep done events for good) or at least {MIN_KEEP_DONE_DAYS}: WorkOS retries a webhook \
+                     for up to about 3 days, and a retry of an event no longer in the inbox would be applied again"
+                ),
+            });
+        }
+        let inbox = InboxSettings { keep_done: (keep_done_days > 0).then(|| days(keep_done_days)) };
 
         let hd = HandlerSettings::default();
         let handler = HandlerSettings {
@@ -649,6 +702,7 @@ impl Settings {
             workos,
             webhook,
             worker,
+            inbox,
             handler,
             actions,
             queries,
@@ -917,6 +971,33 @@ mod tests {
         std::fs::write(&path, "[auth]\nissuers = []\n").unwrap();
         let empty = load(Overrides { config: Some(path), ..Default::default() }, &[]).unwrap_err().to_string();
         assert!(empty.contains("auth.issuers"), "{empty}");
+    }
+
+    #[test]
+    fn the_inbox_keeps_done_events_30_days_unless_told_otherwise() {
+        let day = Duration::from_secs(24 * 60 * 60);
+        assert_eq!(load(Overrides::default(), &[]).unwrap().inbox.keep_done, Some(30 * day));
+        let from_env = |days: &str| load(Overrides::default(), &[("AUTHKIT_INBOX_KEEP_DONE_DAYS", days)]);
+        assert_eq!(from_env("90").unwrap().inbox.keep_done, Some(90 * day));
+        assert_eq!(from_env("4").unwrap().inbox.keep_done, Some(4 * day));
+        assert_eq!(from_env("0").unwrap().inbox.keep_done, None, "0 keeps them for good");
+        for refused in ["1", "3", "-1", "soon"] {
+            let e = from_env(refused).unwrap_err().to_string();
+            assert!(e.contains("inbox.keep_done_days"), "{refused}: {e}");
+        }
+        assert!(from_env("2").unwrap_err().to_string().contains("3 days"));
+
+        let dir = tempdir();
+        let path = dir.join("inbox.toml");
+        std::fs::write(&path, "[inbox]\nkeep_done_days = 45\n").unwrap();
+        let config = Overrides { config: Some(path.clone()), ..Default::default() };
+        assert_eq!(load(config.clone(), &[]).unwrap().inbox.keep_done, Some(45 * day));
+        // The environment wins over the file, as for every other setting.
+        let both = load(config, &[("AUTHKIT_INBOX_KEEP_DONE_DAYS", "0")]).unwrap();
+        assert_eq!(both.inbox.keep_done, None);
+        std::fs::write(&path, "[inbox]\nkeep_days = 45\n").unwrap();
+        let unknown = load(Overrides { config: Some(path), ..Default::default() }, &[]).unwrap_err().to_string();
+        assert!(unknown.contains("keep_days"), "{unknown}");
     }
 
     #[test]

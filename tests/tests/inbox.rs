@@ -1,14 +1,17 @@
 //! Reads of the inbox, driven directly on both backends: which tenants have
-//! an event due now, what a claim reads on Postgres, and what listing a
-//! tenant's newest events reads however long its history.
+//! an event due now, what a claim reads on Postgres, what listing a tenant's
+//! newest events reads however long its history, and what pruning the
+//! history deletes and reads.
 
-use authkit_host::store::inbox::{self, Status};
+use authkit_host::pipeline::retention::prune_once;
+use authkit_host::store::inbox::{self, PRUNE_STEP_ROWS, Status};
 use authkit_tests::{Backend, TestDb, on_both_backends};
 use serde_json::Value;
 
 on_both_backends!(
     due_tenants_are_those_with_an_event_due_now,
-    listing_a_tenants_newest_events_reads_as_many_as_it_lists
+    listing_a_tenants_newest_events_reads_as_many_as_it_lists,
+    pruning_deletes_only_done_events_processed_before_the_cutoff_and_reads_little_more
 );
 
 /// The worker's clock in this test (unix ms).
@@ -180,4 +183,74 @@ async fn listing_a_tenants_newest_events_reads_as_many_as_it_lists(db: TestDb) {
     let small = store.list_events(&filter("small", None, None, 50)).await.unwrap();
     assert_eq!(occurred(&small), (1..=20).rev().collect::<Vec<i64>>());
     assert!(small.iter().all(|e| e.tenant_id == "small"));
+}
+
+/// Pruning (`inbox.keep_done_days`) deletes the done events processed before
+/// the cut-off, and nothing else: not unfinished or dead events however old,
+/// nor old events processed late. It walks the history from its oldest event
+/// and stops at the first step that reaches events received after the
+/// cut-off, so it reads the old events and at most one step more, however
+/// many newer ones there are.
+async fn pruning_deletes_only_done_events_processed_before_the_cutoff_and_reads_little_more(db: TestDb) {
+    let store = db.store().await;
+    const CUTOFF: i64 = 1_000_000;
+    const OLD: i64 = 1_500;
+    const NEW: i64 = 5_000;
+    let numbers = match db.backend {
+        Backend::Sqlite => {
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6500) SELECT i FROM n"
+        }
+        Backend::Postgres => "SELECT i FROM generate_series(1, 6500) AS i",
+    };
+    // Received in seq order. The old ones: by i % 10, 0 dead, 1 pending,
+    // 2 failed, 3 done but processed after the cut-off (a backlog), the rest
+    // done before it. The new ones: done just after they were received.
+    db.execute(&format!(
+        "INSERT INTO inbox (tenant_id, event_id, event_type, subject, occurred_at, received_at, payload, \
+         next_attempt_at, status, processed_at) \
+         SELECT CASE WHEN i % 2 = 0 THEN 'a' ELSE 'b' END, 'e' || i, 'user.updated', 'user:u', i, r, '{{}}', r, \
+         CASE WHEN i > {OLD} THEN 'done' WHEN i % 10 = 0 THEN 'dead' WHEN i % 10 = 1 THEN 'pending' \
+              WHEN i % 10 = 2 THEN 'failed' ELSE 'done' END, \
+         CASE WHEN i > {OLD} THEN r + 1 WHEN i % 10 = 3 THEN {CUTOFF} + 5 WHEN i % 10 >= 4 THEN r + 5 END \
+         FROM (SELECT i, CASE WHEN i > {OLD} THEN {CUTOFF} + i ELSE i END AS r FROM ({numbers}) AS n) AS m ORDER BY i"
+    ))
+    .await;
+    let remaining = || async {
+        let mut kept = Vec::new();
+        for tenant in ["a", "b"] {
+            for status in [Status::Pending, Status::Failed, Status::Done, Status::Dead] {
+                let filter =
+                    inbox::EventFilter { tenant: tenant.into(), status: Some(status), event_type: None, limit: 10_000 };
+                kept.extend(store.list_events(&filter).await.unwrap().into_iter().map(|e| e.occurred_at));
+            }
+        }
+        kept.sort_unstable();
+        kept
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+
+    let first = prune_once(&store, CUTOFF, &stop).await.unwrap();
+    let expected: Vec<i64> = (1..=OLD + NEW).filter(|i| *i > OLD || i % 10 <= 3).collect();
+    assert_eq!(remaining().await, expected);
+    assert_eq!(first.deleted, (OLD as u64) * 6 / 10);
+    // Without the stop it reads all 6,500.
+    assert!(first.rows <= (OLD + PRUNE_STEP_ROWS) as u64, "the first pass read {} rows", first.rows);
+
+    let second = prune_once(&store, CUTOFF, &stop).await.unwrap();
+    assert_eq!(second.deleted, 0);
+    assert!(second.rows <= (OLD * 4 / 10 + PRUNE_STEP_ROWS) as u64, "the second pass read {} rows", second.rows);
+    assert_eq!(remaining().await, expected);
+
+    // A later cut-off reaches the backlog's events and the newer ones.
+    let later = prune_once(&store, CUTOFF + 3_000, &stop).await.unwrap();
+    let expected: Vec<i64> = (1..=OLD + NEW)
+        .filter(|i| (*i > OLD && CUTOFF + i + 1 >= CUTOFF + 3_000) || (*i <= OLD && i % 10 <= 2))
+        .collect();
+    assert_eq!(later.deleted, (OLD as u64) / 10 + 1_498);
+    assert_eq!(remaining().await, expected);
+
+    // A pass asked to stop does nothing more.
+    stop.cancel();
+    assert_eq!(prune_once(&store, i64::MAX, &stop).await.unwrap().deleted, 0);
+    assert_eq!(remaining().await, expected);
 }

@@ -23,6 +23,7 @@ on_both_backends!(
     the_cli_lists_users_and_pages_through_them,
     a_config_file_supplies_the_secret,
     a_host_stops_once_a_newer_version_has_migrated_its_database,
+    a_host_deletes_done_events_older_than_it_keeps_them,
 );
 
 async fn settle(store: &Store) {
@@ -211,6 +212,85 @@ async fn a_config_file_supplies_the_secret(db: TestDb) {
     server.emulator = authkit_tests::Emulator::new("whsec_from_file");
     let (_, body) = user_event(&server, 1);
     assert_eq!(server.deliver(&body).await.status, 200);
+}
+
+/// `inbox.keep_done_days` (30 by default): a host deletes done events once
+/// they were processed that long ago, when it starts and hourly after; dead
+/// and unfinished events stay however old, and the users table is not
+/// touched. With 0 nothing is deleted.
+async fn a_host_deletes_done_events_older_than_it_keeps_them(db: TestDb) {
+    let store = db.store().await;
+    let mut server = TestServer::start(&db).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (id, body) = user_event(&server, i);
+        assert_eq!(server.deliver(&body).await.status, 200);
+        ids.push((id, body));
+    }
+    settle(&store).await;
+    server.terminate();
+    assert!(server.wait_exit().await.success());
+    // Events 0-2 were received and processed 31 days ago; 3 too, and went dead
+    // then; 4 is pending since then (its retry is far off); 5 is recent.
+    let day: i64 = 24 * 60 * 60 * 1000;
+    let event_ids = |range: std::ops::Range<usize>| {
+        ids[range].iter().map(|(id, _)| format!("'{id}'")).collect::<Vec<_>>().join(", ")
+    };
+    db.execute(&format!(
+        "UPDATE inbox SET received_at = received_at - {}, processed_at = processed_at - {} WHERE event_id IN ({})",
+        31 * day,
+        31 * day,
+        event_ids(0..5)
+    ))
+    .await;
+    db.execute(&format!("UPDATE inbox SET status = 'dead' WHERE event_id = '{}'", ids[3].0)).await;
+    db.execute(&format!(
+        "UPDATE inbox SET status = 'failed', processed_at = NULL, next_attempt_at = next_attempt_at + {} \
+         WHERE event_id = '{}'",
+        365 * day,
+        ids[4].0
+    ))
+    .await;
+    let status = |i: usize| {
+        let store = store.clone();
+        let id = ids[i].0.clone();
+        async move { store.get_event("default", &id).await.unwrap().map(|e| e.status) }
+    };
+
+    // Kept for good: the old events are still there once the host serves.
+    let mut server =
+        TestServer::start_with(&db, ServerOptions::default().env("AUTHKIT_INBOX_KEEP_DONE_DAYS", "0")).await;
+    assert!(server.log().contains("done events are kept for good"), "{}", server.log());
+    assert_eq!(status(0).await.as_deref(), Some("done"));
+    server.terminate();
+    assert!(server.wait_exit().await.success());
+
+    // The default: the done ones processed 31 days ago go at start.
+    let server = TestServer::start(&db).await;
+    eventually("the old done events to be deleted", Duration::from_secs(30), || async {
+        status(0).await.is_none().then_some(())
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(status(i).await);
+    }
+    let expected = [None, None, None, Some("dead"), Some("failed"), Some("done")];
+    assert_eq!(statuses, expected.map(|s| s.map(String::from)));
+    assert!(server.log().contains("deleted done events older than inbox.keep_done_days"), "{}", server.log());
+    assert_eq!(store.count_records(RecordKind::User, "default").await.unwrap(), 6);
+    // A redelivery of a recent event is still told apart; one of a deleted
+    // event (WorkOS retries for about 3 days, so it does not send one) is
+    // stored again and changes nothing in the users table.
+    let again = server.deliver(&ids[5].1).await;
+    assert_eq!((again.status, again.body["duplicate"].as_bool()), (200, Some(true)));
+    let again = server.deliver(&ids[0].1).await;
+    assert_eq!((again.status, again.body["duplicate"].as_bool()), (200, Some(false)));
+    eventually("the redelivered event to be applied", Duration::from_secs(30), || async {
+        (status(0).await.as_deref() == Some("done")).then_some(())
+    })
+    .await;
+    assert_eq!(store.count_records(RecordKind::User, "default").await.unwrap(), 6);
 }
 
 /// What a newer authkit-host records when it migrates the database (one more

@@ -3,13 +3,15 @@
 //! Owns: [`ingest`] (group commit into the inbox before the acknowledgement),
 //! [`sync`] (what one event does to the directory tables), [`worker`] (claiming
 //! due events, applying them in order with the handler, retrying with backoff,
-//! dead-lettering), [`actions`] (deciding an Actions request in time) and
-//! [`queries`] (answering an app's read-only query).
+//! dead-lettering), [`actions`] (deciding an Actions request in time),
+//! [`queries`] (answering an app's read-only query) and [`retention`]
+//! (deleting done events once they are old).
 //! Must not: parse HTTP or know about signatures.
 
 pub mod actions;
 pub mod ingest;
 pub mod queries;
+pub mod retention;
 pub mod sync;
 pub mod worker;
 

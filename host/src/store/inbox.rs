@@ -42,6 +42,28 @@ pub struct NewEvent {
     pub tenant_created_at: Option<i64>,
 }
 
+/// Rows one step of pruning looks at (see [`Store::prune_done_step`]).
+pub const PRUNE_STEP_ROWS: i64 = 500;
+
+/// How many rows follow `$1` in `seq` order (up to [`PRUNE_STEP_ROWS`]), the
+/// last one's `seq` and the newest `received_at` among them. `LIMIT` in the
+/// text: SQLite plans a bound `LIMIT` again on every rebind.
+const PRUNE_STEP_BOUNDS: &str = "SELECT COUNT(*), MAX(seq), MAX(received_at) FROM \
+     (SELECT seq, received_at FROM inbox WHERE seq > $1 ORDER BY seq LIMIT 500) AS step";
+const _: () = assert!(PRUNE_STEP_ROWS == 500, "PRUNE_STEP_BOUNDS has the number in its text");
+
+/// What one step of pruning found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneStep {
+    /// Rows looked at (fewer than [`PRUNE_STEP_ROWS`]: the end of the inbox).
+    pub rows: u64,
+    pub deleted: u64,
+    /// The `seq` the next step starts after.
+    pub last: i64,
+    /// The newest receive time among the rows looked at; `None` if there were none.
+    pub newest_received: Option<i64>,
+}
+
 /// The lifecycle of an inbox row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -411,6 +433,31 @@ impl Store {
                 .await?
         );
         Ok(spilled + n)
+    }
+
+    /// One step of pruning the inbox's history, over the [`PRUNE_STEP_ROWS`]
+    /// rows that follow `after` in `seq` order: deletes those that are done
+    /// and were processed before `cutoff` (unix ms); leaves every other row,
+    /// whatever its age. On SQLite it takes the write gate for the delete
+    /// only, so the worker and the ingest writer wait at most one step.
+    pub async fn prune_done_step(&self, after: i64, cutoff: i64) -> Result<PruneStep> {
+        let (rows, last, newest): (i64, Option<i64>, Option<i64>) = on_pool!(self, pool =>
+            sqlx::query_as(PRUNE_STEP_BOUNDS).bind(after).fetch_one(pool).await?
+        );
+        let (Some(last), Some(newest_received)) = (last, newest) else {
+            return Ok(PruneStep { rows: 0, deleted: 0, last: after, newest_received: None });
+        };
+        let _turn = self.write_turn().await;
+        let deleted = on_pool!(self, pool => sqlx::query(
+            "DELETE FROM inbox WHERE seq > $1 AND seq <= $2 AND status = 'done' AND processed_at < $3",
+        )
+        .bind(after)
+        .bind(last)
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(PruneStep { rows: rows as u64, deleted, last, newest_received: Some(newest_received) })
     }
 
     /// On SQLite, the events acknowledged into the spill file and not yet
