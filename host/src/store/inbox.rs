@@ -46,9 +46,9 @@ pub struct NewEvent {
 pub const PRUNE_STEP_ROWS: i64 = 500;
 
 /// How many rows follow `$1` in `seq` order (up to [`PRUNE_STEP_ROWS`]), the
-/// last one's `seq` and the newest `received_at` among them. `LIMIT` in the
-/// text: SQLite plans a bound `LIMIT` again on every rebind.
-const PRUNE_STEP_BOUNDS: &str = "SELECT COUNT(*), MAX(seq), MAX(received_at) FROM \
+/// last one's `seq`, and the oldest and newest `received_at` among them.
+/// `LIMIT` in the text: SQLite plans a bound `LIMIT` again on every rebind.
+const PRUNE_STEP_BOUNDS: &str = "SELECT COUNT(*), MAX(seq), MIN(received_at), MAX(received_at) FROM \
      (SELECT seq, received_at FROM inbox WHERE seq > $1 ORDER BY seq LIMIT 500) AS step";
 const _: () = assert!(PRUNE_STEP_ROWS == 500, "PRUNE_STEP_BOUNDS has the number in its text");
 
@@ -439,14 +439,20 @@ impl Store {
     /// rows that follow `after` in `seq` order: deletes those that are done
     /// and were processed before `cutoff` (unix ms); leaves every other row,
     /// whatever its age. On SQLite it takes the write gate for the delete
-    /// only, so the worker and the ingest writer wait at most one step.
+    /// only (none if every row was received after `cutoff`), so the worker
+    /// and the ingest writer wait at most one step.
     pub async fn prune_done_step(&self, after: i64, cutoff: i64) -> Result<PruneStep> {
-        let (rows, last, newest): (i64, Option<i64>, Option<i64>) = on_pool!(self, pool =>
+        let (rows, last, oldest, newest): (i64, Option<i64>, Option<i64>, Option<i64>) = on_pool!(self, pool =>
             sqlx::query_as(PRUNE_STEP_BOUNDS).bind(after).fetch_one(pool).await?
         );
-        let (Some(last), Some(newest_received)) = (last, newest) else {
+        let (Some(last), Some(oldest_received), Some(newest_received)) = (last, oldest, newest) else {
             return Ok(PruneStep { rows: 0, deleted: 0, last: after, newest_received: None });
         };
+        let rows = rows as u64;
+        // Processed no earlier than received: nothing here is old enough.
+        if oldest_received >= cutoff {
+            return Ok(PruneStep { rows, deleted: 0, last, newest_received: Some(newest_received) });
+        }
         let _turn = self.write_turn().await;
         let deleted = on_pool!(self, pool => sqlx::query(
             "DELETE FROM inbox WHERE seq > $1 AND seq <= $2 AND status = 'done' AND processed_at < $3",
@@ -457,7 +463,7 @@ impl Store {
         .execute(pool)
         .await?
         .rows_affected());
-        Ok(PruneStep { rows: rows as u64, deleted, last, newest_received: Some(newest_received) })
+        Ok(PruneStep { rows, deleted, last, newest_received: Some(newest_received) })
     }
 
     /// On SQLite, the events acknowledged into the spill file and not yet
