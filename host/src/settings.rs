@@ -207,12 +207,6 @@ pub const DEFAULT_KEEP_DONE_DAYS: u32 = 30;
 /// as new (WorkOS retries for up to about 3 days).
 pub const MIN_KEEP_DONE_DAYS: u32 = 4;
 
-impl Default for InboxSettings {
-    fn default() -> Self {
-        InboxSettings { keep_done: Some(days(DEFAULT_KEEP_DONE_DAYS)) }
-    }
-}
-
 fn days(n: u32) -> Duration {
     Duration::from_secs(u64::from(n) * 24 * 60 * 60)
 }

@@ -231,7 +231,7 @@ async fn a_host_deletes_done_events_older_than_it_keeps_them(db: TestDb) {
     server.terminate();
     assert!(server.wait_exit().await.success());
     // Events 0-2 were received and processed 31 days ago; 3 too, and went dead
-    // then; 4 is pending since then (its retry is far off); 5 is recent.
+    // then; 4 was received then and failed (its retry is far off); 5 is recent.
     let day: i64 = 24 * 60 * 60 * 1000;
     let event_ids = |range: std::ops::Range<usize>| {
         ids[range].iter().map(|(id, _)| format!("'{id}'")).collect::<Vec<_>>().join(", ")
